@@ -1,0 +1,1 @@
+"""Alembic migrations (one chain). Applied by `voicepipe migrate`."""

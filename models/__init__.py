@@ -1,0 +1,31 @@
+"""SQLAlchemy 2 models and the session. Importing this package registers every table."""
+
+from __future__ import annotations
+
+from models.artifacts import Artifact, Claim, EntityResolution, InsightDraft, RetryRequest, Transcript
+from models.base import Base
+from models.directory import Organization, User
+from models.events import AdditiveParts, EventCounter, PipelineEvent, counter_revision_seq
+from models.metrics import AggregationWindow, MetricsSnapshot, SnapshotMetrics
+from models.usage import AiUsageDailyAggregate, AiUsageLog
+
+__all__ = [
+    "AdditiveParts",
+    "AggregationWindow",
+    "AiUsageDailyAggregate",
+    "AiUsageLog",
+    "Artifact",
+    "Base",
+    "Claim",
+    "EntityResolution",
+    "EventCounter",
+    "InsightDraft",
+    "MetricsSnapshot",
+    "Organization",
+    "PipelineEvent",
+    "RetryRequest",
+    "SnapshotMetrics",
+    "Transcript",
+    "User",
+    "counter_revision_seq",
+]

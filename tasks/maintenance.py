@@ -1,0 +1,3 @@
+"""maintenance tasks (see worker/routes.py for the names)."""
+
+from __future__ import annotations

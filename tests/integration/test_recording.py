@@ -1,0 +1,180 @@
+"""Event recording: events and counters in one transaction, exact and idempotent."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
+
+from models import EventCounter, PipelineEvent
+from voicepipe.domain import EVENT_TYPES
+from voicepipe.errors import InvalidInput
+from voicepipe.events.recording import rebuild_counters, record_event, record_events
+
+T0 = datetime(2026, 3, 1, tzinfo=UTC)
+ORGS = [f"org-{i}" for i in range(7)] + [None]
+STAGE_EVENTS_WITH_DURATION = {
+    "transcription_completed",
+    "claims_extracted",
+    "entity_resolution_completed",
+    "entity_needs_disambiguation",
+    "drafts_generated",
+    "artifact_completed",
+}
+
+
+def random_event(rng: random.Random, hours: int = 48) -> dict[str, Any]:
+    event_type = rng.choice(EVENT_TYPES)
+    event: dict[str, Any] = {
+        "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
+        "event_type": event_type,
+        "organization_id": rng.choice(ORGS),
+        "occurred_at": (T0 + timedelta(seconds=rng.uniform(0, hours * 3600))).isoformat(),
+        "metadata": {},
+    }
+    if event_type in STAGE_EVENTS_WITH_DURATION and rng.random() < 0.9:
+        event["duration_ms"] = rng.lognormvariate(9, 1.2)
+    if rng.random() < 0.5:
+        event["metadata"]["confidenceScore"] = rng.random()
+    for key in ("claimCount", "entityCount", "draftCount"):
+        if rng.random() < 0.4:
+            event["metadata"][key] = rng.randint(0, 12)
+    if rng.random() < 0.6:
+        event["metadata"]["aiCost"] = round(rng.uniform(0, 0.05), 6)
+    return event
+
+
+# An independent recount, in SQL, straight from the events table.
+RECOUNT_SQL = """
+SELECT organization_id, date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AS hour,
+       count(*) AS n,
+       count(*) FILTER (WHERE event_type = 'artifact_received') AS received,
+       count(*) FILTER (WHERE event_type = 'retry_failed') AS retry_failed,
+       coalesce(sum(duration_ms) FILTER (WHERE event_type = 'transcription_completed'), 0) AS tl_sum,
+       count(duration_ms) FILTER (WHERE event_type = 'transcription_completed') AS tl_n,
+       coalesce(sum(duration_ms) FILTER (WHERE event_type IN
+           ('entity_resolution_completed', 'entity_needs_disambiguation')), 0) AS el_sum,
+       count(duration_ms) FILTER (WHERE event_type = 'artifact_completed') AS e2e_n,
+       coalesce(sum((metadata->>'confidenceScore')::float8) FILTER (WHERE event_type = 'claims_extracted'), 0) AS cc_sum,
+       coalesce(sum((metadata->>'claimCount')::int) FILTER (WHERE event_type = 'claims_extracted'), 0) AS claims,
+       coalesce(sum((metadata->>'entityCount')::int) FILTER (WHERE event_type IN
+           ('entity_resolution_completed', 'entity_needs_disambiguation')), 0) AS entities,
+       coalesce(sum((metadata->>'aiCost')::numeric), 0) AS cost
+FROM pipeline_events GROUP BY 1, 2
+"""
+
+
+def counters_by_key(session: Session) -> dict[tuple[str | None, datetime], EventCounter]:
+    return {
+        (c.organization_id, c.hour_start.astimezone(UTC).replace(tzinfo=None)): c
+        for c in session.execute(select(EventCounter)).scalars()
+    }
+
+
+def assert_counters_match_events(session: Session) -> int:
+    counters = counters_by_key(session)
+    recount = session.execute(text(RECOUNT_SQL)).mappings().all()
+    nonzero = {k: c for k, c in counters.items() if sum(getattr(c, f"n_{t}") for t in EVENT_TYPES)}
+    assert len(recount) == len(nonzero)
+    for row in recount:
+        c = counters[(row["organization_id"], row["hour"])]
+        assert sum(getattr(c, f"n_{t}") for t in EVENT_TYPES) == row["n"]
+        assert c.n_artifact_received == row["received"]
+        assert c.n_retry_failed == row["retry_failed"]
+        assert c.transcription_latency_sum == pytest.approx(row["tl_sum"], rel=1e-9)
+        assert c.transcription_latency_count == row["tl_n"]
+        assert c.entity_resolution_latency_sum == pytest.approx(row["el_sum"], rel=1e-9)
+        assert c.end_to_end_latency_count == row["e2e_n"] == sum(c.end_to_end_histogram)
+        assert c.claim_confidence_sum == pytest.approx(row["cc_sum"], rel=1e-9, abs=1e-9)
+        assert c.claims_total == row["claims"]
+        assert c.entities_total == row["entities"]
+        assert c.ai_cost_sum == row["cost"]
+    return len(recount)
+
+
+def test_ten_thousand_events_in_batches_leave_counters_equal_to_a_recount(session: Session) -> None:
+    rng = random.Random(20260301)
+    events = [random_event(rng) for _ in range(10_000)]
+    for start in range(0, len(events), 1_000):
+        record_events(session, events[start : start + 1_000])
+        session.commit()
+    assert session.scalar(select(func.count()).select_from(PipelineEvent)) == 10_000
+    groups = assert_counters_match_events(session)
+    assert groups > 48 * 7  # every org and hour was touched
+
+
+def test_a_repeated_event_id_is_a_no_op(session: Session) -> None:
+    event = {"event_id": str(uuid.uuid4()), "event_type": "artifact_received",
+             "organization_id": "org-a", "occurred_at": T0.isoformat()}
+    assert record_event(session, event) is True
+    assert record_event(session, dict(event)) is False
+    result = record_events(session, [event, event])
+    session.commit()
+    assert (result.inserted, result.duplicates) == (0, 2)
+    (counter,) = session.execute(select(EventCounter)).scalars()
+    assert counter.n_artifact_received == 1
+
+
+def test_events_of_one_hour_share_a_counter_row_and_the_window_label_is_utc(session: Session) -> None:
+    record_events(session, [
+        {"event_type": "artifact_received", "organization_id": "o", "occurred_at": "2026-03-01T10:59:59+02:00"},
+        {"event_type": "artifact_received", "organization_id": "o", "occurred_at": "2026-03-01T08:00:00Z"},
+    ])
+    session.commit()
+    windows = sorted(session.execute(select(PipelineEvent.time_window)).scalars())
+    assert windows == ["2026-03-01-08", "2026-03-01-08"]
+    (counter,) = session.execute(select(EventCounter)).scalars()
+    assert counter.hour_start == datetime(2026, 3, 1, 8, tzinfo=UTC)
+    assert counter.n_artifact_received == 2
+
+
+def test_end_to_end_duration_fills_the_histogram_bucket_it_belongs_to(session: Session) -> None:
+    # 1,000 ms lies in [976.56, 1220.70) = bucket 11 of the 1.25-ratio layout from 100 ms.
+    record_events(session, [{"event_type": "artifact_completed", "duration_ms": 1000.0,
+                             "occurred_at": T0.isoformat()}])
+    session.commit()
+    (counter,) = session.execute(select(EventCounter)).scalars()
+    assert counter.organization_id is None
+    assert [i for i, n in enumerate(counter.end_to_end_histogram) if n] == [11]
+    assert counter.end_to_end_latency_sum == 1000.0
+
+
+def test_a_batch_with_one_bad_event_writes_nothing(session: Session) -> None:
+    good = {"event_type": "artifact_received", "organization_id": "o"}
+    with pytest.raises(InvalidInput, match=r"events\[1\]\.duration_ms"):
+        record_events(session, [good, {"event_type": "transcription_completed", "duration_ms": -1}])
+    session.commit()
+    assert session.scalar(select(func.count()).select_from(PipelineEvent)) == 0
+    assert session.scalar(select(func.count()).select_from(EventCounter)) == 0
+
+
+def test_rebuild_repairs_counters_from_events_and_bumps_revisions(session: Session) -> None:
+    rng = random.Random(7)
+    record_events(session, [random_event(rng, hours=6) for _ in range(2_000)])
+    session.commit()
+    before = {k: c.revision for k, c in counters_by_key(session).items()}
+    # Corrupt the counters as a counting bug would.
+    session.execute(text("UPDATE event_counters SET n_artifact_received = n_artifact_received + 5, "
+                         "ai_cost_sum = 0, end_to_end_histogram = '{}'"))
+    session.commit()
+    result = rebuild_counters(session, T0, T0 + timedelta(hours=6))
+    session.commit()
+    assert result.events == 2_000
+    assert_counters_match_events(session)
+    after = {k: c.revision for k, c in counters_by_key(session).items()}
+    assert all(after[k] > before[k] for k in before)
+
+
+def test_cost_is_summed_exactly_as_decimal(session: Session) -> None:
+    record_events(session, [{"event_type": "claims_extracted", "metadata": {"aiCost": 0.1},
+                             "occurred_at": T0.isoformat()} for _ in range(3)])
+    session.commit()
+    (counter,) = session.execute(select(EventCounter)).scalars()
+    assert counter.ai_cost_sum == Decimal("0.3")

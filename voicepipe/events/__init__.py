@@ -1,0 +1,1 @@
+"""Event validation, additive counters, and recording (domain.md "Counters")."""

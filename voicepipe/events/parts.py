@@ -1,0 +1,110 @@
+"""Additive parts: what one event adds to its (organization, hour) counters.
+
+A ``Parts`` is a plain dict from column name (models.events.AdditiveParts) to value.
+Parts of any set of events are the element-wise sum of the events' parts, which is
+what makes counters, hourly and daily snapshots all exactly summable.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from typing import Any
+
+from voicepipe.domain import ENTITY_OUTCOMES, EVENT_TYPES
+from voicepipe.events import histogram
+
+Parts = dict[str, Any]
+
+COUNT_PARTS: tuple[str, ...] = tuple(f"n_{t}" for t in EVENT_TYPES)
+
+# (event types, sum column, count column): mean durations of those events.
+LATENCIES: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("transcription_completed",), "transcription_latency"),
+    (("claims_extracted",), "claims_extraction_latency"),
+    (ENTITY_OUTCOMES, "entity_resolution_latency"),
+    (("drafts_generated",), "draft_generation_latency"),
+    (("artifact_completed",), "end_to_end_latency"),
+)
+CONFIDENCES: tuple[tuple[str, str], ...] = (
+    ("transcription_completed", "transcript_confidence"),
+    ("claims_extracted", "claim_confidence"),
+)
+# (event types, metadata key, column)
+TOTALS: tuple[tuple[tuple[str, ...], str, str], ...] = (
+    (("claims_extracted",), "claimCount", "claims_total"),
+    (ENTITY_OUTCOMES, "entityCount", "entities_total"),
+    (("drafts_generated",), "draftCount", "drafts_total"),
+)
+
+INT_PARTS: tuple[str, ...] = (
+    COUNT_PARTS
+    + tuple(f"{name}_count" for _, name in LATENCIES)
+    + tuple(f"{name}_count" for _, name in CONFIDENCES)
+    + tuple(column for _, _, column in TOTALS)
+)
+FLOAT_PARTS: tuple[str, ...] = tuple(f"{name}_sum" for _, name in LATENCIES) + tuple(
+    f"{name}_sum" for _, name in CONFIDENCES
+)
+DECIMAL_PARTS: tuple[str, ...] = ("ai_cost_sum",)
+HISTOGRAM_PART = "end_to_end_histogram"
+SCALAR_PARTS: tuple[str, ...] = INT_PARTS + FLOAT_PARTS + DECIMAL_PARTS
+ALL_PARTS: tuple[str, ...] = SCALAR_PARTS + (HISTOGRAM_PART,)
+
+_LATENCY_OF = {t: name for types, name in LATENCIES for t in types}
+_CONFIDENCE_OF = dict(CONFIDENCES)
+_TOTALS_OF: dict[str, list[tuple[str, str]]] = {}
+for _types, _key, _column in TOTALS:
+    for _t in _types:
+        _TOTALS_OF.setdefault(_t, []).append((_key, _column))
+
+
+def empty_parts() -> Parts:
+    parts: Parts = {name: 0 for name in INT_PARTS}
+    parts.update({name: 0.0 for name in FLOAT_PARTS})
+    parts["ai_cost_sum"] = Decimal(0)
+    parts[HISTOGRAM_PART] = histogram.empty()
+    return parts
+
+
+def add_event(
+    parts: Parts,
+    event_type: str,
+    duration_ms: float | None,
+    metadata: Mapping[str, Any],
+) -> None:
+    """Add one (validated) event's contribution to parts, in place."""
+    parts[f"n_{event_type}"] += 1
+    latency = _LATENCY_OF.get(event_type)
+    if latency is not None and duration_ms is not None:
+        parts[f"{latency}_sum"] += float(duration_ms)
+        parts[f"{latency}_count"] += 1
+        if event_type == "artifact_completed":
+            parts[HISTOGRAM_PART][histogram.bucket_of(float(duration_ms))] += 1
+    confidence = _CONFIDENCE_OF.get(event_type)
+    score = metadata.get("confidenceScore")
+    if confidence is not None and score is not None:
+        parts[f"{confidence}_sum"] += float(score)
+        parts[f"{confidence}_count"] += 1
+    for key, column in _TOTALS_OF.get(event_type, ()):
+        value = metadata.get(key)
+        if value is not None:
+            parts[column] += int(value)
+    cost = metadata.get("aiCost")
+    if cost is not None:
+        parts["ai_cost_sum"] += Decimal(str(cost))
+
+
+def sum_parts(rows: Iterable[Mapping[str, Any]]) -> Parts:
+    """Element-wise sum of parts rows (counter rows or snapshot rows)."""
+    total = empty_parts()
+    hists = []
+    for row in rows:
+        for name in INT_PARTS:
+            total[name] += int(row[name] or 0)
+        for name in FLOAT_PARTS:
+            total[name] += float(row[name] or 0.0)
+        total["ai_cost_sum"] += Decimal(row["ai_cost_sum"] or 0)
+        hists.append(row[HISTOGRAM_PART] or ())
+    total[HISTOGRAM_PART] = histogram.merge(hists)
+    return total

@@ -1,0 +1,184 @@
+"""Typed settings from environment variables, validated once at start.
+
+A wrong value stops the process with a SettingsError naming the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import TypeVar
+
+from voicepipe.errors import SettingsError
+
+T = TypeVar("T")
+
+STAGE_NAMES = (
+    "ingestion",
+    "transcription",
+    "claims_extraction",
+    "entity_resolution",
+    "draft_generation",
+    "confirmation",
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str | None
+    broker_url: str | None
+    result_backend: str | None
+    data_dir: Path
+    flower_basic_auth: str | None
+    hourly_horizon_hours: int = 72
+    daily_horizon_days: int = 7
+    retention_events_days: int = 30
+    retention_counters_days: int = 35
+    retention_hourly_days: int = 90
+    retention_daily_days: int = 730
+    retention_ai_usage_days: int = 90
+    retention_ai_usage_daily_days: int = 730
+    max_retry_attempts: int = 3
+    stall_timeout_seconds: int = 900
+    max_requeues: int = 3
+    processor: str = "simulated"
+    simulator_seed: int = 0
+    simulator_failure_rate: float = 0.0
+    simulator_fail_stages: tuple[str, ...] = field(default_factory=tuple)
+    simulator_time_scale: float = 1.0
+    fake_now: datetime | None = None
+    log_level: str = "INFO"
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+    if value < minimum:
+        raise SettingsError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _float(
+    env: Mapping[str, str], name: str, default: float, lo: float, hi: float | None = None
+) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+    if not (value >= lo and (hi is None or value <= hi)) or value != value:
+        bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise SettingsError(f"{name} must be {bound}, got {raw!r}")
+    return value
+
+
+def _optional(env: Mapping[str, str], name: str, check: Callable[[str], bool], what: str) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    if not check(raw.strip()):
+        raise SettingsError(f"{name} must be {what}, got {raw!r}")
+    return raw.strip()
+
+
+def _stages(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    raw = env.get(name, "")
+    stages = tuple(s.strip() for s in raw.split(",") if s.strip())
+    for stage in stages:
+        if stage not in STAGE_NAMES:
+            raise SettingsError(
+                f"{name} names an unknown stage {stage!r}; stages are {', '.join(STAGE_NAMES)}"
+            )
+    return stages
+
+
+def _fake_now(env: Mapping[str, str], name: str) -> datetime | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None
+    try:
+        value = datetime.fromisoformat(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name} must be an ISO-8601 timestamp, got {raw!r}") from None
+    if value.tzinfo is None:
+        raise SettingsError(f"{name} must carry a UTC offset, got {raw!r}")
+    return value
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Read and validate every setting; raise SettingsError naming a bad variable."""
+    env = os.environ if env is None else env
+    db = _optional(
+        env,
+        "DATABASE_URL",
+        lambda v: v.startswith(("postgresql", "postgres")),
+        "a PostgreSQL URL such as postgresql+psycopg://user@host/db",
+    )
+    broker = _optional(
+        env,
+        "BROKER_URL",
+        lambda v: v.startswith(("redis://", "rediss://", "redis+socket://", "amqp://", "amqps://")),
+        "a redis://, redis+socket:// or amqp:// URL",
+    )
+    auth = _optional(
+        env,
+        "FLOWER_BASIC_AUTH",
+        lambda v: all(":" in pair and pair.split(":", 1)[1] for pair in v.split(",")),
+        "user:password (comma-separated for several users)",
+    )
+    level = env.get("VOICEPIPE_LOG_LEVEL", "INFO").strip().upper() or "INFO"
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise SettingsError(f"VOICEPIPE_LOG_LEVEL must be a logging level, got {level!r}")
+    processor = env.get("VOICEPIPE_PROCESSOR", "simulated").strip() or "simulated"
+    return Settings(
+        database_url=db,
+        broker_url=broker,
+        result_backend=_optional(env, "RESULT_BACKEND", lambda v: "://" in v, "a Celery result backend URL"),
+        data_dir=Path(env.get("VOICEPIPE_DATA_DIR", "").strip() or ".voicepipe").absolute(),
+        flower_basic_auth=auth,
+        hourly_horizon_hours=_int(env, "VOICEPIPE_HOURLY_HORIZON_HOURS", 72, minimum=1),
+        daily_horizon_days=_int(env, "VOICEPIPE_DAILY_HORIZON_DAYS", 7, minimum=1),
+        retention_events_days=_int(env, "VOICEPIPE_RETENTION_EVENTS_DAYS", 30, minimum=1),
+        retention_counters_days=_int(env, "VOICEPIPE_RETENTION_COUNTERS_DAYS", 35, minimum=8),
+        retention_hourly_days=_int(env, "VOICEPIPE_RETENTION_HOURLY_DAYS", 90, minimum=1),
+        retention_daily_days=_int(env, "VOICEPIPE_RETENTION_DAILY_DAYS", 730, minimum=1),
+        retention_ai_usage_days=_int(env, "VOICEPIPE_RETENTION_AI_USAGE_DAYS", 90, minimum=8),
+        retention_ai_usage_daily_days=_int(env, "VOICEPIPE_RETENTION_AI_USAGE_DAILY_DAYS", 730, minimum=1),
+        max_retry_attempts=_int(env, "VOICEPIPE_MAX_RETRY_ATTEMPTS", 3, minimum=1),
+        stall_timeout_seconds=_int(env, "VOICEPIPE_STALL_TIMEOUT_SECONDS", 900, minimum=1),
+        max_requeues=_int(env, "VOICEPIPE_MAX_REQUEUES", 3, minimum=0),
+        processor=processor,
+        simulator_seed=_int(env, "VOICEPIPE_SIMULATOR_SEED", 0),
+        simulator_failure_rate=_float(env, "VOICEPIPE_SIMULATOR_FAILURE_RATE", 0.0, 0.0, 1.0),
+        simulator_fail_stages=_stages(env, "VOICEPIPE_SIMULATOR_FAIL_STAGES"),
+        simulator_time_scale=_float(env, "VOICEPIPE_SIMULATOR_TIME_SCALE", 1.0, 0.0),
+        fake_now=_fake_now(env, "VOICEPIPE_FAKE_NOW"),
+        log_level=level,
+    )
+
+
+_cached: Settings | None = None
+
+
+def get_settings() -> Settings:
+    """The process's settings, loaded on first use."""
+    global _cached
+    if _cached is None:
+        _cached = load_settings()
+    return _cached
+
+
+def reset_settings() -> None:
+    """Forget cached settings (tests that change the environment call this)."""
+    global _cached
+    _cached = None

@@ -1,0 +1,1 @@
+"""AI usage: recording one row per LLM call, daily rollups, and usage queries."""

@@ -1,0 +1,40 @@
+"""The Celery app: `celery -A worker worker|beat|flower`.
+
+Configuration is resolved lazily (on first use), from environment variables; when
+BROKER_URL is unset the embedded Redis under VOICEPIPE_DATA_DIR is used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Celery
+
+from worker.routes import TASK_MODULES
+
+app = Celery("voicepipe", include=list(TASK_MODULES))
+
+
+def broker_url() -> str:
+    from voicepipe.settings import get_settings
+
+    settings = get_settings()
+    if settings.broker_url:
+        return settings.broker_url
+    from voicepipe.embedded import redis_url
+
+    return redis_url(settings.data_dir)
+
+
+def _configure(sender: Celery, **_: Any) -> None:
+    from voicepipe.settings import get_settings
+    from worker.config import celery_config
+
+    sender.config_from_object(celery_config(broker_url(), get_settings().result_backend))
+
+
+app.on_configure.connect(_configure, weak=False)
+
+import worker.signals  # noqa: E402,F401  (engine lifecycle hooks)
+
+__all__ = ["app"]

@@ -1,0 +1,99 @@
+"""Celery configuration for production; every value says why it is what it is."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kombu import Queue
+
+from worker.routes import QUEUES, TASK_QUEUES
+
+# The longest hard time limit of any task (pipeline stages, see tasks/_base.py).
+LONGEST_TIME_LIMIT_S = 900
+# Redis redelivers an unacknowledged message after this long. It must exceed the
+# longest time limit, or a slow task still running would be delivered a second time.
+VISIBILITY_TIMEOUT_S = 4 * LONGEST_TIME_LIMIT_S
+# A producer facing a dead broker must get an error in seconds, not hang.
+SOCKET_TIMEOUT_S = 5.0
+
+
+def result_backend_for(broker_url: str, explicit: str | None) -> str:
+    if explicit:
+        return explicit
+    if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+        return broker_url
+    # RabbitMQ: results travel back as messages to the caller.
+    return "rpc://"
+
+
+def celery_config(broker_url: str, result_backend: str | None = None) -> dict[str, Any]:
+    from beat_schedule import BEAT_SCHEDULE
+
+    return {
+        "broker_url": broker_url,
+        "result_backend": result_backend_for(broker_url, result_backend),
+        # UTC everywhere: windows are UTC and beat must not follow a local DST change.
+        "timezone": "UTC",
+        "enable_utc": True,
+        # JSON only: a pickled message could run code on the worker; it is refused.
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        # Three queues so aggregation, pipeline work and operator retries scale and
+        # stall independently; every public task has a route (worker/routes.py).
+        "task_queues": [Queue(name, routing_key=name) for name in QUEUES],
+        "task_default_queue": "pipeline",
+        "task_routes": {name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        # Late acks: a message is acknowledged after the task ran, so a worker that
+        # dies mid-task (kill -9, OOM, host loss) leaves it to be redelivered. Safe
+        # because every task is idempotent (upserts, row locks, request ids).
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        # With late acks, prefetching more than one message would hold messages a
+        # busy process cannot start; one at a time keeps them available to others.
+        "worker_prefetch_multiplier": 1,
+        # If the broker connection drops, unacknowledged tasks are redelivered to
+        # someone else; cancel the local copies instead of running them twice.
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        # Defaults for any task that does not set its own (tasks/_base.py does).
+        "task_time_limit": 300,
+        "task_soft_time_limit": 270,
+        "broker_transport_options": {
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            "socket_timeout": SOCKET_TIMEOUT_S,
+            "socket_connect_timeout": SOCKET_TIMEOUT_S,
+            "retry_on_timeout": True,
+            "health_check_interval": 25,
+        },
+        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "redis_socket_timeout": SOCKET_TIMEOUT_S,
+        "redis_socket_connect_timeout": SOCKET_TIMEOUT_S,
+        "redis_retry_on_timeout": True,
+        "broker_connection_timeout": SOCKET_TIMEOUT_S,
+        # Workers keep reconnecting at start (the broker may come up after them).
+        "broker_connection_retry_on_startup": True,
+        # Publishing retries a few times within ~2 s, then raises to the producer.
+        "task_publish_retry": True,
+        "task_publish_retry_policy": {
+            "max_retries": 3,
+            "interval_start": 0,
+            "interval_step": 0.5,
+            "interval_max": 1,
+        },
+        # Results are read by `voicepipe retry` and producers that wait; a day is plenty.
+        "result_expires": 86_400,
+        "result_extended": True,
+        # Most tasks ignore their return value, but a refusal (InvalidInput, ...) is
+        # stored so a producer holding the AsyncResult can read the named error.
+        "task_store_errors_even_if_ignored": True,
+        # Task events, sent events and started state: Flower sees every task from the
+        # moment it is queued, with its arguments.
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "task_track_started": True,
+        # Recycle worker processes now and then so a slow leak cannot grow forever.
+        "worker_max_tasks_per_child": 1000,
+        "beat_schedule": BEAT_SCHEDULE,
+    }

@@ -1,0 +1,44 @@
+"""The public task names and their queues (contract.md). Producers depend on these."""
+
+from __future__ import annotations
+
+QUEUES: tuple[str, ...] = ("metrics", "pipeline", "retry")
+
+TASK_QUEUES: dict[str, str] = {
+    "voicepipe.metrics.aggregate_hourly_due": "metrics",
+    "voicepipe.metrics.aggregate_hour": "metrics",
+    "voicepipe.metrics.aggregate_daily_due": "metrics",
+    "voicepipe.metrics.aggregate_day": "metrics",
+    "voicepipe.usage.aggregate_daily_due": "metrics",
+    "voicepipe.usage.aggregate_day": "metrics",
+    "voicepipe.maintenance.cleanup": "metrics",
+    "voicepipe.maintenance.requeue_stalled": "metrics",
+    "voicepipe.pipeline.ingest": "pipeline",
+    "voicepipe.pipeline.transcribe": "pipeline",
+    "voicepipe.pipeline.extract_claims": "pipeline",
+    "voicepipe.pipeline.resolve_entities": "pipeline",
+    "voicepipe.pipeline.generate_drafts": "pipeline",
+    "voicepipe.retry.transcription": "retry",
+    "voicepipe.retry.claims_extraction": "retry",
+    "voicepipe.retry.entity_resolution": "retry",
+    "voicepipe.retry.draft_generation": "retry",
+    "voicepipe.retry.full_pipeline": "retry",
+    "voicepipe.events.record": "pipeline",
+    "voicepipe.usage.record": "pipeline",
+    "voicepipe.directory.upsert_organization": "pipeline",
+    "voicepipe.directory.upsert_user": "pipeline",
+    # Additions beyond the contract's table (same naming rules).
+    "voicepipe.events.record_batch": "pipeline",
+    "voicepipe.usage.record_batch": "pipeline",
+}
+
+# Task modules the worker imports (celery `include`); none has import-time side effects.
+TASK_MODULES: tuple[str, ...] = (
+    "tasks.events",
+    "tasks.directory",
+    "tasks.metrics",
+    "tasks.usage",
+    "tasks.maintenance",
+    "tasks.pipeline",
+    "tasks.retry",
+)
