@@ -50,6 +50,7 @@ class Settings:
     simulator_fail_stages: tuple[str, ...] = field(default_factory=tuple)
     simulator_time_scale: float = 1.0
     fake_now: datetime | None = None
+    beat_interval_seconds: int | None = None
     log_level: str = "INFO"
 
 
@@ -163,6 +164,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         simulator_fail_stages=_stages(env, "VOICEPIPE_SIMULATOR_FAIL_STAGES"),
         simulator_time_scale=_float(env, "VOICEPIPE_SIMULATOR_TIME_SCALE", 1.0, 0.0),
         fake_now=_fake_now(env, "VOICEPIPE_FAKE_NOW"),
+        beat_interval_seconds=_int(env, "VOICEPIPE_BEAT_INTERVAL_SECONDS", 0, minimum=0) or None,
         log_level=level,
     )
 

@@ -30,7 +30,10 @@ def _configure(sender: Celery, **_: Any) -> None:
     from voicepipe.settings import get_settings
     from worker.config import celery_config
 
-    sender.config_from_object(celery_config(broker_url(), get_settings().result_backend))
+    settings = get_settings()
+    sender.config_from_object(
+        celery_config(broker_url(), settings.result_backend, settings.beat_interval_seconds)
+    )
 
 
 app.on_configure.connect(_configure, weak=False)

@@ -39,6 +39,7 @@ TASK_MODULES: tuple[str, ...] = (
     "tasks.metrics",
     "tasks.usage",
     "tasks.maintenance",
+    "tasks.recovery",
     "tasks.pipeline",
     "tasks.retry",
 )

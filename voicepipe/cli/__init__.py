@@ -1,0 +1,48 @@
+"""The `voicepipe` command line. Each area registers its subcommands:
+
+- stack.py: dev, migrate, rebuild-counters, stop-embedded
+- metrics.py: backfill, status
+- operations.py: retry, simulate
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from voicepipe.errors import SettingsError, VoicepipeError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from voicepipe.cli import metrics, operations, stack
+
+    parser = argparse.ArgumentParser(prog="voicepipe", description="voicepipe workers and operations")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in (stack, metrics, operations):
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        from voicepipe.settings import get_settings
+
+        get_settings()  # a wrong variable stops here, naming itself
+        return int(args.func(args) or 0)
+    except SettingsError as exc:
+        print(f"voicepipe: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except VoicepipeError as exc:
+        print(f"voicepipe: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
