@@ -3,6 +3,7 @@
 - stack.py: dev, migrate, rebuild-counters, stop-embedded
 - metrics.py: backfill, status
 - operations.py: retry, simulate
+- health.py: health checks used by docker-compose
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from voicepipe.errors import SettingsError, VoicepipeError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from voicepipe.cli import metrics, operations, stack
+    from voicepipe.cli import health, metrics, operations, stack
 
     parser = argparse.ArgumentParser(prog="voicepipe", description="voicepipe workers and operations")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (stack, metrics, operations):
+    for module in (stack, metrics, operations, health):
         module.register(sub)
     return parser
 
