@@ -37,6 +37,12 @@ class Artifact(Base):
     requeue_count: Mapped[int] = mapped_column(Integer, server_default="0")
     # Internal: the retry attempt whose outcome (retry_succeeded / retry_failed) is pending.
     active_retry_attempt: Mapped[int | None] = mapped_column(Integer)
+    # Internal: the stage the artifact waits for or is running (transcription ..
+    # draft_generation); NULL once completed. `processing` alone cannot say which.
+    current_stage: Mapped[str | None] = mapped_column(String(32))
+    # Internal: the task id that claimed current_stage; NULL while the stage is queued.
+    # A duplicate message finds it set and does nothing; a redelivery (same id) resumes.
+    stage_task_id: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 

@@ -91,6 +91,8 @@ def upgrade() -> None:
     sa.Column('metadata', postgresql.JSONB(astext_type=sa.Text()), server_default='{"retryAttempt": 0}', nullable=False),
     sa.Column('requeue_count', sa.Integer(), server_default='0', nullable=False),
     sa.Column('active_retry_attempt', sa.Integer(), nullable=True),
+    sa.Column('current_stage', sa.String(length=32), nullable=True),
+    sa.Column('stage_task_id', sa.String(length=255), nullable=True),
     sa.Column('created_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.Column('updated_at', sa.DateTime(timezone=True), server_default=sa.text('now()'), nullable=False),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_artifacts'))
