@@ -14,6 +14,7 @@ import os
 import subprocess
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from urllib.parse import quote
 
@@ -35,7 +36,10 @@ def _socket_dir(data_dir: Path) -> Path:
 def postgres_url(data_dir: Path) -> str:
     """Start (or reuse) the embedded PostgreSQL and return its SQLAlchemy URL."""
     try:
-        import pgserver
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI): harmless here.
+            warnings.simplefilter("ignore")
+            import pgserver
     except ImportError as exc:  # pragma: no cover - depends on the install
         raise RuntimeError(
             "DATABASE_URL is unset and the embedded PostgreSQL is not installed: "
@@ -43,6 +47,8 @@ def postgres_url(data_dir: Path) -> str:
         ) from exc
     pgdata = data_dir / "pg"
     pgdata.parent.mkdir(parents=True, exist_ok=True)
+    # pgserver logs every command it runs at INFO; keep the user's terminal readable.
+    logging.getLogger("pgserver").setLevel(logging.WARNING)
     # cleanup_mode=None: the server keeps running when this process exits, so the
     # worker, beat and Flower processes all use the one server.
     server = pgserver.get_server(pgdata, cleanup_mode=None)
@@ -112,12 +118,16 @@ def stop(data_dir: Path) -> None:
     pgdata = data_dir / "pg"
     if (pgdata / "postmaster.pid").exists():
         try:
-            import pgserver  # noqa: F401
-            from pgserver._commands import pg_ctl
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                from pgserver._commands import pg_ctl
         except ImportError:  # pragma: no cover
             return
+        logging.getLogger("pgserver").setLevel(logging.WARNING)
+        # pgserver runs PostgreSQL as the user "pgserver" when started by root.
+        user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
         try:
-            pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata)
+            pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, user=user)
         except Exception as exc:  # noqa: BLE001 - report and keep going with shutdown
             log.warning("embedded postgres stop failed: %s", exc)
 

@@ -30,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    for noisy in ("alembic.runtime.plugins", "pgserver"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         from voicepipe.settings import get_settings
 

@@ -1,0 +1,181 @@
+"""`voicepipe dev`, `voicepipe migrate`, `voicepipe rebuild-counters`, `voicepipe stop-embedded`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import timedelta
+
+
+from voicepipe.settings import get_settings
+
+CHILD_STOP_TIMEOUT_S = 20
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    dev = sub.add_parser(
+        "dev",
+        help="run the whole stack locally: database, broker, migrations, worker, beat, Flower, simulator",
+    )
+    dev.add_argument("--flower-port", type=int, default=5555)
+    dev.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
+    dev.add_argument("--no-simulate", action="store_true", help="do not run the simulated producer")
+    dev.add_argument(
+        "--beat-interval", type=int, default=60,
+        help="seconds between beat emissions in dev (production uses the crontab schedule)",
+    )
+    dev.set_defaults(func=cmd_dev)
+
+    migrate = sub.add_parser("migrate", help="apply database migrations to DATABASE_URL")
+    migrate.set_defaults(func=cmd_migrate)
+
+    rebuild = sub.add_parser(
+        "rebuild-counters",
+        help="recompute event counters from stored events for a range of days (repairs a counting bug)",
+    )
+    rebuild.add_argument("--from", dest="start", required=True, help="first day, YYYY-MM-DD (UTC)")
+    rebuild.add_argument("--to", dest="end", required=True, help="last day, YYYY-MM-DD (UTC), inclusive")
+    rebuild.set_defaults(func=cmd_rebuild_counters)
+
+    stop = sub.add_parser("stop-embedded", help="stop the embedded PostgreSQL and Redis (data is kept)")
+    stop.set_defaults(func=cmd_stop_embedded)
+
+
+def _database_url() -> str:
+    from models.session import database_url
+
+    return database_url()
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    from voicepipe.migrate import upgrade
+
+    url = _database_url()
+    upgrade(url)
+    print("voicepipe: database migrated to head")
+    return 0
+
+
+def cmd_rebuild_counters(args: argparse.Namespace) -> int:
+    from models.session import session_scope
+    from voicepipe.events.recording import rebuild_counters
+    from voicepipe.windows import day_start, parse_day
+
+    first, last = parse_day(args.start, "--from"), parse_day(args.end, "--to")
+    start, end = day_start(first), day_start(last) + timedelta(days=1)
+    with session_scope() as session:
+        result = rebuild_counters(session, start, end)
+    print(
+        f"voicepipe: rebuilt {result.counter_rows} counter rows over {result.hours} hours "
+        f"from {result.events} events; the next aggregation run re-aggregates those windows"
+    )
+    return 0
+
+
+def cmd_stop_embedded(args: argparse.Namespace) -> int:
+    from voicepipe import embedded
+
+    embedded.stop(get_settings().data_dir)
+    print(f"voicepipe: embedded servers under {get_settings().data_dir} stopped")
+    return 0
+
+
+def cmd_dev(args: argparse.Namespace) -> int:
+    from voicepipe import embedded
+    from voicepipe.migrate import upgrade
+
+    settings = get_settings()
+    data_dir = settings.data_dir
+    data_dir.mkdir(parents=True, exist_ok=True)
+    started_embedded = not (settings.database_url and settings.broker_url)
+    print(f"voicepipe dev: data in {data_dir}", flush=True)
+    db_url, broker = embedded.resolve_urls(settings.database_url, settings.broker_url, data_dir)
+    print(f"voicepipe dev: database {'(embedded) ' if not settings.database_url else ''}ready", flush=True)
+    print(f"voicepipe dev: broker {'(embedded) ' if not settings.broker_url else ''}{broker}", flush=True)
+    upgrade(db_url)
+    print("voicepipe dev: migrations applied", flush=True)
+
+    env = dict(os.environ)
+    env.update(DATABASE_URL=db_url, BROKER_URL=broker, VOICEPIPE_DEV="1", PYTHONUNBUFFERED="1")
+    env.setdefault("VOICEPIPE_BEAT_INTERVAL_SECONDS", str(args.beat_interval))
+    if not settings.flower_basic_auth:
+        # Local only (Flower binds 127.0.0.1): let its API answer without credentials.
+        env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+    # Stage work at 5 % of its realistic duration so artifacts flow through in seconds.
+    env.setdefault("VOICEPIPE_SIMULATOR_TIME_SCALE", "0.05")
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    celery = [sys.executable, "-m", "celery", "-A", "worker"]
+    children: dict[str, list[str]] = {
+        "worker": celery + ["worker", "-Q", "metrics,pipeline,retry", "-c", str(args.concurrency),
+                            "-n", "dev@%h", "-l", "INFO"],
+        "beat": celery + ["beat", "-s", str(data_dir / "celerybeat-schedule"), "-l", "INFO"],
+        "flower": celery + ["flower", f"--port={args.flower_port}", "--address=127.0.0.1"],
+    }
+    if not args.no_simulate:
+        children["simulator"] = [sys.executable, "-m", "voicepipe.cli", "simulate", "--artifacts", "0",
+                                 "--rate", "0.5", "--history-hours", "6"]
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop_all(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop_all)
+    signal.signal(signal.SIGTERM, stop_all)
+    try:
+        for name, cmd in children.items():
+            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+            procs[name] = subprocess.Popen(
+                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
+            )
+            print(f"voicepipe dev: started {name} (pid {procs[name].pid}, log {logs / (name + '.log')})",
+                  flush=True)
+        print(f"voicepipe dev: Flower at http://127.0.0.1:{args.flower_port}", flush=True)
+        print("voicepipe dev: press Ctrl-C to stop everything", flush=True)
+        while not stopping:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    print(f"voicepipe dev: {name} exited with {proc.returncode}; "
+                          f"see {logs / (name + '.log')}; stopping", flush=True)
+                    stopping = True
+                    break
+            time.sleep(0.5)
+    finally:
+        _stop_children(procs)
+        if started_embedded:
+            embedded.stop(data_dir)
+        print("voicepipe dev: stopped", flush=True)
+    return 0
+
+
+def _stop_children(procs: dict[str, subprocess.Popen[bytes]]) -> None:
+    # Producers first, then beat (no new work), then the worker (finishes its task), Flower last.
+    order = ["simulator", "beat", "worker", "flower"]
+    for name in order:
+        proc = procs.get(name)
+        if proc is not None and proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+    deadline = time.monotonic() + CHILD_STOP_TIMEOUT_S
+    for name in order:
+        proc = procs.get(name)
+        if proc is None:
+            continue
+        try:
+            proc.wait(max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            print(f"voicepipe dev: {name} did not stop in time; killing it", flush=True)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(5)
