@@ -175,3 +175,15 @@ def start_worker(
     for proc in procs:
         proc.stop()
     client.close()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """With VOICEPIPE_FAIL_ON_SKIP=1 (CI), a skipped test fails the run: a skip is not a pass."""
+    if os.environ.get("VOICEPIPE_FAIL_ON_SKIP") != "1":
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    skipped = reporter.stats.get("skipped", []) if reporter is not None else []
+    if skipped and session.exitstatus == 0:
+        names = ", ".join(getattr(r, "nodeid", "?") for r in skipped[:10])
+        print(f"\nVOICEPIPE_FAIL_ON_SKIP: {len(skipped)} test(s) skipped: {names}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -1,0 +1,130 @@
+"""`voicepipe dev` end to end: nothing configured, everything embedded, as a new user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+from alembic.script import ScriptDirectory
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from models import MetricsSnapshot, PipelineEvent
+from tests.helpers import REPO_ROOT, wait_for
+from voicepipe.migrate import alembic_config
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def user_env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("VOICEPIPE_", "FLOWER_", "TEST_")) and k not in ("DATABASE_URL", "BROKER_URL")}
+    env["VOICEPIPE_DATA_DIR"] = str(data_dir)
+    return env
+
+
+def start_dev(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "voicepipe.cli", "dev", "--flower-port", str(port), "--beat-interval", "2"],
+            env=user_env(data_dir), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+
+def flower_workers(port: int) -> dict[str, object]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/workers?refresh=1", timeout=5) as r:
+            return dict(json.loads(r.read()))
+    except OSError:
+        return {}
+
+
+def stop_dev(proc: subprocess.Popen[bytes], log: Path) -> None:
+    children = psutil.Process(proc.pid).children(recursive=True)
+    assert children, "dev started no child processes"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(60) == 0, log.read_text()[-3000:]
+    gone, alive = psutil.wait_procs(children, timeout=15)
+    assert not alive, f"children still running after Ctrl-C: {alive}"
+
+
+@pytest.mark.slow
+def test_dev_runs_the_whole_stack_shows_aggregations_and_stops_cleanly(short_tmp: Path) -> None:
+    data_dir = short_tmp / "devstack"
+    port = free_port()
+    log = short_tmp / "dev.log"
+    proc = start_dev(data_dir, port, log)
+    try:
+        wait_for(lambda: "Flower at" in log.read_text(), timeout=90, what="dev to start")
+        workers = wait_for(lambda: flower_workers(port), timeout=60, what="Flower to list the worker")
+        assert any(name.startswith("dev@") for name in workers)
+        engine = create_engine(f"postgresql+psycopg://postgres@/postgres?host={data_dir / 'pg'}")
+        with engine.connect() as conn:
+            def snapshots() -> int:
+                return int(conn.execute(select(func.count()).select_from(MetricsSnapshot)).scalar_one())
+
+            # The simulator records recent history; beat (every 2 s in this test) aggregates it.
+            wait_for(lambda: conn.execute(select(func.count()).select_from(PipelineEvent)).scalar_one() > 0,
+                     timeout=90, what="simulated events")
+            wait_for(lambda: snapshots() > 0, timeout=120, what="metrics snapshots")
+            conn.rollback()
+            before = snapshots()
+        engine.dispose()
+    finally:
+        if proc.poll() is None:
+            stop_dev(proc, log)
+    assert "voicepipe dev: stopped" in log.read_text()
+
+    # A second start reuses the data: the same database, with what the first run wrote.
+    log2 = short_tmp / "dev2.log"
+    proc = start_dev(data_dir, port, log2)
+    try:
+        wait_for(lambda: "Flower at" in log2.read_text(), timeout=90, what="dev to start again")
+        engine = create_engine(f"postgresql+psycopg://postgres@/postgres?host={data_dir / 'pg'}")
+        with engine.connect() as conn:
+            assert conn.execute(select(func.count()).select_from(MetricsSnapshot)).scalar_one() >= before
+        engine.dispose()
+    finally:
+        stop_dev(proc, log2)
+
+
+def test_a_wrong_setting_stops_the_command_naming_the_variable(short_tmp: Path) -> None:
+    env = user_env(short_tmp / "unused")
+    env["VOICEPIPE_HOURLY_HORIZON_HOURS"] = "many"
+    result = subprocess.run([sys.executable, "-m", "voicepipe.cli", "migrate"], env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "VOICEPIPE_HOURLY_HORIZON_HOURS" in result.stderr
+
+
+def test_migrate_applies_migrations_to_database_url(pg_admin_url: str, short_tmp: Path) -> None:
+    from tests.helpers import admin_execute, with_database
+
+    name = f"vp_migrate_{os.getpid()}_{int(time.time())}"
+    admin_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
+    try:
+        env = user_env(short_tmp / "unused")
+        env["DATABASE_URL"] = with_database(pg_admin_url, name)
+        result = subprocess.run([sys.executable, "-m", "voicepipe.cli", "migrate"], env=env, cwd=REPO_ROOT,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        engine = create_engine(env["DATABASE_URL"])
+        with engine.connect() as conn:
+            head = ScriptDirectory.from_config(alembic_config(env["DATABASE_URL"])).get_current_head()
+            assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar_one() == head
+        engine.dispose()
+    finally:
+        admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
