@@ -1,3 +1,115 @@
-"""metrics tasks (see worker/routes.py for the names)."""
+"""Metrics tasks: per-window aggregation and the beat wrappers that find due windows.
+
+The wrappers fan out, one task per due window, sent oldest first, rather than
+aggregating inline: each window then has its own bounded retries of transient
+errors, its own SUCCESS or FAILURE in Flower, and a failing window cannot stop the
+others behind it; several worker processes share a long catch-up. The wrappers
+themselves only read (a few indexed queries) and finish in milliseconds.
+
+A window whose task fails stays due (missing or stale) and its failure is counted in
+aggregation_windows, so the next wrapper run sends it again: never retried forever,
+never forgotten.
+"""
 
 from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime
+from typing import Any, TypeVar
+
+from models.session import session_scope
+from tasks._base import public_task, take
+from voicepipe.clock import utcnow
+from voicepipe.errors import REFUSALS
+from voicepipe.metrics.bookkeeping import DAILY, HOURLY, record_failure
+from voicepipe.metrics.daily import aggregate_day
+from voicepipe.metrics.due import due_days, due_hours, stale_days
+from voicepipe.metrics.hourly import aggregate_hour
+from voicepipe.settings import get_settings
+from voicepipe.windows import day_start, parse_day, parse_hour
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# A fanned-out window task not started within two hours is dropped by the worker:
+# by then later wrapper runs have sent the window again if it is still due, so a
+# long outage does not leave a pile of redundant messages to chew through.
+FANOUT_EXPIRES_S = 2 * 3600
+
+
+@contextmanager
+def failures_recorded(period_type: str, start: datetime) -> Iterator[None]:
+    """Count a failed attempt of a window in its own transaction (the task's rolled back)."""
+    try:
+        yield
+    except REFUSALS:
+        raise
+    except Exception as exc:
+        try:
+            with session_scope() as session:
+                record_failure(session, period_type, start, f"{type(exc).__name__}: {exc}")
+        except Exception:  # noqa: BLE001 - the original error is what the task reports
+            log.exception("could not record failure window=%s %s", period_type, start.isoformat())
+        raise
+
+
+def _run(period_type: str, start: datetime, work: Callable[[Any], T]) -> T:
+    with failures_recorded(period_type, start), session_scope() as session:
+        return work(session)
+
+
+@public_task("voicepipe.metrics.aggregate_hour", time_limit=300)
+def aggregate_hour_task(**kwargs: Any) -> int:
+    """Aggregate one closed UTC hour from its counters (idempotent upsert)."""
+    hour = parse_hour(take(kwargs, required=("window_start",))["window_start"])
+    return _run(HOURLY, hour, lambda session: aggregate_hour(session, hour))
+
+
+@public_task("voicepipe.metrics.aggregate_day", time_limit=600)
+def aggregate_day_task(**kwargs: Any) -> int:
+    """Aggregate one UTC day from its 24 hourly snapshots (refreshing stale hours first)."""
+    day = parse_day(take(kwargs, required=("day",))["day"])
+    return _run(DAILY, day_start(day), lambda session: aggregate_day(session, day))
+
+
+def send_hours(hours: list[datetime]) -> None:
+    for hour in hours:
+        aggregate_hour_task.apply_async(kwargs={"window_start": hour.isoformat()}, expires=FANOUT_EXPIRES_S)
+
+
+def send_days(days: list[date]) -> None:
+    for day in days:
+        aggregate_day_task.apply_async(kwargs={"day": day.isoformat()}, expires=FANOUT_EXPIRES_S)
+
+
+@public_task("voicepipe.metrics.aggregate_hourly_due", time_limit=60)
+def aggregate_hourly_due(**kwargs: Any) -> None:
+    """Send one aggregate_hour per due hour, and one aggregate_day per stale closed day."""
+    take(kwargs)
+    now = utcnow()  # at execution, never when beat emitted the message
+    settings = get_settings()
+    with session_scope() as session:
+        hours = due_hours(session, now, settings.hourly_horizon_hours)
+        # Late events also make their (already computed) day stale: refresh it now
+        # rather than at the next 01:30 run. Missing days wait for the daily run.
+        days = stale_days(session, now, settings.daily_horizon_days)
+    send_hours(hours)
+    send_days(days)
+    log.info(
+        "hourly wrapper now=%s due_hours=%d stale_days=%d first=%s last=%s",
+        now.isoformat(), len(hours), len(days),
+        hours[0].isoformat() if hours else "-", hours[-1].isoformat() if hours else "-",
+    )
+
+
+@public_task("voicepipe.metrics.aggregate_daily_due", time_limit=60)
+def aggregate_daily_due(**kwargs: Any) -> None:
+    """Send one aggregate_day per missing or stale closed day in the horizon."""
+    take(kwargs)
+    now = utcnow()
+    with session_scope() as session:
+        days = due_days(session, now, get_settings().daily_horizon_days)
+    send_days(days)
+    log.info("daily wrapper now=%s due_days=%s", now.isoformat(), [d.isoformat() for d in days])

@@ -1,0 +1,1 @@
+"""Maintenance: retention cleanup (cleanup.py). Stalled-artifact re-queueing lives in recovery."""

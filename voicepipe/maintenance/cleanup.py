@@ -1,0 +1,168 @@
+"""Delete rows past their retention, in bounded batches with a commit per batch.
+
+Every cutoff is a UTC midnight, ``floor_day(now) - retention``: whole days go at
+once, so a day is either complete or gone (a rollup or snapshot recomputed later
+never sees half a day). Each table's delete walks its time index from the oldest
+row up to the cutoff, however old (the reference only looked 72 hours behind it).
+
+Retention (settings, days): pipeline events 30, counters 35, hourly snapshots 90,
+daily snapshots 730, AI usage log 90, AI usage daily rollups 730. Counters outlive
+the catch-up horizon (7 days) by far, and windows whose counters may be gone are
+never recomputed (``recomputable_from``), so cleanup can never zero a snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+
+from sqlalchemy import Engine, delete, select
+from sqlalchemy.orm import Session
+
+from models.events import EventCounter, PipelineEvent
+from models.metrics import AggregationWindow, MetricsSnapshot
+from models.usage import AiUsageDailyAggregate, AiUsageLog
+from voicepipe.settings import Settings, get_settings
+from voicepipe.windows import floor_day
+
+log = logging.getLogger(__name__)
+
+# Rows per DELETE: small enough that each transaction holds its locks for well under
+# a second and the WAL burst stays small; large enough to clear a day of events in
+# a few hundred round trips.
+BATCH_SIZE = 5000
+
+
+@dataclass(frozen=True)
+class Cutoffs:
+    events: datetime
+    counters: datetime
+    hourly: datetime
+    daily: datetime
+    ai_usage: datetime
+    ai_usage_daily: date
+
+
+def cutoffs(now: datetime, settings: Settings | None = None) -> Cutoffs:
+    s = settings or get_settings()
+    midnight = floor_day(now)
+    days = lambda n: midnight - timedelta(days=n)  # noqa: E731
+    return Cutoffs(
+        events=days(s.retention_events_days),
+        counters=days(s.retention_counters_days),
+        hourly=days(s.retention_hourly_days),
+        daily=days(s.retention_daily_days),
+        ai_usage=days(s.retention_ai_usage_days),
+        ai_usage_daily=days(s.retention_ai_usage_daily_days).date(),
+    )
+
+
+def recomputable_from(now: datetime) -> datetime:
+    """The oldest hour whose counters are certainly complete (cleanup deletes older ones)."""
+    return cutoffs(now).counters
+
+
+def usage_recomputable_from(now: datetime) -> datetime:
+    """The oldest day whose AI usage log rows are certainly complete."""
+    return cutoffs(now).ai_usage
+
+
+@dataclass
+class CleanupResult:
+    deleted: dict[str, int] = field(default_factory=dict)
+    complete: bool = True
+
+    @property
+    def total(self) -> int:
+        return sum(self.deleted.values())
+
+
+def _batches(
+    engine: Engine,
+    name: str,
+    select_ids: Callable[[int], object],
+    delete_ids: Callable[[list[object]], object],
+    result: CleanupResult,
+    deadline: float | None,
+    batch_size: int,
+) -> None:
+    total = 0
+    while True:
+        if deadline is not None and time.monotonic() > deadline:
+            result.complete = False
+            break
+        with Session(engine) as session, session.begin():
+            ids = list(session.execute(select_ids(batch_size)).scalars())  # type: ignore[call-overload]
+            if ids:
+                session.execute(delete_ids(ids))  # type: ignore[call-overload]
+        total += len(ids)
+        if len(ids) < batch_size:
+            break
+    result.deleted[name] = total
+    if total:
+        log.info("retention cleanup table=%s deleted=%d", name, total)
+
+
+def run_cleanup(
+    engine: Engine,
+    now: datetime,
+    *,
+    batch_size: int = BATCH_SIZE,
+    deadline: float | None = None,
+) -> CleanupResult:
+    """Delete everything older than each table's cutoff; one transaction per batch.
+
+    ``deadline`` (time.monotonic()) stops between batches so a task ends before its
+    time limit; what is left is reached by the next run (``complete`` is then False).
+    """
+    c = cutoffs(now)
+    result = CleanupResult()
+    # The oldest rows first, by the table's time index, so each batch is an index range.
+    _batches(
+        engine, "pipeline_events",
+        lambda n: select(PipelineEvent.id).where(PipelineEvent.occurred_at < c.events)
+        .order_by(PipelineEvent.occurred_at).limit(n),
+        lambda ids: delete(PipelineEvent).where(PipelineEvent.id.in_(ids)),
+        result, deadline, batch_size,
+    )
+    _batches(
+        engine, "event_counters",
+        lambda n: select(EventCounter.id).where(EventCounter.hour_start < c.counters)
+        .order_by(EventCounter.hour_start).limit(n),
+        lambda ids: delete(EventCounter).where(EventCounter.id.in_(ids)),
+        result, deadline, batch_size,
+    )
+    for period_type, cutoff in (("hourly", c.hourly), ("daily", c.daily)):
+        _batches(
+            engine, f"metrics_snapshots_{period_type}",
+            lambda n, pt=period_type, co=cutoff: select(MetricsSnapshot.id)
+            .where(MetricsSnapshot.period_type == pt, MetricsSnapshot.period_start < co)
+            .order_by(MetricsSnapshot.period_start).limit(n),
+            lambda ids: delete(MetricsSnapshot).where(MetricsSnapshot.id.in_(ids)),
+            result, deadline, batch_size,
+        )
+        # The bookkeeping of a window goes with its snapshots (few rows: one per window).
+        with Session(engine) as session, session.begin():
+            session.execute(
+                delete(AggregationWindow).where(
+                    AggregationWindow.period_type == period_type, AggregationWindow.period_start < cutoff
+                )
+            )
+    _batches(
+        engine, "ai_usage_log",
+        lambda n: select(AiUsageLog.id).where(AiUsageLog.occurred_at < c.ai_usage)
+        .order_by(AiUsageLog.occurred_at).limit(n),
+        lambda ids: delete(AiUsageLog).where(AiUsageLog.id.in_(ids)),
+        result, deadline, batch_size,
+    )
+    _batches(
+        engine, "ai_usage_daily_aggregates",
+        lambda n: select(AiUsageDailyAggregate.id).where(AiUsageDailyAggregate.day < c.ai_usage_daily)
+        .order_by(AiUsageDailyAggregate.day).limit(n),
+        lambda ids: delete(AiUsageDailyAggregate).where(AiUsageDailyAggregate.id.in_(ids)),
+        result, deadline, batch_size,
+    )
+    return result

@@ -1,0 +1,142 @@
+"""Derive every snapshot figure (models.metrics.SnapshotMetrics) from additive parts.
+
+Pure functions: the same parts always give the same figures, whether they are one
+hour of one organization's counters or thirty days of platform-wide snapshots.
+Every division is safe: a zero denominator gives 0, never NaN or an error.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+from voicepipe.events import histogram
+from voicepipe.events.parts import HISTOGRAM_PART
+
+# Numeric(24, 10) columns: quantizing here makes the value we compute and the value
+# PostgreSQL stores the same, so a re-run compares equal.
+COST_QUANTUM = Decimal("1E-10")
+
+METRIC_COLUMNS: tuple[str, ...] = (
+    "artifacts_received",
+    "artifacts_completed",
+    "artifacts_failed",
+    "avg_transcription_latency",
+    "avg_claims_extraction_latency",
+    "avg_entity_resolution_latency",
+    "avg_draft_generation_latency",
+    "avg_end_to_end_latency",
+    "p95_end_to_end_latency",
+    "avg_transcript_confidence",
+    "avg_claim_confidence",
+    "auto_resolution_rate",
+    "disambiguation_rate",
+    "transcription_failure_rate",
+    "claims_extraction_failure_rate",
+    "entity_resolution_failure_rate",
+    "draft_generation_failure_rate",
+    "overall_failure_rate",
+    "total_claims_extracted",
+    "total_entities_resolved",
+    "total_drafts_generated",
+    "total_ai_cost",
+    "avg_cost_per_artifact",
+    "retries_initiated",
+    "retries_succeeded",
+    "retries_failed",
+)
+
+
+def ratio(numerator: float, denominator: float) -> float:
+    """numerator / denominator, or 0.0 when the denominator is 0."""
+    return float(numerator) / float(denominator) if denominator else 0.0
+
+
+def mean(parts: Mapping[str, Any], name: str) -> float:
+    """Mean of a `<name>_sum` / `<name>_count` pair (events lacking the value are not counted)."""
+    return ratio(parts[f"{name}_sum"], parts[f"{name}_count"])
+
+
+def p95(parts: Mapping[str, Any]) -> float:
+    return histogram.percentile(parts[HISTOGRAM_PART] or (), 0.95)
+
+
+def derive(parts: Mapping[str, Any]) -> dict[str, Any]:
+    """Every SnapshotMetrics column, from one window's (or any set's) additive parts."""
+    n = lambda event_type: int(parts[f"n_{event_type}"])  # noqa: E731 - local shorthand
+    outcomes = n("entity_resolution_completed") + n("entity_needs_disambiguation")
+    received = n("artifact_received")
+    completed = n("artifact_completed")
+    failed = n("artifact_failed")
+    cost = Decimal(parts["ai_cost_sum"] or 0).quantize(COST_QUANTUM)
+    per_artifact = (cost / received).quantize(COST_QUANTUM) if received else Decimal(0).quantize(COST_QUANTUM)
+    return {
+        "artifacts_received": received,
+        "artifacts_completed": completed,
+        "artifacts_failed": failed,
+        "avg_transcription_latency": mean(parts, "transcription_latency"),
+        "avg_claims_extraction_latency": mean(parts, "claims_extraction_latency"),
+        "avg_entity_resolution_latency": mean(parts, "entity_resolution_latency"),
+        "avg_draft_generation_latency": mean(parts, "draft_generation_latency"),
+        "avg_end_to_end_latency": mean(parts, "end_to_end_latency"),
+        "p95_end_to_end_latency": p95(parts),
+        "avg_transcript_confidence": mean(parts, "transcript_confidence"),
+        "avg_claim_confidence": mean(parts, "claim_confidence"),
+        # Both rates share the outcomes denominator, so each lies in [0, 1] (defect 5).
+        "auto_resolution_rate": ratio(n("entity_resolution_completed"), outcomes),
+        "disambiguation_rate": ratio(n("entity_needs_disambiguation"), outcomes),
+        "transcription_failure_rate": ratio(
+            n("transcription_failed"), n("transcription_completed") + n("transcription_failed")
+        ),
+        "claims_extraction_failure_rate": ratio(
+            n("claims_extraction_failed"), n("claims_extracted") + n("claims_extraction_failed")
+        ),
+        "entity_resolution_failure_rate": ratio(
+            n("entity_resolution_failed"), outcomes + n("entity_resolution_failed")
+        ),
+        "draft_generation_failure_rate": ratio(
+            n("draft_generation_failed"), n("drafts_generated") + n("draft_generation_failed")
+        ),
+        "overall_failure_rate": ratio(failed, completed + failed),
+        "total_claims_extracted": int(parts["claims_total"]),
+        "total_entities_resolved": int(parts["entities_total"]),
+        "total_drafts_generated": int(parts["drafts_total"]),
+        "total_ai_cost": cost,
+        "avg_cost_per_artifact": per_artifact,
+        "retries_initiated": n("retry_initiated"),
+        "retries_succeeded": n("retry_succeeded"),
+        "retries_failed": n("retry_failed"),
+    }
+
+
+# Per-stage figures for the stage breakdown: (stage, completed event types, failed type, latency part).
+STAGES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
+    ("transcription", ("transcription_completed",), "transcription_failed", "transcription_latency"),
+    ("claims_extraction", ("claims_extracted",), "claims_extraction_failed", "claims_extraction_latency"),
+    (
+        "entity_resolution",
+        ("entity_resolution_completed", "entity_needs_disambiguation"),
+        "entity_resolution_failed",
+        "entity_resolution_latency",
+    ),
+    ("draft_generation", ("drafts_generated",), "draft_generation_failed", "draft_generation_latency"),
+)
+
+
+def stage_figures(parts: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Per stage: completed and failed counts, failure rate, mean latency."""
+    rows = []
+    for stage, done_types, failed_type, latency in STAGES:
+        done = sum(int(parts[f"n_{t}"]) for t in done_types)
+        failed = int(parts[f"n_{failed_type}"])
+        rows.append(
+            {
+                "stage": stage,
+                "completed": done,
+                "failed": failed,
+                "failure_rate": ratio(failed, done + failed),
+                "avg_latency": mean(parts, latency),
+            }
+        )
+    return rows

@@ -1,0 +1,69 @@
+"""Aggregate one UTC hour from that hour's counters (never from pipeline_events).
+
+The cost is one read of the hour's counter rows (one per active organization, plus
+one for events without an organization) and one upsert per row: it grows with
+organizations, not with events.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models.events import EventCounter
+from voicepipe.clock import utcnow
+from voicepipe.errors import InvalidInput
+from voicepipe.events.parts import ALL_PARTS, Parts, sum_parts
+from voicepipe.maintenance.cleanup import recomputable_from
+from voicepipe.metrics.bookkeeping import HOURLY, lock_window, mark_computed
+from voicepipe.metrics.snapshots import write_window
+from voicepipe.windows import HOUR, parse_hour
+
+log = logging.getLogger(__name__)
+
+_COUNTER_COLUMNS: list[Any] = [EventCounter.__table__.c[name] for name in ALL_PARTS]
+
+
+def check_recomputable(start: datetime, field: str = "window_start") -> None:
+    """Refuse windows whose counters may already be deleted: recomputing would zero them."""
+    oldest = recomputable_from(utcnow())
+    if start < oldest:
+        raise InvalidInput.field(
+            field,
+            f"{start.isoformat()} is older than the counter retention "
+            f"(counters kept from {oldest.isoformat()}); its snapshots are final",
+        )
+
+
+def aggregate_hour(session: Session, hour_start: datetime) -> int:
+    """Upsert the hour's organization rows and platform row; returns the rows written.
+
+    Concurrent runs of the same hour serialize on an advisory lock held until commit;
+    the counters are read in one statement, so the parts and the source revision
+    recorded with them come from the same snapshot of the data.
+    """
+    hour = parse_hour(hour_start)
+    check_recomputable(hour)
+    lock_window(session, HOURLY, hour)
+    rows = session.execute(
+        select(EventCounter.organization_id, EventCounter.revision, *_COUNTER_COLUMNS).where(
+            EventCounter.hour_start == hour
+        )
+    ).mappings().all()
+    org_parts: dict[str, Parts] = {
+        row["organization_id"]: sum_parts([row]) for row in rows if row["organization_id"] is not None
+    }
+    # Platform-wide = every counter row of the hour, with or without an organization.
+    platform = sum_parts(rows)
+    written = write_window(session, HOURLY, hour, hour + HOUR, org_parts, platform)
+    source_revision = sum(int(row["revision"]) for row in rows)
+    mark_computed(session, HOURLY, hour, source_revision)
+    log.info(
+        "hour aggregated window=%s organizations=%d rows=%d source_revision=%d",
+        hour.isoformat(), len(org_parts), written, source_revision,
+    )
+    return written

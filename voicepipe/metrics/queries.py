@@ -1,0 +1,120 @@
+"""Dashboard reads over metrics snapshots.
+
+- ``historical_snapshots``: one organization's rows, or the platform rows when no
+  organization is given (never a mix).
+- ``organization_breakdown``: every organization over a range, with its name, in one
+  query; figures are re-derived from the summed additive parts (exact, no averaging
+  of averages).
+- ``stage_breakdown``: per stage, from platform rows only, so nothing is counted twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from models.directory import Organization
+from models.metrics import PERIOD_TYPES, MetricsSnapshot
+from voicepipe.errors import InvalidInput
+from voicepipe.events.parts import ALL_PARTS, sum_parts
+from voicepipe.metrics.derive import derive, stage_figures
+
+UNKNOWN_ORGANIZATION = "Unknown"
+_PART_COLUMNS: list[Any] = [MetricsSnapshot.__table__.c[name] for name in ALL_PARTS]
+
+
+def _check(period_type: str, start: datetime, end: datetime) -> None:
+    if period_type not in PERIOD_TYPES:
+        raise InvalidInput.field("period_type", f"expected one of {', '.join(PERIOD_TYPES)}, got {period_type!r}")
+    if start.tzinfo is None or end.tzinfo is None:
+        raise InvalidInput.field("start", "start and end must carry a UTC offset")
+    if end < start:
+        raise InvalidInput.field("end", "end is before start")
+
+
+def historical_snapshots(
+    session: Session,
+    period_type: str,
+    start: datetime,
+    end: datetime,
+    organization_id: str | None = None,
+) -> list[MetricsSnapshot]:
+    """Snapshots with period_start in [start, end), oldest first; platform rows when no organization."""
+    _check(period_type, start, end)
+    org_filter = (
+        MetricsSnapshot.organization_id.is_(None)
+        if organization_id is None
+        else MetricsSnapshot.organization_id == organization_id
+    )
+    return list(
+        session.execute(
+            select(MetricsSnapshot)
+            .where(
+                MetricsSnapshot.period_type == period_type,
+                MetricsSnapshot.period_start >= start,
+                MetricsSnapshot.period_start < end,
+                org_filter,
+            )
+            .order_by(MetricsSnapshot.period_start)
+        ).scalars()
+    )
+
+
+@dataclass(frozen=True)
+class OrganizationFigures:
+    organization_id: str
+    name: str
+    windows: int
+    metrics: dict[str, Any]  # every SnapshotMetrics column, derived over the whole range
+
+
+def organization_breakdown(
+    session: Session, period_type: str, start: datetime, end: datetime
+) -> list[OrganizationFigures]:
+    """Per organization over [start, end), busiest first; one query, names joined in."""
+    _check(period_type, start, end)
+    rows = session.execute(
+        select(
+            MetricsSnapshot.organization_id,
+            func.coalesce(Organization.name, UNKNOWN_ORGANIZATION).label("name"),
+            *_PART_COLUMNS,
+        )
+        .outerjoin(Organization, Organization.id == MetricsSnapshot.organization_id)
+        .where(
+            MetricsSnapshot.period_type == period_type,
+            MetricsSnapshot.period_start >= start,
+            MetricsSnapshot.period_start < end,
+            MetricsSnapshot.organization_id.is_not(None),
+        )
+    ).mappings().all()
+    grouped: dict[str, list[Any]] = {}
+    names: dict[str, str] = {}
+    for row in rows:
+        grouped.setdefault(row["organization_id"], []).append(row)
+        names[row["organization_id"]] = row["name"]
+    result = [
+        OrganizationFigures(org, names[org], len(org_rows), derive(sum_parts(org_rows)))
+        for org, org_rows in grouped.items()
+    ]
+    result.sort(key=lambda f: (-f.metrics["artifacts_received"], f.name, f.organization_id))
+    return result
+
+
+def stage_breakdown(
+    session: Session, period_type: str, start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    """Per stage over [start, end): completed, failed, failure rate, mean latency (platform rows only)."""
+    _check(period_type, start, end)
+    rows = session.execute(
+        select(*_PART_COLUMNS).where(
+            MetricsSnapshot.period_type == period_type,
+            MetricsSnapshot.period_start >= start,
+            MetricsSnapshot.period_start < end,
+            MetricsSnapshot.organization_id.is_(None),
+        )
+    ).mappings().all()
+    return stage_figures(sum_parts(rows))

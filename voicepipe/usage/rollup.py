@@ -1,0 +1,234 @@
+"""Daily AI usage rollups per (day, organization), with their breakdowns.
+
+A rollup keeps the totals and the by-operation, by-coach and by-player breakdowns
+(the reference dropped them, defect 9), so a long-range dashboard reads the same
+fields from rollups as a short one reads from the raw log. Rows are sparse: an
+organization without calls that day has no rollup.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import BigInteger, Date, cast, delete, func, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.orm import Session
+
+from models.usage import AiUsageDailyAggregate, AiUsageLog
+from voicepipe.clock import utcnow
+from voicepipe.errors import InvalidInput
+from voicepipe.maintenance.cleanup import usage_recomputable_from
+from voicepipe.windows import DAY, closed_days, day_start, parse_day
+
+log = logging.getLogger(__name__)
+
+ROLLUP_KEY = "uq_ai_usage_daily_aggregates_day_organization_id"
+_LOCK_NAMESPACE = 0x76700003
+
+
+@dataclass
+class UsageTotals:
+    """Additive usage figures; cache_hit_rate is token-weighted (cached / input tokens)."""
+
+    cost: Decimal = Decimal(0)
+    calls: int = 0
+    input_tokens: int = 0
+    cached_tokens: int = 0
+    output_tokens: int = 0
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.cached_tokens / self.input_tokens if self.input_tokens else 0.0
+
+    def add(self, other: UsageTotals) -> None:
+        self.cost += other.cost
+        self.calls += other.calls
+        self.input_tokens += other.input_tokens
+        self.cached_tokens += other.cached_tokens
+        self.output_tokens += other.output_tokens
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cost": str(self.cost),
+            "calls": self.calls,
+            "input_tokens": self.input_tokens,
+            "cached_tokens": self.cached_tokens,
+            "output_tokens": self.output_tokens,
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> UsageTotals:
+        return cls(
+            cost=Decimal(str(raw.get("cost", "0"))),
+            calls=int(raw.get("calls", 0)),
+            input_tokens=int(raw.get("input_tokens", 0)),
+            cached_tokens=int(raw.get("cached_tokens", 0)),
+            output_tokens=int(raw.get("output_tokens", 0)),
+        )
+
+
+@dataclass
+class UsageGroup:
+    """Totals and breakdowns of a set of AI calls."""
+
+    totals: UsageTotals = field(default_factory=UsageTotals)
+    by_operation: dict[str, UsageTotals] = field(default_factory=lambda: defaultdict(UsageTotals))
+    by_coach: dict[str, UsageTotals] = field(default_factory=lambda: defaultdict(UsageTotals))
+    by_player: dict[str, UsageTotals] = field(default_factory=lambda: defaultdict(UsageTotals))
+
+    def add(self, operation: str, coach: str | None, player: str | None, t: UsageTotals) -> None:
+        self.totals.add(t)
+        self.by_operation[operation].add(t)
+        # Calls without a coach or player count in the totals, not in those breakdowns.
+        if coach is not None:
+            self.by_coach[coach].add(t)
+        if player is not None:
+            self.by_player[player].add(t)
+
+    def merge_rollup(self, row: AiUsageDailyAggregate) -> None:
+        self.totals.add(
+            UsageTotals(
+                Decimal(row.total_cost), row.total_calls, row.total_input_tokens,
+                row.total_cached_tokens, row.total_output_tokens,
+            )
+        )
+        for target, source in (
+            (self.by_operation, row.by_operation),
+            (self.by_coach, row.by_coach),
+            (self.by_player, row.by_player),
+        ):
+            for key, raw in (source or {}).items():
+                target[key].add(UsageTotals.from_json(raw))
+
+
+def grouped_calls(session: Session, where: Iterable[Any]) -> list[Any]:
+    """Sums per (organization, operation, coach, player) of the log rows matching where."""
+    return list(
+        session.execute(
+            select(
+                AiUsageLog.organization_id,
+                AiUsageLog.operation,
+                AiUsageLog.coach_id,
+                AiUsageLog.player_id,
+                func.sum(AiUsageLog.cost),
+                func.count(),
+                cast(func.sum(AiUsageLog.input_tokens), BigInteger),
+                cast(func.sum(AiUsageLog.cached_tokens), BigInteger),
+                cast(func.sum(AiUsageLog.output_tokens), BigInteger),
+            )
+            .where(*where)
+            .group_by(AiUsageLog.organization_id, AiUsageLog.operation, AiUsageLog.coach_id, AiUsageLog.player_id)
+        ).all()
+    )
+
+
+def group_rows(rows: Iterable[Any]) -> dict[str, UsageGroup]:
+    groups: dict[str, UsageGroup] = defaultdict(UsageGroup)
+    for org, operation, coach, player, cost, calls, inp, cached, out in rows:
+        groups[org].add(operation, coach, player, UsageTotals(Decimal(cost), calls, inp, cached, out))
+    return groups
+
+
+def check_usage_recomputable(day: date) -> None:
+    oldest = usage_recomputable_from(utcnow())
+    if day_start(day) < oldest:
+        raise InvalidInput.field(
+            "day",
+            f"{day.isoformat()} is older than the AI usage log retention "
+            f"(kept from {oldest.date().isoformat()}); its rollups are final",
+        )
+
+
+def aggregate_usage_day(session: Session, day: date) -> int:
+    """Upsert one rollup per organization with calls that day; returns rows written."""
+    day = parse_day(day)
+    check_usage_recomputable(day)
+    start = day_start(day)
+    session.execute(select(func.pg_advisory_xact_lock(_LOCK_NAMESPACE, day.toordinal())))
+    groups = group_rows(
+        grouped_calls(session, [AiUsageLog.occurred_at >= start, AiUsageLog.occurred_at < start + DAY])
+    )
+    rows = []
+    for org, g in sorted(groups.items()):
+        rows.append(
+            {
+                "day": day,
+                "organization_id": org,
+                "total_cost": g.totals.cost,
+                "total_calls": g.totals.calls,
+                "total_input_tokens": g.totals.input_tokens,
+                "total_cached_tokens": g.totals.cached_tokens,
+                "total_output_tokens": g.totals.output_tokens,
+                "cache_hit_rate": g.totals.cache_hit_rate,
+                "by_operation": {k: v.to_json() for k, v in sorted(g.by_operation.items())},
+                "by_coach": {k: v.to_json() for k, v in sorted(g.by_coach.items())},
+                "by_player": {k: v.to_json() for k, v in sorted(g.by_player.items())},
+            }
+        )
+    for i in range(0, len(rows), 1000):
+        stmt = pg_insert(AiUsageDailyAggregate).values(rows[i : i + 1000])
+        updates: dict[str, Any] = {name: stmt.excluded[name] for name in rows[0] if name not in ("day", "organization_id")}
+        updates["computed_at"] = func.now()
+        session.execute(stmt.on_conflict_do_update(constraint=ROLLUP_KEY, set_=updates))
+    # The log of a day within retention is complete, so a rollup without log rows is wrong.
+    session.execute(
+        delete(AiUsageDailyAggregate).where(
+            AiUsageDailyAggregate.day == day, AiUsageDailyAggregate.organization_id.not_in(list(groups))
+        )
+    )
+    log.info("usage day aggregated day=%s organizations=%d", day.isoformat(), len(rows))
+    return len(rows)
+
+
+def usage_day_mismatches(session: Session, first: date, last: date) -> dict[date, int]:
+    """Per day in [first, last]: how many organizations' log counts differ from their rollup."""
+    lo, hi = day_start(first), day_start(last) + DAY
+    day_of = cast(func.timezone("UTC", AiUsageLog.occurred_at), Date)
+    counts = {
+        (d, org): n
+        for d, org, n in session.execute(
+            select(day_of, AiUsageLog.organization_id, func.count())
+            .where(AiUsageLog.occurred_at >= lo, AiUsageLog.occurred_at < hi)
+            .group_by(day_of, AiUsageLog.organization_id)
+        ).all()
+    }
+    stored = {
+        (d, org): n
+        for d, org, n in session.execute(
+            select(AiUsageDailyAggregate.day, AiUsageDailyAggregate.organization_id, AiUsageDailyAggregate.total_calls)
+            .where(AiUsageDailyAggregate.day >= first, AiUsageDailyAggregate.day <= last)
+        ).all()
+    }
+    mismatches: dict[date, int] = defaultdict(int)
+    for key in set(counts) | set(stored):
+        if counts.get(key, 0) != stored.get(key, 0):
+            mismatches[key[0]] += 1
+    return dict(mismatches)
+
+
+def due_usage_days(session: Session, now: datetime, horizon_days: int) -> list[date]:
+    """Closed days in the horizon where some organization's log count differs from its rollup.
+
+    The log is insert-only (a repeated id is a no-op), so a count that differs from
+    the stored total_calls means calls were added since (or never rolled up).
+    """
+    oldest = usage_recomputable_from(now)
+    days = [d for d in closed_days(now, horizon_days) if day_start(d) >= oldest]
+    if not days:
+        return []
+    mismatches = usage_day_mismatches(session, days[0], days[-1])
+    return [d for d in days if mismatches.get(d)]
+
+
+__all__ = [
+    "UsageGroup",
+    "UsageTotals",
+    "aggregate_usage_day",
+    "due_usage_days",
+]
