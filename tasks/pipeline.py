@@ -1,3 +1,64 @@
-"""pipeline tasks (see worker/routes.py for the names)."""
+"""The pipeline stage tasks: ingest, transcribe, extract_claims, resolve_entities, generate_drafts."""
 
 from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import current_task
+
+from models.session import session_scope
+from tasks._base import public_task, take
+from voicepipe.pipeline import stages
+
+log = logging.getLogger(__name__)
+
+# The simulated stages take ~20 s (transcription) at time scale 1.0 and a real
+# provider's slow tail a few times that; 300 s covers both while staying far below
+# the stall timeout (900 s), so a stage is never re-queued while its task may still run.
+STAGE_TIME_LIMIT_S = 300
+
+
+def _task_id() -> str | None:
+    request = getattr(current_task, "request", None)
+    return getattr(request, "id", None)
+
+
+@public_task("voicepipe.pipeline.ingest", time_limit=60)
+def ingest(**kwargs: Any) -> None:
+    """Create an artifact for a voice note and queue its transcription."""
+    args = take(kwargs, required=("organization_id", "coach_id", "source_channel"),
+                optional=("media_ref", "artifact_id"))
+    with session_scope() as session:
+        stages.ingest(session, **args)
+
+
+def _stage(stage: str, kwargs: dict[str, Any]) -> str:
+    args = take(kwargs, required=("artifact_id",))
+    # The task id marks the claim: a redelivery of this same message may resume the
+    # stage, a duplicate message (another id) leaves it alone.
+    return stages.run_stage(stage, args["artifact_id"], run_id=_task_id())
+
+
+@public_task("voicepipe.pipeline.transcribe", time_limit=STAGE_TIME_LIMIT_S)
+def transcribe(**kwargs: Any) -> str:
+    """Transcribe an artifact's voice note, then queue claims extraction."""
+    return _stage("transcription", kwargs)
+
+
+@public_task("voicepipe.pipeline.extract_claims", time_limit=STAGE_TIME_LIMIT_S)
+def extract_claims(**kwargs: Any) -> str:
+    """Extract claims from an artifact's transcript, then queue entity resolution."""
+    return _stage("claims_extraction", kwargs)
+
+
+@public_task("voicepipe.pipeline.resolve_entities", time_limit=STAGE_TIME_LIMIT_S)
+def resolve_entities(**kwargs: Any) -> str:
+    """Resolve the players and teams an artifact's claims mention, then queue drafts."""
+    return _stage("entity_resolution", kwargs)
+
+
+@public_task("voicepipe.pipeline.generate_drafts", time_limit=STAGE_TIME_LIMIT_S)
+def generate_drafts(**kwargs: Any) -> str:
+    """Generate insight drafts for an artifact and complete it."""
+    return _stage("draft_generation", kwargs)

@@ -1,3 +1,52 @@
-"""retry tasks (see worker/routes.py for the names)."""
+"""The retry tasks for platform staff: one per stage, plus the full pipeline."""
 
 from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+
+from models.session import session_scope
+from tasks._base import public_task, take
+from voicepipe.errors import REFUSALS
+from voicepipe.retry.service import RETRY_STAGES, request_retry
+
+log = logging.getLogger(__name__)
+
+
+def _retry(stage: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    args = take(kwargs, required=("artifact_id", "requested_by"), optional=("reason", "request_id"))
+    try:
+        with session_scope() as session:
+            outcome = request_retry(session, stage=stage, **args)
+    except REFUSALS as exc:
+        # A refusal is an answer, not an incident: logged with who asked and why, then
+        # raised as the named error for the caller (never retried, see tasks/_base.py).
+        log.warning(
+            "retry refused stage=%s artifact_id=%s requested_by=%s reason=%r request_id=%s refusal=%s: %s",
+            stage, args.get("artifact_id"), args.get("requested_by"), args.get("reason"),
+            args.get("request_id"), type(exc).__name__, exc,
+        )
+        raise
+    return outcome.to_json()
+
+
+def _declare(stage: str) -> Task:
+    def retry(**kwargs: Any) -> dict[str, Any]:
+        return _retry(stage, kwargs)
+
+    retry.__name__ = retry.__qualname__ = stage
+    retry.__doc__ = f"Retry an artifact's {stage.replace('_', ' ')} (platform staff only)."
+    # The caller reads the outcome (or the named refusal), so results are kept.
+    return public_task(f"voicepipe.retry.{stage}", time_limit=60, ignore_result=False)(retry)
+
+
+transcription = _declare("transcription")
+claims_extraction = _declare("claims_extraction")
+entity_resolution = _declare("entity_resolution")
+draft_generation = _declare("draft_generation")
+full_pipeline = _declare("full_pipeline")
+
+assert {t.name.rsplit(".", 1)[1] for t in (transcription, claims_extraction, entity_resolution,
+                                            draft_generation, full_pipeline)} == set(RETRY_STAGES)
