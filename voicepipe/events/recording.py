@@ -14,11 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from psycopg.types.json import Jsonb
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
-from models.events import EventCounter, PipelineEvent, counter_revision_seq
+from models.events import EventCounter, PipelineEvent
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
 from voicepipe.events.parts import ALL_PARTS, HISTOGRAM_PART, SCALAR_PARTS, Parts, add_event, empty_parts
@@ -72,17 +72,8 @@ def record_parsed(session: Session, events: Sequence[Event]) -> RecordResult:
     unique: dict[Any, Event] = {}
     for event in events:
         unique.setdefault(event.event_id, event)
-    inserted_ids: set[Any] = set()
     batch = list(unique.values())
-    for start in range(0, len(batch), INSERT_CHUNK):
-        chunk = batch[start : start + INSERT_CHUNK]
-        stmt = (
-            pg_insert(PipelineEvent)
-            .values([_event_row(e) for e in chunk])
-            .on_conflict_do_nothing(index_elements=[PipelineEvent.id])
-            .returning(PipelineEvent.id)
-        )
-        inserted_ids.update(session.execute(stmt).scalars())
+    inserted_ids = _insert_events(session, batch)
     grouped: dict[CounterKey, Parts] = {}
     for event in batch:
         if event.event_id in inserted_ids:
@@ -95,64 +86,95 @@ def record_parsed(session: Session, events: Sequence[Event]) -> RecordResult:
     return RecordResult(inserted=len(inserted_ids), duplicates=len(events) - len(inserted_ids))
 
 
-def _event_row(event: Event) -> dict[str, Any]:
-    return {
-        "id": event.event_id,
-        "event_type": event.event_type,
-        "artifact_id": event.artifact_id,
-        "organization_id": event.organization_id,
-        "coach_id": event.coach_id,
-        "stage": event.stage,
-        "occurred_at": event.occurred_at,
-        "time_window": hour_label(event.occurred_at),
-        "duration_ms": event.duration_ms,
-        "error_code": event.error_code,
-        "error_message": event.error_message,
-        "metadata": event.metadata,
-    }
+EVENT_COLUMNS: tuple[str, ...] = (
+    "id", "event_type", "artifact_id", "organization_id", "coach_id", "stage", "occurred_at",
+    "time_window", "duration_ms", "error_code", "error_message", "metadata",
+)
+COUNTER_COLUMNS: tuple[str, ...] = ("organization_id", "hour_start", *ALL_PARTS)
 
 
-def _counter_rows(grouped: Mapping[CounterKey, Parts]) -> list[dict[str, Any]]:
-    # Sorted by key so concurrent recorders lock counter rows in the same order
-    # and cannot deadlock each other.
-    rows = []
-    for (org, hour), parts in sorted(grouped.items(), key=lambda kv: (kv[0][0] or "", kv[0][1])):
-        row = {"organization_id": org, "hour_start": hour}
-        row.update(parts)
-        rows.append(row)
-    return rows
+def _dbapi(session: Session) -> Any:
+    """The psycopg connection under the session's current transaction."""
+    return session.connection().connection.driver_connection
+
+
+def _stage(cur: Any, table: str, like: str, columns: tuple[str, ...], rows: Any) -> None:
+    """COPY rows into a per-connection temporary staging table (emptied at commit).
+
+    COPY moves rows about an order of magnitude faster than parameterised INSERTs, and
+    the set-based INSERT ... SELECT that follows does the conflict handling in one statement.
+    """
+    cur.execute(
+        f"CREATE TEMP TABLE IF NOT EXISTS {table} ON COMMIT DELETE ROWS AS "
+        f"SELECT {', '.join(columns)} FROM {like} WITH NO DATA"
+    )
+    cur.execute(f"TRUNCATE {table}")
+    with cur.copy(f"COPY {table} ({', '.join(columns)}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _insert_events(session: Session, events: Sequence[Event]) -> set[Any]:
+    if not events:
+        return set()
+    cols = ", ".join(EVENT_COLUMNS)
+    with _dbapi(session).cursor() as cur:
+        _stage(cur, "vp_stage_events", "pipeline_events", EVENT_COLUMNS, (
+            (e.event_id, e.event_type, e.artifact_id, e.organization_id, e.coach_id, e.stage,
+             e.occurred_at, hour_label(e.occurred_at), e.duration_ms, e.error_code,
+             e.error_message, Jsonb(e.metadata))
+            for e in events
+        ))
+        cur.execute(
+            f"INSERT INTO pipeline_events ({cols}) SELECT {cols} FROM vp_stage_events "
+            "ON CONFLICT (id) DO NOTHING RETURNING id"
+        )
+        return {row[0] for row in cur.fetchall()}
+
+
+def _upsert_sql(additive: bool) -> str:
+    cols = ", ".join(COUNTER_COLUMNS)
+    if additive:
+        sets = [f"{n} = event_counters.{n} + excluded.{n}" for n in SCALAR_PARTS]
+        sets.append(
+            f"{HISTOGRAM_PART} = vp_hist_add(event_counters.{HISTOGRAM_PART}, excluded.{HISTOGRAM_PART})"
+        )
+    else:
+        sets = [f"{n} = excluded.{n}" for n in ALL_PARTS]
+    sets += ["revision = nextval('counter_revision_seq')", "updated_at = now()"]
+    # ORDER BY: concurrent recorders lock counter rows in the same order, so they
+    # queue behind each other instead of deadlocking.
+    return (
+        f"INSERT INTO event_counters ({cols}) SELECT {cols} FROM vp_stage_counters "
+        "ORDER BY organization_id NULLS FIRST, hour_start "
+        f"ON CONFLICT (organization_id, hour_start) DO UPDATE SET {', '.join(sets)}"
+    )
+
+
+_ADD_SQL = _upsert_sql(additive=True)
+_REPLACE_SQL = _upsert_sql(additive=False)
+
+
+def _write_counters(session: Session, grouped: Mapping[CounterKey, Parts], sql: str) -> None:
+    if not grouped:
+        return
+    with _dbapi(session).cursor() as cur:
+        _stage(cur, "vp_stage_counters", "event_counters", COUNTER_COLUMNS, (
+            (org, hour, *(parts[n] for n in SCALAR_PARTS),
+             # An all-zero histogram is sent empty: vp_hist_add treats it as zeros.
+             parts[HISTOGRAM_PART] if any(parts[HISTOGRAM_PART]) else [])
+            for (org, hour), parts in grouped.items()
+        ))
+        cur.execute(sql)
 
 
 def add_to_counters(session: Session, grouped: Mapping[CounterKey, Parts]) -> None:
     """Add parts to their counter rows (created at zero when missing)."""
-    if not grouped:
-        return
-    stmt = pg_insert(EventCounter).values(_counter_rows(grouped))
-    excluded = stmt.excluded
-    table = EventCounter.__table__.c
-    updates: dict[str, Any] = {name: table[name] + excluded[name] for name in SCALAR_PARTS}
-    updates[HISTOGRAM_PART] = func.vp_hist_add(table[HISTOGRAM_PART], excluded[HISTOGRAM_PART])
-    updates["revision"] = counter_revision_seq.next_value()
-    updates["updated_at"] = func.now()
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[EventCounter.organization_id, EventCounter.hour_start], set_=updates
-        )
-    )
+    _write_counters(session, grouped, _ADD_SQL)
 
 
 def _replace_counters(session: Session, grouped: Mapping[CounterKey, Parts]) -> None:
-    if not grouped:
-        return
-    stmt = pg_insert(EventCounter).values(_counter_rows(grouped))
-    updates: dict[str, Any] = {name: stmt.excluded[name] for name in ALL_PARTS}
-    updates["revision"] = counter_revision_seq.next_value()
-    updates["updated_at"] = func.now()
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[EventCounter.organization_id, EventCounter.hour_start], set_=updates
-        )
-    )
+    _write_counters(session, grouped, _REPLACE_SQL)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,178 @@
+"""Servers, a scratch database, the machine's description, timing and the report table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine, make_url
+
+
+@dataclass
+class Result:
+    bench: str
+    case: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    baseline_name: str = ""
+    ratio: float | None = None  # how many times better than the baseline (>1 = better)
+    goal: str = ""
+    met: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Env:
+    database_url: str
+    broker_url: str
+    embedded: dict[str, bool]
+    quick: bool
+    scratch: Path
+    engine: Engine
+
+    def session(self) -> Any:
+        from sqlalchemy.orm import Session
+
+        return Session(bind=self.engine, expire_on_commit=False)
+
+
+def timed(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
+    """Median wall time of fn over `repeat` runs, after `warmup` unmeasured runs."""
+    for _ in range(warmup):
+        fn()
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered))) - 1))]
+
+
+def _admin(url: str, sql: str) -> None:
+    eng = create_engine(url, isolation_level="AUTOCOMMIT")
+    with eng.connect() as conn:
+        conn.execute(text(sql))
+    eng.dispose()
+
+
+@contextmanager
+def bench_env(quick: bool) -> Iterator[Env]:
+    """A fresh migrated database and a broker: the ones named by BENCH_/TEST_ variables, else embedded."""
+    from models import session as db_session
+    from voicepipe import embedded
+    from voicepipe.migrate import upgrade
+
+    scratch = Path(tempfile.mkdtemp(prefix="vpb-", dir="/tmp"))
+    admin = os.environ.get("BENCH_DATABASE_URL") or os.environ.get("TEST_DATABASE_URL")
+    broker = os.environ.get("BENCH_BROKER_URL") or os.environ.get("TEST_BROKER_URL")
+    emb = {"database": admin is None, "broker": broker is None}
+    if admin is None:
+        admin = embedded.postgres_url(scratch)
+    if broker is None:
+        broker = embedded.redis_url(scratch / "redis")
+    admin = db_session.normalize_url(admin)
+    name = f"vp_bench_{uuid.uuid4().hex[:8]}"
+    _admin(admin, f'CREATE DATABASE "{name}"')
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    try:
+        upgrade(url)
+        db_session.configure(url)
+        engine = create_engine(url)
+        yield Env(url, broker, emb, quick, scratch, engine)
+        engine.dispose()
+        db_session.configure(None)
+    finally:
+        _admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if emb["broker"]:
+            embedded.stop(scratch / "redis")
+        if emb["database"]:
+            embedded.stop(scratch)
+
+
+def machine(env: Env) -> dict[str, Any]:
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem_gb = round(int(line.split()[1]) / 1024 / 1024, 1)
+    except OSError:
+        pass
+    with env.engine.connect() as conn:
+        pg = conn.execute(text("SHOW server_version")).scalar_one()
+    import redis
+
+    from tests.helpers import redis_client
+
+    try:
+        rv = redis_client(env.broker_url).info("server")["redis_version"]
+    except (redis.RedisError, KeyError):
+        rv = "?"
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": mem_gb,
+        "os": f"{platform.system()} {platform.release()}",
+        "python": sys.version.split()[0],
+        "postgresql": f"{pg} ({'embedded' if env.embedded['database'] else 'server'})",
+        "redis": f"{rv} ({'embedded' if env.embedded['broker'] else 'server'})",
+        "mode": "quick" if env.quick else "full",
+    }
+
+
+def fmt(value: float | None, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if unit == "s":
+        return f"{value * 1000:.1f} ms" if value < 1 else f"{value:.2f} s"
+    if unit == "ms":
+        return f"{value:.1f} ms"
+    if value >= 1000:
+        return f"{value:,.0f}{(' ' + unit) if unit else ''}"
+    return f"{value:.2f}{(' ' + unit) if unit else ''}"
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| benchmark | case | voicepipe | baseline | ratio | goal | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        base = f"{fmt(r.baseline, r.unit)} ({r.baseline_name})" if r.baseline is not None else "-"
+        ratio = f"{r.ratio:.1f}x" if r.ratio is not None else "-"
+        met = "-" if r.met is None else ("yes" if r.met else "**no**")
+        lines.append(f"| {r.bench} | {r.case} | {fmt(r.value, r.unit)} | {base} | {ratio} | {r.goal} | {met} |")
+    return "\n".join(lines)
+
+
+def write_json(path: str, info: dict[str, Any], results: list[Result], seconds: float) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(
+        {"machine": info, "total_seconds": round(seconds, 1), "results": [asdict(r) for r in results]},
+        indent=2, default=str,
+    ))
