@@ -1,0 +1,71 @@
+"""Retention cleanup: everything past its cutoff goes, however old; nothing newer does."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.orm import Session
+
+from models import AggregationWindow, AiUsageDailyAggregate, AiUsageLog, EventCounter, MetricsSnapshot, PipelineEvent
+from voicepipe.maintenance.cleanup import run_cleanup
+
+NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
+MIDNIGHT = datetime(2026, 6, 15, tzinfo=UTC)
+
+
+def seed(session: Session, days_ago: list[float]) -> None:
+    for i, age in enumerate(days_ago):
+        ts = MIDNIGHT - timedelta(days=age)
+        hour = ts.replace(minute=0, second=0, microsecond=0)
+        session.add(PipelineEvent(id=uuid.uuid4(), event_type="artifact_received", occurred_at=ts, time_window="x"))
+        session.add(EventCounter(organization_id=f"o{i}", hour_start=hour))
+        for pt in ("hourly", "daily"):
+            session.add(MetricsSnapshot(organization_id=f"o{i}", period_type=pt, period_start=hour,
+                                        period_end=hour + timedelta(hours=1)))
+            session.add(AggregationWindow(period_type=pt, period_start=hour - timedelta(seconds=i), source_revision=1))
+        session.add(AiUsageLog(occurred_at=ts, organization_id="o", operation="op", model="m",
+                               input_tokens=1, cached_tokens=0, output_tokens=1, cost=0))
+        session.add(AiUsageDailyAggregate(day=ts.date(), organization_id=f"o{i}", total_cost=0, total_calls=1,
+                                          total_input_tokens=0, total_cached_tokens=0, total_output_tokens=0,
+                                          cache_hit_rate=0))
+    session.commit()
+
+
+def test_cleanup_reaches_rows_of_any_age_in_small_batches_and_keeps_newer_ones(
+    session: Session, engine: Engine
+) -> None:
+    # Ages in days before today's midnight: far older than the cutoffs, just past them, just inside.
+    ages = [3000, 800, 400, 100, 91, 89.9, 40, 35.01, 34.9, 31, 29.9, 1]
+    seed(session, ages)
+    result = run_cleanup(engine, NOW, batch_size=2)
+    assert result.complete
+    session.expire_all()
+
+    def remaining(model: type, column: object) -> int:
+        return int(session.scalar(select(func.count()).select_from(model)) or 0)
+
+    # Retention defaults: events 30 d, counters 35 d, hourly 90 d, daily 730 d, usage log 90 d, rollups 730 d.
+    assert remaining(PipelineEvent, None) == sum(1 for a in ages if a <= 30)
+    assert remaining(EventCounter, None) == sum(1 for a in ages if a <= 35)
+    hourly = session.scalar(select(func.count()).where(MetricsSnapshot.period_type == "hourly"))
+    daily = session.scalar(select(func.count()).where(MetricsSnapshot.period_type == "daily"))
+    assert hourly == sum(1 for a in ages if a <= 90)
+    assert daily == sum(1 for a in ages if a <= 730)
+    assert remaining(AiUsageLog, None) == sum(1 for a in ages if a <= 90)
+    assert result.deleted["ai_usage_daily_aggregates"] == sum(1 for a in ages if a > 730 + 1)
+    windows = session.execute(text("SELECT period_type, count(*) FROM aggregation_windows GROUP BY 1")).all()
+    assert dict(windows) == {"hourly": sum(1 for a in ages if a <= 90), "daily": sum(1 for a in ages if a <= 730)}
+    assert result.deleted["pipeline_events"] == sum(1 for a in ages if a > 30)
+
+    again = run_cleanup(engine, NOW, batch_size=2)
+    assert again.total == 0
+
+
+def test_a_deadline_stops_between_batches_and_the_next_run_finishes(session: Session, engine: Engine) -> None:
+    seed(session, [400, 300, 200])
+    first = run_cleanup(engine, NOW, batch_size=1, deadline=0.0)
+    assert not first.complete and first.total == 0
+    second = run_cleanup(engine, NOW, batch_size=1)
+    assert second.complete and second.deleted["pipeline_events"] == 3
