@@ -67,8 +67,11 @@ def artifact(session: Session, art_id: uuid.UUID) -> Artifact:
     return art
 
 
-def status_of(session: Session, art_id: uuid.UUID) -> str:
-    return artifact(session, art_id).status
+def status_of(session: Session, art_id: uuid.UUID) -> str | None:
+    """The artifact's status, or None before it exists (ingest still queued)."""
+    fresh(session)
+    art = session.get(Artifact, art_id, populate_existing=True)
+    return art.status if art else None
 
 
 def events(session: Session, art_id: uuid.UUID) -> list[PipelineEvent]:
