@@ -39,5 +39,8 @@ def _configure(sender: Celery, **_: Any) -> None:
 app.on_configure.connect(_configure, weak=False)
 
 import worker.signals  # noqa: E402,F401  (engine lifecycle hooks)
+from voicepipe.flower_guard import install as _install_flower_guard  # noqa: E402
+
+_install_flower_guard()  # `celery -A worker flower` refuses to start without auth
 
 __all__ = ["app"]
