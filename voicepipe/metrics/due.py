@@ -77,3 +77,11 @@ def due_days(session: Session, now: datetime, horizon_days: int) -> list[date]:
 def stale_days(session: Session, now: datetime, horizon_days: int) -> list[date]:
     """Closed days already computed whose counters changed since (late events), oldest first."""
     return [s.start.date() for s in day_states(session, now, horizon_days) if s.stale]
+
+
+def day_state(session: Session, day: date) -> WindowState:
+    """One day's state, whatever its age (backfill)."""
+    lo = day_start(day)
+    current = sum(counter_revisions(session, lo, lo + DAY).values())
+    stored = stored_revisions(session, DAILY, lo, lo + DAY)
+    return WindowState(lo, stored.get(lo), current)
