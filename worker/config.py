@@ -114,4 +114,6 @@ def celery_config(
         # Recycle worker processes now and then so a slow leak cannot grow forever.
         "worker_max_tasks_per_child": 1000,
         "beat_schedule": beat_schedule(beat_interval_seconds),
+        # Celery's persistent scheduler plus a heartbeat file for `voicepipe health beat`.
+        "beat_scheduler": "voicepipe.health:HeartbeatScheduler",
     }
