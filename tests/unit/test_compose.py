@@ -1,0 +1,150 @@
+"""docker-compose.yml, Dockerfile and .env.example, checked without a Docker engine.
+
+Each service's command is run for real in tests/integration/test_compose_commands.py.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import pytest
+
+from tests.compose import ENV_EXAMPLE, env_example, raw, services
+from tests.helpers import REPO_ROOT
+from worker.routes import QUEUES
+
+APP_SERVICES = {"migrate", "worker-metrics", "worker-pipeline", "worker-retry", "beat", "flower"}
+SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH|KEY", re.IGNORECASE)
+INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?[-?][^}]*)?\}")
+
+
+@pytest.fixture(scope="module")
+def svc() -> dict[str, dict[str, Any]]:
+    return services(env_example())
+
+
+def option(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def test_the_stack_has_exactly_the_expected_services() -> None:
+    assert set(raw()["services"]) == {"postgres", "redis"} | APP_SERVICES
+
+
+def test_postgres_16_and_redis_7_append_only_with_healthchecks(svc: dict[str, dict[str, Any]]) -> None:
+    assert svc["postgres"]["image"].startswith("postgres:16")
+    assert "pg_isready" in " ".join(svc["postgres"]["healthcheck"]["test"])
+    assert svc["redis"]["image"].startswith("redis:7")
+    assert option(svc["redis"]["command"], "--appendonly") == "yes"
+    assert svc["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    # Data survives container replacement: both keep it on named volumes.
+    assert any(v.endswith(":/var/lib/postgresql/data") for v in svc["postgres"]["volumes"])
+    assert any(v.endswith(":/data") for v in svc["redis"]["volumes"])
+
+
+def test_migrate_runs_once_and_every_voicepipe_service_waits_for_it(svc: dict[str, dict[str, Any]]) -> None:
+    migrate = svc["migrate"]
+    assert migrate["command"] == ["voicepipe", "migrate"]
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+    for name in APP_SERVICES - {"migrate"}:
+        depends = svc[name]["depends_on"]
+        assert depends["migrate"]["condition"] == "service_completed_successfully", name
+        assert depends["redis"]["condition"] == "service_healthy", name
+
+
+def test_one_scalable_worker_service_per_queue_with_a_consuming_health_check(
+    svc: dict[str, dict[str, Any]],
+) -> None:
+    seen = []
+    for queue in QUEUES:
+        worker = svc[f"worker-{queue}"]
+        command = worker["command"]
+        assert command[:4] == ["celery", "-A", "worker", "worker"]
+        assert option(command, "-Q") == queue
+        assert "-B" not in command and "--beat" not in command  # beat runs once, elsewhere
+        # Scalable with --scale: no fixed container name, no host port.
+        assert "container_name" not in worker and "ports" not in worker
+        check = worker["healthcheck"]["test"]
+        assert check[:4] == ["CMD", "voicepipe", "health", "worker"]
+        assert option(check, "--name") == option(command, "-n") == f"{queue}@%h"
+        assert option(check, "--queues") == queue
+        seen.append(queue)
+    assert sorted(seen) == sorted(QUEUES)
+
+
+def test_exactly_one_beat_that_cannot_be_scaled_and_is_health_checked(svc: dict[str, dict[str, Any]]) -> None:
+    beats = [name for name, s in svc.items() if "beat" in (s.get("command") or [])[:4]]
+    assert beats == ["beat"]
+    beat = svc["beat"]
+    assert beat["command"][:4] == ["celery", "-A", "worker", "beat"]
+    assert beat.get("container_name")  # `--scale beat=2` fails instead of starting a second one
+    assert beat["healthcheck"]["test"] == ["CMD", "voicepipe", "health", "beat"]
+    # The schedule and heartbeat live on a volume at the image's data folder.
+    assert option(beat["command"], "-s").startswith(beat["environment"].get("VOICEPIPE_DATA_DIR", "/var/lib/voicepipe"))
+
+
+def test_flower_takes_its_credentials_from_the_environment_and_is_published_on_loopback(
+    svc: dict[str, dict[str, Any]],
+) -> None:
+    flower_raw = raw()["services"]["flower"]
+    assert flower_raw["environment"]["FLOWER_BASIC_AUTH"].startswith("${FLOWER_BASIC_AUTH")
+    flower = svc["flower"]
+    assert flower["command"][:4] == ["celery", "-A", "worker", "flower"]
+    assert all(p.startswith("127.0.0.1:") for p in flower["ports"])
+    assert "/healthcheck" in " ".join(flower["healthcheck"]["test"])
+
+
+def test_every_app_service_has_a_healthcheck_except_the_one_shot_migration(svc: dict[str, dict[str, Any]]) -> None:
+    for name in APP_SERVICES - {"migrate"}:
+        assert svc[name]["healthcheck"]["test"], name
+    assert "healthcheck" not in svc["migrate"]
+
+
+def test_configuration_comes_only_from_environment_variables_and_no_secret_is_written_down() -> None:
+    text = (REPO_ROOT / "docker-compose.yml").read_text()
+    for name, service in raw()["services"].items():
+        assert "env_file" not in service, name
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert not source.startswith((".", "/")), f"{name} mounts a file or folder: {volume}"
+        for key, value in (service.get("environment") or {}).items():
+            if SECRET_WORDS.search(key):
+                assert INTERPOLATION.fullmatch(str(value)), f"{name}.{key} is written down: {value!r}"
+    # A password inside a URL comes from the environment too.
+    for user_password in re.findall(r"://([^@/\s]+)@", text):
+        _, _, password = user_password.partition(":")
+        assert password.startswith("${"), f"literal password in a URL: {user_password}"
+    assert "change-me" not in text
+
+
+def test_the_database_password_must_be_set_and_flower_refuses_to_run_without_auth() -> None:
+    example = env_example()
+    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
+        services({k: v for k, v in example.items() if k != "POSTGRES_PASSWORD"})
+    # Without FLOWER_BASIC_AUTH compose still starts the rest; Flower itself refuses
+    # (tests/integration/test_flower.py).
+    flower = services({k: v for k, v in example.items() if k != "FLOWER_BASIC_AUTH"})["flower"]
+    assert flower["environment"]["FLOWER_BASIC_AUTH"] == ""
+
+
+def test_env_example_documents_every_variable_with_placeholders_only() -> None:
+    example = env_example()
+    referenced = set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", (REPO_ROOT / "docker-compose.yml").read_text()))
+    assert referenced <= set(example), f"not in .env.example: {sorted(referenced - set(example))}"
+    for key, value in example.items():
+        if SECRET_WORDS.search(key):
+            assert "change-me" in value, f"{key} in .env.example must be a placeholder"
+    gitignore = (REPO_ROOT / ".gitignore").read_text().split()
+    assert ".env" in gitignore and ENV_EXAMPLE.name not in gitignore
+
+
+def test_the_image_installs_the_package_and_runs_as_a_non_root_user() -> None:
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    lines = [line.strip() for line in dockerfile.splitlines() if line.strip() and not line.startswith("#")]
+    assert lines[0] == "FROM python:3.11-slim"
+    assert any(line.startswith("RUN pip install .") for line in lines)
+    users = [line.split()[1] for line in lines if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")
+    assert "ENV VOICEPIPE_DATA_DIR=/var/lib/voicepipe" in lines
