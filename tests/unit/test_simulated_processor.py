@@ -103,3 +103,24 @@ def test_the_processor_is_chosen_by_settings() -> None:
                               "VOICEPIPE_SIMULATOR_TIME_SCALE": "0.5"})
     p = get_processor(settings)
     assert p == SimulatedProcessor(seed=5, failure_rate=0.25, fail_stages=("transcription",), time_scale=0.5)
+
+
+def test_synthetic_history_covers_every_event_type_within_its_hours_and_is_valid() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from voicepipe.domain import EVENT_TYPES
+    from voicepipe.events.recording import parse_events
+    from voicepipe.pipeline.synthetic import synthetic_history
+
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    history = synthetic_history(seed=3, organizations=["o1", "o2"], hours=6, now=now, staff_user="s")
+    events = parse_events(history, now=now)  # every event is valid for voicepipe.events.record_batch
+    assert {e.event_type for e in events} == set(EVENT_TYPES)
+    assert all(now - timedelta(hours=6) <= e.occurred_at <= now for e in events)
+    # Speech-to-text of audio takes seconds and costs money (typed notes pass through free).
+    completed = [e for e in events if e.event_type == "transcription_completed"
+                 and e.metadata["sourceChannel"] != "whatsapp_text"]
+    assert completed and all(e.duration_ms and e.duration_ms > 1000 and e.metadata["aiCost"] > 0 for e in completed)
+    # Same seed, same ids: recording the history twice adds nothing.
+    again = synthetic_history(seed=3, organizations=["o1", "o2"], hours=6, now=now, staff_user="s")
+    assert [e["event_id"] for e in again] == [e["event_id"] for e in history]

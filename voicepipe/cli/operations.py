@@ -1,9 +1,201 @@
-"""`voicepipe retry` and `voicepipe simulate` (pipeline and retries)."""
+"""`voicepipe retry` and `voicepipe simulate` (pipeline and retries).
+
+Both talk to the workers only through the broker, by task name, exactly as a
+producer service would (`simulate` also reads the database to pick failed
+artifacts for staff retries, when it can reach it).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import random
+import signal
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from types import FrameType
+from typing import Any
+
+log = logging.getLogger("voicepipe.simulate")
+
+RETRY_STAGE_NAMES = ("transcription", "claims_extraction", "entity_resolution", "draft_generation",
+                     "full_pipeline")
+STAGE_ALIASES = {"full": "full_pipeline"}
+SIM_STAFF = "sim-staff"
+EVENT_BATCH = 1000  # events per voicepipe.events.record_batch message
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Added by the pipeline and retry work."""
+    retry = sub.add_parser("retry", help="ask the workers to retry an artifact (platform staff only)",
+                           description="Send voicepipe.retry.<stage> through the broker and print its task id.")
+    retry.add_argument("artifact", help="the artifact id (UUID)")
+    retry.add_argument("--stage", required=True, type=_stage,
+                       help=f"one of {', '.join(RETRY_STAGE_NAMES)} (or 'full')")
+    retry.add_argument("--as", dest="requested_by", required=True, metavar="USER",
+                       help="the requesting user's id; must be platform staff in the users table")
+    retry.add_argument("--reason", help="why (kept in the retry history and the retry_initiated event)")
+    retry.add_argument("--request-id", help="an idempotency key: repeating it returns the first outcome")
+    retry.add_argument("--wait", action="store_true", help="wait for the retry's outcome (not for the stage)")
+    retry.add_argument("--timeout", type=float, default=60.0, help="seconds to wait with --wait (default 60)")
+    retry.set_defaults(func=run_retry)
+
+    sim = sub.add_parser("simulate", help="drive a realistic load of voice notes through the workers",
+                         description="Upsert organizations and a staff user, optionally record synthetic "
+                                     "history, then ingest artifacts at a steady rate.")
+    sim.add_argument("--artifacts", type=_non_negative_int, default=100,
+                     help="artifacts to ingest; 0 runs until Ctrl-C (default 100)")
+    sim.add_argument("--organizations", type=_positive_int, default=3, help="organizations (default 3)")
+    sim.add_argument("--rate", type=_positive_float, default=1.0, help="artifacts per second (default 1)")
+    sim.add_argument("--seed", type=int, default=0, help="seed of the load's mix and history (default 0)")
+    sim.add_argument("--history-hours", type=float, default=0.0,
+                     help="also record this many hours of synthetic past events (default 0)")
+    sim.add_argument("--no-retries", dest="retries", action="store_false",
+                     help="do not have the staff user retry failed artifacts")
+    sim.set_defaults(func=run_simulate)
+
+
+def _stage(value: str) -> str:
+    stage = STAGE_ALIASES.get(value, value)
+    if stage not in RETRY_STAGE_NAMES:
+        raise argparse.ArgumentTypeError(f"unknown stage {value!r}; one of {', '.join(RETRY_STAGE_NAMES)}, full")
+    return stage
+
+
+def _non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError("must be >= 0")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError("must be >= 1")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if not number > 0:
+        raise argparse.ArgumentTypeError("must be > 0")
+    return number
+
+
+def _send(name: str, /, **kwargs: Any) -> Any:
+    from worker import app
+    from worker.routes import TASK_QUEUES
+
+    return app.send_task(name, kwargs=kwargs, queue=TASK_QUEUES[name])
+
+
+# -- retry -------------------------------------------------------------------------
+
+
+def run_retry(args: argparse.Namespace) -> int:
+    kwargs: dict[str, Any] = {"artifact_id": args.artifact, "requested_by": args.requested_by}
+    if args.reason is not None:
+        kwargs["reason"] = args.reason
+    if args.request_id is not None:
+        kwargs["request_id"] = args.request_id
+    result = _send(f"voicepipe.retry.{args.stage}", **kwargs)
+    print(f"task {result.id} voicepipe.retry.{args.stage} artifact={args.artifact}")
+    if not args.wait:
+        return 0
+    outcome = result.get(timeout=args.timeout, propagate=False)
+    if result.failed():
+        print(f"refused: {type(outcome).__name__}: {outcome}", file=sys.stderr)
+        return 1
+    print(json.dumps(outcome, indent=2, sort_keys=True))
+    return 0
+
+
+# -- simulate ----------------------------------------------------------------------
+
+
+def run_simulate(args: argparse.Namespace) -> int:
+    rng = random.Random(args.seed)
+    orgs = [f"sim-org-{i:02d}" for i in range(1, args.organizations + 1)]
+    for org in orgs:
+        _send("voicepipe.directory.upsert_organization", id=org, name=f"Simulated Club {org[-2:]}")
+    _send("voicepipe.directory.upsert_user", id=SIM_STAFF, email="staff@simulated.example",
+          is_platform_staff=True)
+    print(f"simulate: {len(orgs)} organizations, staff user {SIM_STAFF}", flush=True)
+
+    if args.history_hours > 0:
+        from voicepipe.pipeline.synthetic import synthetic_history
+
+        history = synthetic_history(seed=args.seed, organizations=orgs, hours=args.history_hours,
+                                    now=datetime.now(UTC), staff_user=SIM_STAFF)
+        for start in range(0, len(history), EVENT_BATCH):
+            _send("voicepipe.events.record_batch", events=history[start : start + EVENT_BATCH])
+        print(f"simulate: queued {len(history)} historical events over {args.history_hours:g} h", flush=True)
+
+    stop = _stop_flag()
+    sent, interval = 0, 1.0 / args.rate
+    next_at, next_retry_scan = time.monotonic(), time.monotonic() + 30
+    retried: set[str] = set()
+    from voicepipe.pipeline.synthetic import CHANNELS
+
+    while not stop["now"] and (args.artifacts == 0 or sent < args.artifacts):
+        org = rng.choice(orgs)
+        channel = rng.choices([c for c, _ in CHANNELS], [w for _, w in CHANNELS])[0]
+        art_id = uuid.uuid4()  # new ids on every run: a restarted simulator never collides
+        _send("voicepipe.pipeline.ingest", organization_id=org, coach_id=f"{org}-coach-{rng.randint(1, 5)}",
+              source_channel=channel, media_ref=f"sim://{org}/{art_id}.ogg", artifact_id=str(art_id))
+        sent += 1
+        if sent % 50 == 0:
+            print(f"simulate: {sent} artifacts ingested", flush=True)
+        if args.retries and time.monotonic() >= next_retry_scan:
+            next_retry_scan = time.monotonic() + 30
+            _retry_failed(orgs, retried)
+        # Poisson arrivals around the requested rate (exponential gaps), not a metronome.
+        next_at += rng.expovariate(1.0 / interval)
+        delay = next_at - time.monotonic()
+        while delay > 0 and not stop["now"]:
+            time.sleep(min(delay, 0.5))
+            delay = next_at - time.monotonic()
+    print(f"simulate: done, {sent} artifacts ingested", flush=True)
+    return 0
+
+
+def _stop_flag() -> dict[str, bool]:
+    flag = {"now": False}
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        flag["now"] = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    return flag
+
+
+def _retry_failed(orgs: list[str], retried: set[str]) -> None:
+    """As the staff user, retry the failed stage of simulated artifacts that failed (once each)."""
+    try:
+        from sqlalchemy import select
+
+        from models.artifacts import Artifact
+        from models.session import session_scope
+
+        with session_scope() as session:
+            rows = session.execute(
+                select(Artifact.id, Artifact.failed_stage).where(
+                    Artifact.organization_id.in_(orgs), Artifact.status == "failed",
+                    Artifact.active_retry_attempt.is_(None),
+                ).limit(20)
+            ).all()
+    except Exception as exc:  # noqa: BLE001 - retries are a nicety; the load goes on without a database
+        log.warning("simulate: cannot read failed artifacts, skipping retries: %s", exc)
+        return
+    for art_id, stage in rows:
+        key = f"{art_id}"
+        if key in retried:
+            continue
+        retried.add(key)
+        name = stage if stage in RETRY_STAGE_NAMES else "full_pipeline"
+        _send(f"voicepipe.retry.{name}", artifact_id=key, requested_by=SIM_STAFF,
+              reason="simulated staff retry", request_id=f"sim-{key}")

@@ -13,7 +13,7 @@ from models.session import after_commit
 log = logging.getLogger(__name__)
 
 
-def send(task_name: str, **kwargs: Any) -> None:
+def send(task_name: str, /, **kwargs: Any) -> None:
     """Publish a task by its contract name on its contract queue."""
     from worker import app
     from worker.routes import TASK_QUEUES
