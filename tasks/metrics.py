@@ -50,7 +50,7 @@ def failures_recorded(period_type: str, start: datetime) -> Iterator[None]:
         try:
             with session_scope() as session:
                 record_failure(session, period_type, start, f"{type(exc).__name__}: {exc}")
-        except Exception:  # noqa: BLE001 - the original error is what the task reports
+        except Exception:
             log.exception("could not record failure window=%s %s", period_type, start.isoformat())
         raise
 

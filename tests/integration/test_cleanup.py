@@ -8,7 +8,14 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
-from models import AggregationWindow, AiUsageDailyAggregate, AiUsageLog, EventCounter, MetricsSnapshot, PipelineEvent
+from models import (
+    AggregationWindow,
+    AiUsageDailyAggregate,
+    AiUsageLog,
+    EventCounter,
+    MetricsSnapshot,
+    PipelineEvent,
+)
 from voicepipe.maintenance.cleanup import run_cleanup
 
 NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)

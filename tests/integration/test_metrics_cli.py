@@ -22,7 +22,7 @@ from voicepipe.usage.recording import record_usage
 
 def voicepipe(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "voicepipe.cli", *args], env=env, cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=120, check=False)
 
 
 def snapshot_state(session: Session) -> list[Any]:

@@ -145,8 +145,8 @@ def test_two_beats_side_by_side_and_two_workers_produce_no_duplicate(
     rng = random.Random(11)
     record_events(session, [random_event(rng, this_hour() - 4 * HOUR, 4, ["a", "b", None]) for _ in range(300)])
     session.commit()
-    env = dict(VOICEPIPE_BEAT_INTERVAL_SECONDS="1", VOICEPIPE_HOURLY_HORIZON_HOURS="4",
-               VOICEPIPE_DAILY_HORIZON_DAYS="1")
+    env = {"VOICEPIPE_BEAT_INTERVAL_SECONDS": "1", "VOICEPIPE_HOURLY_HORIZON_HOURS": "4",
+           "VOICEPIPE_DAILY_HORIZON_DAYS": "1"}
     workers = [start_worker(queues="metrics", wait=False, **env) for _ in range(2)]
     for w in workers:
         start_worker.wait_until_ready(w)  # type: ignore[attr-defined]
@@ -167,7 +167,12 @@ def test_two_beats_side_by_side_and_two_workers_produce_no_duplicate(
     redis = redis_client(broker_url)
     wait_for(lambda: redis.llen("metrics") == 0, timeout=60, what="the metrics queue to drain")
     now = datetime.now(UTC)
-    wait_for(lambda: (session.rollback(), not due_hours(session, now, 4))[1], timeout=30, what="no due hour")
+
+    def nothing_due() -> bool:
+        session.rollback()
+        return not due_hours(session, now, 4)
+
+    wait_for(nothing_due, timeout=30, what="no due hour")
     assert duplicates(session) == []
     platform_hours = [r.astimezone(UTC) for r in session.execute(select(MetricsSnapshot.period_start).where(
         MetricsSnapshot.organization_id.is_(None), MetricsSnapshot.period_type == "hourly")).scalars()]

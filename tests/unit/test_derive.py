@@ -7,9 +7,9 @@ from decimal import Decimal
 
 import pytest
 
+from models.metrics import SnapshotMetrics
 from voicepipe.events.parts import add_event, empty_parts, sum_parts
 from voicepipe.metrics.derive import METRIC_COLUMNS, derive, stage_figures
-from models.metrics import SnapshotMetrics
 
 
 def test_every_snapshot_metric_column_is_derived() -> None:

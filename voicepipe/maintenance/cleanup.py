@@ -49,7 +49,7 @@ class Cutoffs:
 def cutoffs(now: datetime, settings: Settings | None = None) -> Cutoffs:
     s = settings or get_settings()
     midnight = floor_day(now)
-    days = lambda n: midnight - timedelta(days=n)  # noqa: E731
+    days = lambda n: midnight - timedelta(days=n)
     return Cutoffs(
         events=days(s.retention_events_days),
         counters=days(s.retention_counters_days),
@@ -106,6 +106,18 @@ def _batches(
         log.info("retention cleanup table=%s deleted=%d", name, total)
 
 
+def _snapshot_ids(period_type: str, cutoff: datetime) -> Callable[[int], object]:
+    def select_ids(n: int) -> object:
+        return (
+            select(MetricsSnapshot.id)
+            .where(MetricsSnapshot.period_type == period_type, MetricsSnapshot.period_start < cutoff)
+            .order_by(MetricsSnapshot.period_start)
+            .limit(n)
+        )
+
+    return select_ids
+
+
 def run_cleanup(
     engine: Engine,
     now: datetime,
@@ -138,9 +150,7 @@ def run_cleanup(
     for period_type, cutoff in (("hourly", c.hourly), ("daily", c.daily)):
         _batches(
             engine, f"metrics_snapshots_{period_type}",
-            lambda n, pt=period_type, co=cutoff: select(MetricsSnapshot.id)
-            .where(MetricsSnapshot.period_type == pt, MetricsSnapshot.period_start < co)
-            .order_by(MetricsSnapshot.period_start).limit(n),
+            _snapshot_ids(period_type, cutoff),
             lambda ids: delete(MetricsSnapshot).where(MetricsSnapshot.id.in_(ids)),
             result, deadline, batch_size,
         )

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -50,13 +51,16 @@ def aggregate_day(session: Session, day: date) -> int:
         if stored.get(hour) is None or stored[hour] != current.get(hour, 0):
             aggregate_hour(session, hour)
             refreshed += 1
-    rows = session.execute(
-        select(MetricsSnapshot.organization_id, MetricsSnapshot.period_start, *_SNAPSHOT_COLUMNS).where(
-            MetricsSnapshot.period_type == HOURLY,
-            MetricsSnapshot.period_start >= start,
-            MetricsSnapshot.period_start < start + DAY,
-        )
-    ).mappings().all()
+    rows = cast(
+        Sequence[Mapping[str, Any]],
+        session.execute(
+            select(MetricsSnapshot.organization_id, MetricsSnapshot.period_start, *_SNAPSHOT_COLUMNS).where(
+                MetricsSnapshot.period_type == HOURLY,
+                MetricsSnapshot.period_start >= start,
+                MetricsSnapshot.period_start < start + DAY,
+            )
+        ).mappings().all(),
+    )
     by_org: dict[str, list[Any]] = defaultdict(list)
     platform_rows = []
     for row in rows:

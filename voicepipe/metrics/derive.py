@@ -64,7 +64,7 @@ def p95(parts: Mapping[str, Any]) -> float:
 
 def derive(parts: Mapping[str, Any]) -> dict[str, Any]:
     """Every SnapshotMetrics column, from one window's (or any set's) additive parts."""
-    n = lambda event_type: int(parts[f"n_{event_type}"])  # noqa: E731 - local shorthand
+    n = lambda event_type: int(parts[f"n_{event_type}"])
     outcomes = n("entity_resolution_completed") + n("entity_needs_disambiguation")
     received = n("artifact_received")
     completed = n("artifact_completed")

@@ -8,8 +8,9 @@ organizations, not with events.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -49,11 +50,14 @@ def aggregate_hour(session: Session, hour_start: datetime) -> int:
     hour = parse_hour(hour_start)
     check_recomputable(hour)
     lock_window(session, HOURLY, hour)
-    rows = session.execute(
-        select(EventCounter.organization_id, EventCounter.revision, *_COUNTER_COLUMNS).where(
-            EventCounter.hour_start == hour
-        )
-    ).mappings().all()
+    rows = cast(
+        Sequence[Mapping[str, Any]],
+        session.execute(
+            select(EventCounter.organization_id, EventCounter.revision, *_COUNTER_COLUMNS).where(
+                EventCounter.hour_start == hour
+            )
+        ).mappings().all(),
+    )
     org_parts: dict[str, Parts] = {
         row["organization_id"]: sum_parts([row]) for row in rows if row["organization_id"] is not None
     }

@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -77,20 +78,23 @@ def organization_breakdown(
 ) -> list[OrganizationFigures]:
     """Per organization over [start, end), busiest first; one query, names joined in."""
     _check(period_type, start, end)
-    rows = session.execute(
-        select(
-            MetricsSnapshot.organization_id,
-            func.coalesce(Organization.name, UNKNOWN_ORGANIZATION).label("name"),
-            *_PART_COLUMNS,
-        )
-        .outerjoin(Organization, Organization.id == MetricsSnapshot.organization_id)
-        .where(
-            MetricsSnapshot.period_type == period_type,
-            MetricsSnapshot.period_start >= start,
-            MetricsSnapshot.period_start < end,
-            MetricsSnapshot.organization_id.is_not(None),
-        )
-    ).mappings().all()
+    rows = cast(
+        Sequence[Mapping[str, Any]],
+        session.execute(
+            select(
+                MetricsSnapshot.organization_id,
+                func.coalesce(Organization.name, UNKNOWN_ORGANIZATION).label("name"),
+                *_PART_COLUMNS,
+            )
+            .outerjoin(Organization, Organization.id == MetricsSnapshot.organization_id)
+            .where(
+                MetricsSnapshot.period_type == period_type,
+                MetricsSnapshot.period_start >= start,
+                MetricsSnapshot.period_start < end,
+                MetricsSnapshot.organization_id.is_not(None),
+            )
+        ).mappings().all(),
+    )
     grouped: dict[str, list[Any]] = {}
     names: dict[str, str] = {}
     for row in rows:
@@ -109,12 +113,15 @@ def stage_breakdown(
 ) -> list[dict[str, Any]]:
     """Per stage over [start, end): completed, failed, failure rate, mean latency (platform rows only)."""
     _check(period_type, start, end)
-    rows = session.execute(
-        select(*_PART_COLUMNS).where(
-            MetricsSnapshot.period_type == period_type,
-            MetricsSnapshot.period_start >= start,
-            MetricsSnapshot.period_start < end,
-            MetricsSnapshot.organization_id.is_(None),
-        )
-    ).mappings().all()
+    rows = cast(
+        Sequence[Mapping[str, Any]],
+        session.execute(
+            select(*_PART_COLUMNS).where(
+                MetricsSnapshot.period_type == period_type,
+                MetricsSnapshot.period_start >= start,
+                MetricsSnapshot.period_start < end,
+                MetricsSnapshot.organization_id.is_(None),
+            )
+        ).mappings().all(),
+    )
     return stage_figures(sum_parts(rows))

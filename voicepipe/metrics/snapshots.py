@@ -14,8 +14,6 @@ from models.metrics import MetricsSnapshot
 from voicepipe.events.parts import ALL_PARTS, HISTOGRAM_PART, Parts
 from voicepipe.metrics.derive import METRIC_COLUMNS, derive
 
-# ~85 columns a row: 500 rows stay far below PostgreSQL's 65,535 bind parameters.
-UPSERT_CHUNK = 500
 PART_COLUMNS: tuple[str, ...] = ALL_PARTS
 SNAPSHOT_KEY = "uq_metrics_snapshots_organization_id_period_type_period_start"
 
@@ -50,20 +48,20 @@ def write_window(
     """
     rows = [snapshot_row(org, period_type, start, end, parts) for org, parts in sorted(org_parts.items())]
     rows.append(snapshot_row(None, period_type, start, end, platform_parts))
-    for i in range(0, len(rows), UPSERT_CHUNK):
-        stmt = pg_insert(MetricsSnapshot).values(rows[i : i + UPSERT_CHUNK])
-        updates: dict[str, Any] = {
-            name: stmt.excluded[name] for name in (*PART_COLUMNS, *METRIC_COLUMNS, "period_end")
-        }
-        updates["computed_at"] = func.now()
-        session.execute(
-            stmt.on_conflict_do_update(
-                # The unique constraint treats NULLs as equal, so the platform row
-                # (organization NULL) conflicts with itself too: one row a window.
-                constraint=SNAPSHOT_KEY,
-                set_=updates,
-            )
-        )
+    # One statement compiled once and sent as executemany: SQLAlchemy batches the
+    # parameter sets into multi-row VALUES itself ("insertmanyvalues"), which is far
+    # cheaper than compiling a literal 1,000-row VALUES clause.
+    stmt = pg_insert(MetricsSnapshot.__table__)
+    upsert = stmt.on_conflict_do_update(
+        # The unique constraint treats NULLs as equal, so the platform row
+        # (organization NULL) conflicts with itself too: one row a window.
+        constraint=SNAPSHOT_KEY,
+        set_={
+            **{name: stmt.excluded[name] for name in (*PART_COLUMNS, *METRIC_COLUMNS, "period_end")},
+            "computed_at": func.now(),
+        },
+    )
+    session.connection().execute(upsert, rows)
     session.execute(
         delete(MetricsSnapshot).where(
             MetricsSnapshot.period_type == period_type,

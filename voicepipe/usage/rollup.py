@@ -171,11 +171,12 @@ def aggregate_usage_day(session: Session, day: date) -> int:
                 "by_player": {k: v.to_json() for k, v in sorted(g.by_player.items())},
             }
         )
-    for i in range(0, len(rows), 1000):
-        stmt = pg_insert(AiUsageDailyAggregate).values(rows[i : i + 1000])
+    if rows:
+        stmt = pg_insert(AiUsageDailyAggregate.__table__)
         updates: dict[str, Any] = {name: stmt.excluded[name] for name in rows[0] if name not in ("day", "organization_id")}
         updates["computed_at"] = func.now()
-        session.execute(stmt.on_conflict_do_update(constraint=ROLLUP_KEY, set_=updates))
+        # executemany: compiled once, batched by SQLAlchemy's insertmanyvalues.
+        session.connection().execute(stmt.on_conflict_do_update(constraint=ROLLUP_KEY, set_=updates), rows)
     # The log of a day within retention is complete, so a rollup without log rows is wrong.
     session.execute(
         delete(AiUsageDailyAggregate).where(
@@ -190,7 +191,7 @@ def usage_day_mismatches(session: Session, first: date, last: date) -> dict[date
     """Per day in [first, last]: how many organizations' log counts differ from their rollup."""
     lo, hi = day_start(first), day_start(last) + DAY
     day_of = cast(func.timezone("UTC", AiUsageLog.occurred_at), Date)
-    counts = {
+    counts: dict[tuple[date, str | None], int] = {
         (d, org): n
         for d, org, n in session.execute(
             select(day_of, AiUsageLog.organization_id, func.count())
@@ -198,7 +199,7 @@ def usage_day_mismatches(session: Session, first: date, last: date) -> dict[date
             .group_by(day_of, AiUsageLog.organization_id)
         ).all()
     }
-    stored = {
+    stored: dict[tuple[date, str | None], int] = {
         (d, org): n
         for d, org, n in session.execute(
             select(AiUsageDailyAggregate.day, AiUsageDailyAggregate.organization_id, AiUsageDailyAggregate.total_calls)
