@@ -86,7 +86,7 @@ def event_types(session: Session, art_id: uuid.UUID) -> list[str]:
     return [e.event_type for e in events(session, art_id)]
 
 
-def row_ids(session: Session, model: type, art_id: uuid.UUID) -> set[uuid.UUID]:
+def row_ids(session: Session, model: Any, art_id: uuid.UUID) -> set[uuid.UUID]:
     fresh(session)
     return set(session.scalars(select(model.id).where(model.artifact_id == art_id)))
 

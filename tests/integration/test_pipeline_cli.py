@@ -16,7 +16,8 @@ from tests.integration.pipeline_support import FAST, add_artifact, add_user, fre
 
 
 def voicepipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "voicepipe.cli", *args], env=env, cwd=REPO_ROOT,
+    return subprocess.run([sys.executable, "-m", "voicepipe.cli", *args], check=False, env=env,
+                          cwd=REPO_ROOT,
                           capture_output=True, text=True, timeout=120)
 
 

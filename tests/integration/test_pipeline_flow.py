@@ -10,7 +10,15 @@ from sqlalchemy.orm import Session
 
 from models import Claim, EntityResolution, EventCounter, InsightDraft, PipelineEvent, Transcript
 from tests.helpers import Proc, wait_for
-from tests.integration.pipeline_support import FAST, artifact, count, event_types, events, ingest, status_of
+from tests.integration.pipeline_support import (
+    FAST,
+    artifact,
+    count,
+    event_types,
+    events,
+    ingest,
+    status_of,
+)
 
 HAPPY_PATH = [
     "artifact_received",
@@ -50,7 +58,7 @@ def test_an_ingested_voice_note_is_transcribed_processed_and_completed_with_real
     completed = by_type["artifact_completed"]
     expected = (completed.occurred_at - received) / timedelta(milliseconds=1)
     assert abs(completed.duration_ms - expected) < 1.0  # type: ignore[operator]
-    assert completed.duration_ms >= sum(by_type[n].duration_ms for n in (  # type: ignore[misc]
+    assert completed.duration_ms >= sum(by_type[n].duration_ms or 0.0 for n in (  # type: ignore[operator]
         "transcription_completed", "claims_extracted", outcome, "drafts_generated"))
 
     # Derived rows match the counts the events report.
@@ -82,7 +90,7 @@ def status_of_or_none(session: Session, art_id: object) -> str | None:
 _ORDER = {t: i for i, t in enumerate(HAPPY_PATH)}
 
 
-def HAPPY_ORDER(e: PipelineEvent) -> int:  # noqa: N802 - a sort key
+def HAPPY_ORDER(e: PipelineEvent) -> int:
     if e.event_type == "artifact_status_changed":
         # Status changes sort beside the stage event they accompany.
         to = e.metadata_["toStatus"]
@@ -106,8 +114,9 @@ def test_duplicate_and_stale_stage_messages_change_nothing(
                             "voicepipe.pipeline.resolve_entities", "voicepipe.pipeline.generate_drafts")]
     # Stage tasks keep no results; the worker's log says how each one ended.
     for r in results:
-        wait_for(lambda: f"[{r.id}] succeeded" in worker.log(), what=f"task {r.id}")
-        assert f"[{r.id}] succeeded" in worker.log() and "'skipped'" in worker.log().split(f"[{r.id}] succeeded")[1].splitlines()[0]
+        done = f"[{r.id}] succeeded"
+        wait_for(lambda done=done: done in worker.log(), what=f"task {r.id}")  # type: ignore[misc]
+        assert worker.log().split(done)[1].splitlines()[0].endswith("'skipped'")
     assert event_types(session, art_id) == before
     assert status_of(session, art_id) == "completed"
 

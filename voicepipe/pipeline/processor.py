@@ -114,7 +114,8 @@ class DraftsInput:
 class Processor(Protocol):
     """One method per stage; each returns its results or raises StageFailure."""
 
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def transcribe(self, item: StageInput) -> TranscriptionResult: ...
 

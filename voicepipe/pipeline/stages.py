@@ -30,7 +30,14 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
-from models.artifacts import Artifact, Claim, EntityResolution, InsightDraft, RetryRequest, Transcript
+from models.artifacts import (
+    Artifact,
+    Claim,
+    EntityResolution,
+    InsightDraft,
+    RetryRequest,
+    Transcript,
+)
 from models.session import session_scope
 from voicepipe.clock import utcnow
 from voicepipe.errors import ArtifactNotFound
@@ -483,7 +490,7 @@ def run_stage(
         outcome = failure
     except SoftTimeLimitExceeded:
         outcome = StageFailure("STAGE_TIMEOUT", f"{stage} exceeded the task's soft time limit")
-    except Exception as exc:  # noqa: BLE001 - a processor bug fails the artifact, visibly, not the worker
+    except Exception as exc:
         log.exception("processor raised artifact_id=%s stage=%s", art_id, stage)
         outcome = StageFailure("PROCESSOR_ERROR", f"{type(exc).__name__}: {exc}"[:2000])
     duration_ms = (time.monotonic() - started) * 1000.0

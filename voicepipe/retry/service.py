@@ -13,7 +13,6 @@ from __future__ import annotations
 import logging
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -23,7 +22,13 @@ from models.artifacts import Artifact, RetryRequest
 from models.directory import User
 from voicepipe.clock import utcnow
 from voicepipe.domain import WORKING_STATUSES
-from voicepipe.errors import ArtifactNotFound, InvalidInput, PermissionDenied, RetryLimitExceeded, RetryNotAllowed
+from voicepipe.errors import (
+    ArtifactNotFound,
+    InvalidInput,
+    PermissionDenied,
+    RetryLimitExceeded,
+    RetryNotAllowed,
+)
 from voicepipe.events.recording import record_events
 from voicepipe.pipeline.dispatch import send_after_commit
 from voicepipe.pipeline.stages import (
