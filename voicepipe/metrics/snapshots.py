@@ -51,7 +51,7 @@ def write_window(
     # One statement compiled once and sent as executemany: SQLAlchemy batches the
     # parameter sets into multi-row VALUES itself ("insertmanyvalues"), which is far
     # cheaper than compiling a literal 1,000-row VALUES clause.
-    stmt = pg_insert(MetricsSnapshot.__table__)
+    stmt = pg_insert(MetricsSnapshot)
     upsert = stmt.on_conflict_do_update(
         # The unique constraint treats NULLs as equal, so the platform row
         # (organization NULL) conflicts with itself too: one row a window.
