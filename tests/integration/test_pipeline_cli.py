@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from collections.abc import Callable
@@ -37,6 +38,12 @@ def test_voicepipe_retry_waits_for_the_outcome_or_names_the_refusal(
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("task ") and '"attempt": 1' in done.stdout
     wait_for(lambda: status_of(session, art_id) == "completed", timeout=60, what="completion")
+    history = voicepipe(env, "retry-history", str(art_id))
+    assert history.returncode == 0, history.stderr
+    (attempt,) = json.loads(history.stdout)
+    assert (attempt["attempt"], attempt["requested_by"], attempt["reason"]) == (1, "staff-1", "flaky provider")
+    wait_for(lambda: json.loads(voicepipe(env, "retry-history", str(art_id)).stdout)[0]["outcome"] == "succeeded",
+             timeout=30, what="the outcome")
 
 
 def test_voicepipe_simulate_drives_artifacts_and_records_history(

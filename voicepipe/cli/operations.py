@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     retry.add_argument("--timeout", type=float, default=60.0, help="seconds to wait with --wait (default 60)")
     retry.set_defaults(func=run_retry)
 
+    history = sub.add_parser("retry-history", help="print an artifact's retries: attempt, who, when, why, outcome",
+                             description="Read the artifact's retry history from the database (JSON).")
+    history.add_argument("artifact", help="the artifact id (UUID)")
+    history.set_defaults(func=run_retry_history)
+
     sim = sub.add_parser("simulate", help="drive a realistic load of voice notes through the workers",
                          description="Upsert organizations and a staff user, optionally record synthetic "
                                      "history, then ingest artifacts at a steady rate.")
@@ -110,6 +115,16 @@ def run_retry(args: argparse.Namespace) -> int:
         print(f"refused: {type(outcome).__name__}: {outcome}", file=sys.stderr)
         return 1
     print(json.dumps(outcome, indent=2, sort_keys=True))
+    return 0
+
+
+def run_retry_history(args: argparse.Namespace) -> int:
+    from models.session import session_scope
+    from voicepipe.retry.history import retry_history
+
+    with session_scope() as session:
+        attempts = [a.to_json() for a in retry_history(session, args.artifact)]
+    print(json.dumps(attempts, indent=2))
     return 0
 
 
