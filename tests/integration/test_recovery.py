@@ -12,7 +12,15 @@ from sqlalchemy.orm import Session
 
 from models import Artifact, PipelineEvent, RetryRequest
 from tests.helpers import Proc, redis_client, wait_for
-from tests.integration.pipeline_support import FAST, add_artifact, add_user, artifact, event_types, events, status_of
+from tests.integration.pipeline_support import (
+    FAST,
+    add_artifact,
+    add_user,
+    artifact,
+    event_types,
+    events,
+    status_of,
+)
 from voicepipe.pipeline.processor import ClaimsResult, Cost, ExtractedClaim, StageInput
 from voicepipe.pipeline.recovery import requeue_stalled
 from voicepipe.pipeline.stages import claim_stage, finish_stage
