@@ -82,10 +82,19 @@ def celery_config(
             "visibility_timeout": VISIBILITY_TIMEOUT_S,
             "socket_timeout": SOCKET_TIMEOUT_S,
             "socket_connect_timeout": SOCKET_TIMEOUT_S,
-            "retry_on_timeout": True,
+            # No blind re-send after a read timeout: it could queue a message twice, and
+            # it made a producer facing a wedged broker wait 4 x 5 s instead of 5 s
+            # (tests/faults/test_dead_broker.py). Publishing has its own retry policy.
+            "retry_on_timeout": False,
             "health_check_interval": 25,
         },
-        "result_backend_transport_options": {"visibility_timeout": VISIBILITY_TIMEOUT_S},
+        "result_backend_transport_options": {
+            "visibility_timeout": VISIBILITY_TIMEOUT_S,
+            # A producer that keeps results subscribes to the result store before it
+            # publishes; Celery's default (20 reconnects, 1 s apart) made a dead Redis
+            # cost it ~20 s. Bounded like the publish policy (tests/faults/test_dead_broker.py).
+            "retry_policy": {"max_retries": 2, "interval_start": 0, "interval_step": 0.5, "interval_max": 1},
+        },
         "redis_socket_timeout": SOCKET_TIMEOUT_S,
         "redis_socket_connect_timeout": SOCKET_TIMEOUT_S,
         "redis_retry_on_timeout": True,
