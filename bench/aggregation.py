@@ -80,7 +80,7 @@ def load_hour(env: Env, hour: datetime, n: int, seed: int) -> None:
 
 def run(env: Env) -> list[Result]:
     sizes = [10_000, 100_000] if env.quick else [10_000, 100_000, 1_000_000]
-    base_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=3)
+    base_hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(days=5)
     results = []
     ours_by_size: dict[int, float] = {}
     for i, n in enumerate(sizes):

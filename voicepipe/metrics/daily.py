@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from datetime import date
-from typing import Any, cast
+from datetime import date, datetime
+from decimal import Decimal
 
-from sqlalchemy import select
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from models.metrics import MetricsSnapshot
-from voicepipe.events.parts import ALL_PARTS, Parts, sum_parts
+from voicepipe.events.parts import FLOAT_PARTS, HISTOGRAM_PART, INT_PARTS, SCALAR_PARTS, Parts, empty_parts
 from voicepipe.metrics.bookkeeping import (
     DAILY,
     HOURLY,
@@ -27,7 +24,45 @@ from voicepipe.windows import DAY, day_start, hours_of_day, parse_day
 
 log = logging.getLogger(__name__)
 
-_SNAPSHOT_COLUMNS: list[Any] = [MetricsSnapshot.__table__.c[name] for name in ALL_PARTS]
+_SUM_SQL = text(
+    "SELECT organization_id, count(*) AS windows, "
+    + ", ".join(f"sum({name}) AS {name}" for name in SCALAR_PARTS)
+    + " FROM metrics_snapshots WHERE period_type = 'hourly' AND period_start >= :lo AND period_start < :hi"
+    " GROUP BY organization_id"
+)
+# Histograms are summed bucket by bucket in SQL, skipping empty buckets (latency
+# histograms are sparse): summing 24,000 rows in Python cost seconds for 1,000 orgs.
+_HIST_SQL = text(
+    f"SELECT s.organization_id, b.i, sum(b.n) FROM metrics_snapshots s "
+    f"CROSS JOIN LATERAL unnest(s.{HISTOGRAM_PART}) WITH ORDINALITY AS b(n, i) "
+    "WHERE s.period_type = 'hourly' AND s.period_start >= :lo AND s.period_start < :hi AND b.n <> 0 "
+    "GROUP BY s.organization_id, b.i"
+)
+
+
+def sum_hourly_parts(session: Session, lo: datetime, hi: datetime) -> tuple[dict[str | None, Parts], int]:
+    """Additive parts of the hourly snapshots in [lo, hi), summed per organization in SQL.
+
+    Key None is the platform: the sum of the platform rows, which include the events
+    without an organization (never the sum of organization rows alone). Also returns
+    how many platform hours were found.
+    """
+    params = {"lo": lo, "hi": hi}
+    sums: dict[str | None, Parts] = {}
+    platform_hours = 0
+    for row in session.execute(_SUM_SQL, params).mappings():
+        parts = empty_parts()
+        for name in INT_PARTS:
+            parts[name] = int(row[name] or 0)
+        for name in FLOAT_PARTS:
+            parts[name] = float(row[name] or 0.0)
+        parts["ai_cost_sum"] = Decimal(row["ai_cost_sum"] or 0)
+        sums[row["organization_id"]] = parts
+        if row["organization_id"] is None:
+            platform_hours = int(row["windows"])
+    for org, index, count in session.execute(_HIST_SQL, params):
+        sums[org][HISTOGRAM_PART][int(index) - 1] = int(count)
+    return sums, platform_hours
 
 
 def aggregate_day(session: Session, day: date) -> int:
@@ -51,29 +86,14 @@ def aggregate_day(session: Session, day: date) -> int:
         if stored.get(hour) is None or stored[hour] != current.get(hour, 0):
             aggregate_hour(session, hour)
             refreshed += 1
-    rows = cast(
-        Sequence[Mapping[str, Any]],
-        session.execute(
-            select(MetricsSnapshot.organization_id, MetricsSnapshot.period_start, *_SNAPSHOT_COLUMNS).where(
-                MetricsSnapshot.period_type == HOURLY,
-                MetricsSnapshot.period_start >= start,
-                MetricsSnapshot.period_start < start + DAY,
-            )
-        ).mappings().all(),
-    )
-    by_org: dict[str, list[Any]] = defaultdict(list)
-    platform_rows = []
-    for row in rows:
-        if row["organization_id"] is None:
-            platform_rows.append(row)
-        else:
-            by_org[row["organization_id"]].append(row)
-    if len(platform_rows) != 24:
-        raise RuntimeError(f"day {day}: expected 24 hourly platform rows, found {len(platform_rows)}")
-    org_parts: dict[str, Parts] = {org: sum_parts(org_rows) for org, org_rows in by_org.items()}
+    sums, platform_hours = sum_hourly_parts(session, start, start + DAY)
+    platform = sums.pop(None, None)
+    if platform is None or platform_hours != 24:
+        raise RuntimeError(f"day {day}: expected 24 hourly platform rows, found {platform_hours}")
+    org_parts: dict[str, Parts] = {org: parts for org, parts in sums.items() if org is not None}
     # The platform day is the sum of the platform hours, which already include the
     # events without an organization (never the sum of organization rows alone).
-    written = write_window(session, DAILY, start, start + DAY, org_parts, sum_parts(platform_rows))
+    written = write_window(session, DAILY, start, start + DAY, org_parts, platform)
     # The day reflects exactly the hourly snapshots just read, whose source revisions
     # are (under the hour locks) the sums of the day's counter revisions.
     final = stored_revisions(session, HOURLY, start, start + DAY)

@@ -6,16 +6,31 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy import delete
 from sqlalchemy.orm import Session
 
 from models.metrics import MetricsSnapshot
+from voicepipe.bulk import copy_then
 from voicepipe.events.parts import ALL_PARTS, HISTOGRAM_PART, Parts
 from voicepipe.metrics.derive import METRIC_COLUMNS, derive
 
 PART_COLUMNS: tuple[str, ...] = ALL_PARTS
 SNAPSHOT_KEY = "uq_metrics_snapshots_organization_id_period_type_period_start"
+
+
+SNAPSHOT_COLUMNS: tuple[str, ...] = (
+    "organization_id", "period_type", "period_start", "period_end", *PART_COLUMNS, *METRIC_COLUMNS,
+)
+# The unique constraint treats NULLs as equal, so the platform row (organization NULL)
+# conflicts with itself too: one row a window. ORDER BY gives concurrent writers one lock order.
+_UPSERT_SQL = (
+    f"INSERT INTO metrics_snapshots ({', '.join(SNAPSHOT_COLUMNS)}) "
+    f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM vp_stage_snapshots "
+    "ORDER BY organization_id NULLS FIRST "
+    f"ON CONFLICT ON CONSTRAINT {SNAPSHOT_KEY} DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in (*PART_COLUMNS, *METRIC_COLUMNS, "period_end"))
+    + ", computed_at = now()"
+)
 
 
 def snapshot_row(
@@ -48,20 +63,13 @@ def write_window(
     """
     rows = [snapshot_row(org, period_type, start, end, parts) for org, parts in sorted(org_parts.items())]
     rows.append(snapshot_row(None, period_type, start, end, platform_parts))
-    # One statement compiled once and sent as executemany: SQLAlchemy batches the
-    # parameter sets into multi-row VALUES itself ("insertmanyvalues"), which is far
-    # cheaper than compiling a literal 1,000-row VALUES clause.
-    stmt = pg_insert(MetricsSnapshot)
-    upsert = stmt.on_conflict_do_update(
-        # The unique constraint treats NULLs as equal, so the platform row
-        # (organization NULL) conflicts with itself too: one row a window.
-        constraint=SNAPSHOT_KEY,
-        set_={
-            **{name: stmt.excluded[name] for name in (*PART_COLUMNS, *METRIC_COLUMNS, "period_end")},
-            "computed_at": func.now(),
-        },
+    # COPY into a staging table and one INSERT ... SELECT: 1,001 rows of ~90 columns
+    # in tens of milliseconds (voicepipe/bulk.py says why not parameterised INSERTs).
+    copy_then(
+        session, "vp_stage_snapshots", "metrics_snapshots", SNAPSHOT_COLUMNS,
+        ([row[c] for c in SNAPSHOT_COLUMNS] for row in rows),
+        _UPSERT_SQL,
     )
-    session.connection().execute(upsert, rows)
     session.execute(
         delete(MetricsSnapshot).where(
             MetricsSnapshot.period_type == period_type,
