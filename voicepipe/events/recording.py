@@ -19,7 +19,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from models.events import EventCounter, PipelineEvent
-from voicepipe.bulk import copy_then
+from voicepipe.bulk import copy_then, dbapi_connection
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
 from voicepipe.events.parts import ALL_PARTS, HISTOGRAM_PART, SCALAR_PARTS, Parts, add_event, empty_parts
@@ -94,19 +94,52 @@ EVENT_COLUMNS: tuple[str, ...] = (
 COUNTER_COLUMNS: tuple[str, ...] = ("organization_id", "hour_start", *ALL_PARTS)
 
 
+# Up to this many rows go in one typed VALUES statement (one round trip); larger
+# batches go through COPY staging, whose fixed cost (temp table, TRUNCATE, COPY)
+# only pays off with many rows. Pipeline stages and retries write one to three events.
+SMALL_BATCH = 64
+_column_types: dict[str, dict[str, str]] = {}
+
+
+def _types(session: Session, table: str) -> dict[str, str]:
+    """Column SQL types of a table, read once per process (for typed VALUES lists)."""
+    if table not in _column_types:
+        rows = session.execute(text(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = CAST(:t AS regclass) AND attnum > 0 AND NOT attisdropped"
+        ), {"t": table}).all()
+        _column_types[table] = {name: sql_type for name, sql_type in rows}
+    return _column_types[table]
+
+
+def _write(
+    session: Session, stage_table: str, table: str, columns: tuple[str, ...],
+    rows: list[tuple[Any, ...]], statement: str,
+) -> list[tuple[Any, ...]]:
+    """Run `statement` (which reads FROM {source}) over rows: VALUES when few, COPY when many."""
+    if len(rows) > SMALL_BATCH:
+        return copy_then(session, stage_table, table, columns, rows, statement.format(source=stage_table))
+    types = _types(session, table)
+    one = "(" + ", ".join(f"%s::{types[c]}" for c in columns) + ")"
+    source = f"(VALUES {', '.join([one] * len(rows))}) AS {stage_table} ({', '.join(columns)})"
+    with dbapi_connection(session).cursor() as cur:
+        cur.execute(statement.format(source=source), [v for row in rows for v in row])
+        return list(cur.fetchall()) if cur.description else []
+
+
 def _insert_events(session: Session, events: Sequence[Event]) -> set[Any]:
     if not events:
         return set()
     cols = ", ".join(EVENT_COLUMNS)
-    rows = copy_then(
+    rows = _write(
         session, "vp_stage_events", "pipeline_events", EVENT_COLUMNS,
-        (
+        [
             (e.event_id, e.event_type, e.artifact_id, e.organization_id, e.coach_id, e.stage,
              e.occurred_at, hour_label(e.occurred_at), e.duration_ms, e.error_code,
              e.error_message, Jsonb(e.metadata))
             for e in events
-        ),
-        f"INSERT INTO pipeline_events ({cols}) SELECT {cols} FROM vp_stage_events "
+        ],
+        f"INSERT INTO pipeline_events ({cols}) SELECT {cols} FROM {{source}} "
         "ON CONFLICT (id) DO NOTHING RETURNING id",
     )
     return {row[0] for row in rows}
@@ -125,7 +158,7 @@ def _upsert_sql(additive: bool) -> str:
     # ORDER BY: concurrent recorders lock counter rows in the same order, so they
     # queue behind each other instead of deadlocking.
     return (
-        f"INSERT INTO event_counters ({cols}) SELECT {cols} FROM vp_stage_counters "
+        f"INSERT INTO event_counters ({cols}) SELECT {cols} FROM {{source}} "
         "ORDER BY organization_id NULLS FIRST, hour_start "
         f"ON CONFLICT (organization_id, hour_start) DO UPDATE SET {', '.join(sets)}"
     )
@@ -138,14 +171,14 @@ _REPLACE_SQL = _upsert_sql(additive=False)
 def _write_counters(session: Session, grouped: Mapping[CounterKey, Parts], sql: str) -> None:
     if not grouped:
         return
-    copy_then(
+    _write(
         session, "vp_stage_counters", "event_counters", COUNTER_COLUMNS,
-        (
+        [
             (org, hour, *(parts[n] for n in SCALAR_PARTS),
              # An all-zero histogram is sent empty: vp_hist_add treats it as zeros.
              parts[HISTOGRAM_PART] if any(parts[HISTOGRAM_PART]) else [])
             for (org, hour), parts in grouped.items()
-        ),
+        ],
         sql,
     )
 
