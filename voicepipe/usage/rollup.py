@@ -91,21 +91,6 @@ class UsageGroup:
         if player is not None:
             self.by_player[player].add(t)
 
-    def merge_rollup(self, row: AiUsageDailyAggregate) -> None:
-        self.totals.add(
-            UsageTotals(
-                Decimal(row.total_cost), row.total_calls, row.total_input_tokens,
-                row.total_cached_tokens, row.total_output_tokens,
-            )
-        )
-        for target, source in (
-            (self.by_operation, row.by_operation),
-            (self.by_coach, row.by_coach),
-            (self.by_player, row.by_player),
-        ):
-            for key, raw in (source or {}).items():
-                target[key].add(UsageTotals.from_json(raw))
-
 
 def grouped_calls(session: Session, where: Iterable[Any]) -> list[Any]:
     """Sums per (organization, operation, coach, player) of the log rows matching where."""

@@ -1,0 +1,128 @@
+"""Dashboard queries: 30 days of an organization's AI usage from rollups against the raw log,
+and the organization breakdown over 30 days for 1,000 organizations."""
+
+from __future__ import annotations
+
+import random
+import statistics
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import text
+
+from bench.harness import Env, Result
+from voicepipe.metrics.queries import organization_breakdown
+from voicepipe.usage.queries import UsageGroup, _raw, usage_for_organization
+from voicepipe.usage.rollup import aggregate_usage_day
+
+ORG = "org-usage"
+OPERATIONS = ["parent_summary", "voice_note_transcription", "claims_extraction", "draft_generation",
+              "entity_resolution", "session_plan"]
+
+
+def p50(fn: object, repeat: int) -> float:
+    samples = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()  # type: ignore[operator]
+        samples.append(time.perf_counter() - t0)
+    return statistics.median(samples)
+
+
+def _load_usage(env: Env, first: datetime, days: int, per_day: int) -> None:
+    rng = random.Random(5)
+    raw = env.engine.raw_connection()
+    try:
+        with raw.cursor() as cur, cur.copy(
+            "COPY ai_usage_log (id, occurred_at, organization_id, coach_id, player_id, operation, model,"
+            " input_tokens, cached_tokens, output_tokens, cost) FROM STDIN"
+        ) as copy:
+            for d in range(days):
+                for _ in range(per_day):
+                    inp = rng.randint(200, 4000)
+                    copy.write_row((
+                        uuid.uuid4(), first + timedelta(days=d, seconds=rng.uniform(0, 86399)), ORG,
+                        f"coach-{rng.randrange(40)}", f"player-{rng.randrange(400)}" if rng.random() < 0.7 else None,
+                        rng.choice(OPERATIONS), "gpt-x", inp, rng.randint(0, inp), rng.randint(50, 800),
+                        Decimal(rng.randint(1, 5000)) / Decimal(100_000),
+                    ))
+        raw.commit()
+    finally:
+        raw.close()
+    with env.engine.connect() as conn:
+        conn.execute(text("ANALYZE ai_usage_log"))
+
+
+SEED_DAILY = """
+INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end,
+  n_artifact_received, n_artifact_completed, n_artifact_failed, transcription_latency_sum,
+  transcription_latency_count, end_to_end_latency_sum, end_to_end_latency_count, ai_cost_sum,
+  end_to_end_histogram, artifacts_received, artifacts_completed, artifacts_failed)
+SELECT 'org-' || lpad(o::text, 4, '0'), 'daily', d, d + interval '1 day', 400, 360, 30, 7200000, 360,
+  16200000, 360, 6.5, (SELECT array_agg(CASE WHEN b BETWEEN 30 AND 40 THEN 30 + (o % 3) ELSE 0 END ORDER BY b)
+  FROM generate_series(0, 63) b), 400, 360, 30
+FROM generate_series(0, 999) o,
+     generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 day', interval '1 day') d
+"""
+
+SQL_BREAKDOWN = """
+SELECT s.organization_id, coalesce(o.name, 'Unknown'), sum(n_artifact_received), sum(n_artifact_completed),
+  sum(n_artifact_failed), sum(transcription_latency_sum) / nullif(sum(transcription_latency_count), 0),
+  sum(end_to_end_latency_sum) / nullif(sum(end_to_end_latency_count), 0), sum(ai_cost_sum)
+FROM metrics_snapshots s LEFT JOIN organizations o ON o.id = s.organization_id
+WHERE s.period_type = 'daily' AND s.period_start >= :lo AND s.period_start < :hi AND s.organization_id IS NOT NULL
+GROUP BY s.organization_id, o.name
+"""
+
+
+def run(env: Env) -> list[Result]:
+    per_day = 3_000 if env.quick else 10_000
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    first = today - timedelta(days=33)  # 30 full days ending 3 days ago: all rolled up
+    last_day = (first + timedelta(days=29)).date()
+    _load_usage(env, first, 30, per_day)
+    for d in range(30):
+        with env.session() as s:
+            aggregate_usage_day(s, (first + timedelta(days=d)).date())
+            s.commit()
+
+    def rollups() -> None:
+        with env.session() as s:
+            usage_for_organization(s, ORG, first.date(), last_day)
+
+    def raw() -> None:
+        with env.session() as s:
+            _raw(s, ORG, first.date(), last_day, UsageGroup())
+
+    with env.session() as s:  # both paths return the same figures
+        a = usage_for_organization(s, ORG, first.date(), last_day).to_json()
+        g = UsageGroup()
+        _raw(s, ORG, first.date(), last_day, g)
+    t_roll, t_raw = p50(rollups, 30), p50(raw, 5 if not env.quick else 3)
+    results = [Result(
+        "dashboard", f"org usage, 30 days at {per_day:,} calls/day", t_roll, "s",
+        baseline=t_raw, baseline_name="same query on the raw log", ratio=t_raw / t_roll,
+        goal="p50 < 10 ms and >= 50x", met=t_roll < 0.010 and t_raw / t_roll >= 50,
+        extra={"calls": a.get("totals", {}).get("calls") if isinstance(a.get("totals"), dict) else None},
+    )]
+    lo, hi = today - timedelta(days=30), today
+    with env.engine.begin() as conn:
+        conn.execute(text(SEED_DAILY), {"lo": lo, "hi": hi})
+        conn.execute(text("ANALYZE metrics_snapshots"))
+
+    def breakdown() -> None:
+        with env.session() as s:
+            organization_breakdown(s, "daily", lo, hi)
+
+    def sql() -> None:
+        with env.engine.connect() as conn:
+            conn.execute(text(SQL_BREAKDOWN), {"lo": lo, "hi": hi}).all()
+
+    t_ours, t_sql = p50(breakdown, 5), p50(sql, 5)
+    results.append(Result(
+        "dashboard", "organization breakdown, 30 days x 1,000 orgs", t_ours, "s",
+        baseline=t_sql, baseline_name="SQL sums only, no derivation", ratio=t_sql / t_ours,
+    ))
+    return results
