@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
@@ -62,8 +63,9 @@ def timed(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
 
 
 def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, int(round(q * len(ordered))) - 1))]
+    return ordered[max(1, math.ceil(q * len(ordered))) - 1]
 
 
 def _admin(url: str, sql: str) -> None:
