@@ -8,17 +8,14 @@ organizations, not with events.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from datetime import datetime
-from typing import Any, cast
 
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.events import EventCounter
+from voicepipe.bulk import dbapi_connection
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
-from voicepipe.events.parts import ALL_PARTS, Parts, sum_parts
+from voicepipe.events.parts import ALL_PARTS, Parts, parts_of_row, sum_part_rows
 from voicepipe.maintenance.cleanup import recomputable_from
 from voicepipe.metrics.bookkeeping import HOURLY, lock_window, mark_computed
 from voicepipe.metrics.snapshots import write_window
@@ -26,7 +23,11 @@ from voicepipe.windows import HOUR, parse_hour
 
 log = logging.getLogger(__name__)
 
-_COUNTER_COLUMNS: list[Any] = [EventCounter.__table__.c[name] for name in ALL_PARTS]
+# Plain tuples from the driver: the counter row of an organization is already its
+# hour's parts, so nothing is converted or summed per value (ORM rows cost ~40 ms).
+_COUNTERS_SQL = (
+    f"SELECT organization_id, revision, {', '.join(ALL_PARTS)} FROM event_counters WHERE hour_start = %s"
+)
 
 
 def check_recomputable(start: datetime, field: str = "window_start") -> None:
@@ -50,21 +51,14 @@ def aggregate_hour(session: Session, hour_start: datetime) -> int:
     hour = parse_hour(hour_start)
     check_recomputable(hour)
     lock_window(session, HOURLY, hour)
-    rows = cast(
-        Sequence[Mapping[str, Any]],
-        session.execute(
-            select(EventCounter.organization_id, EventCounter.revision, *_COUNTER_COLUMNS).where(
-                EventCounter.hour_start == hour
-            )
-        ).mappings().all(),
-    )
-    org_parts: dict[str, Parts] = {
-        row["organization_id"]: sum_parts([row]) for row in rows if row["organization_id"] is not None
-    }
+    with dbapi_connection(session).cursor() as cur:
+        rows = cur.execute(_COUNTERS_SQL, (hour,)).fetchall()
+    # One counter row per (organization, hour): an organization's parts are its row.
+    org_parts: dict[str, Parts] = {row[0]: parts_of_row(row[2:]) for row in rows if row[0] is not None}
     # Platform-wide = every counter row of the hour, with or without an organization.
-    platform = sum_parts(rows)
+    platform = sum_part_rows([row[2:] for row in rows])
     written = write_window(session, HOURLY, hour, hour + HOUR, org_parts, platform)
-    source_revision = sum(int(row["revision"]) for row in rows)
+    source_revision = sum(int(row[1]) for row in rows)
     mark_computed(session, HOURLY, hour, source_revision)
     log.info(
         "hour aggregated window=%s organizations=%d rows=%d source_revision=%d",
