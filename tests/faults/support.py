@@ -9,14 +9,16 @@ generated, never from product code.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 import uuid
 import warnings
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,8 +29,23 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from models import AggregationWindow, MetricsSnapshot
-from tests.helpers import Proc, admin_execute, celery_cmd, producer, service_env, spawn, wait_for, with_database
-from tests.integration.metrics_support import EVENT_TYPES, WITH_DURATION, assert_row_matches, expected, group_events
+from tests.helpers import (
+    Proc,
+    admin_execute,
+    celery_cmd,
+    producer,
+    service_env,
+    spawn,
+    wait_for,
+    with_database,
+)
+from tests.integration.metrics_support import (
+    EVENT_TYPES,
+    WITH_DURATION,
+    assert_row_matches,
+    expected,
+    group_events,
+)
 from voicepipe.migrate import upgrade
 
 HOUR = timedelta(hours=1)
@@ -51,17 +68,16 @@ def start_worker_proc(
     queues: str = "metrics",
     concurrency: int = 1,
     app: str = "worker",
-    wait: bool = True,
-    **env: str,
+    env: Mapping[str, str] | None = None,
 ) -> Proc:
     """A real `celery -A <app> worker` subprocess in its own process group."""
     node = f"{name}-{uuid.uuid4().hex[:6]}@faults"
     args = celery_cmd("worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork", "-n", node,
                       "--without-mingle", "--without-gossip", "-l", "INFO")
     args[args.index("-A") + 1] = app  # `-A worker` -> `-A <app>`
-    proc = spawn(args, service_env(db_url, broker_url, folder / "data", **env), folder / f"{name}.log", name=node)
-    if wait:
-        wait_ready(proc, broker_url)
+    proc = spawn(args, service_env(db_url, broker_url, folder / "data", **(env or {})), folder / f"{name}.log",
+                 name=node)
+    wait_ready(proc, broker_url)
     return proc
 
 
@@ -129,7 +145,7 @@ class OwnPostgres:
     def _pg_ctl(self, args: list[str]) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            from pgserver._commands import pg_ctl
+            from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
 
         pg_ctl(args, pgdata=self.pgdata, user=self.user, timeout=60)
 
@@ -142,10 +158,9 @@ class OwnPostgres:
 
     def destroy(self) -> None:
         if (self.pgdata / "postmaster.pid").exists():
-            try:
+            # A stale pid file (server already stopped) makes pg_ctl fail: the folder goes anyway.
+            with contextlib.suppress(subprocess.CalledProcessError):
                 self._pg_ctl(["-m", "immediate", "-w", "stop"])
-            except Exception:  # noqa: BLE001 - already stopped; the folder goes anyway
-                pass
         shutil.rmtree(self.root, ignore_errors=True)
 
 

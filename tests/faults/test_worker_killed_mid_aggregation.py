@@ -95,7 +95,7 @@ def test_a_worker_killed_mid_window_three_times_leaves_the_window_complete_and_s
 
     def new_worker(name: str) -> Proc:
         proc = start_worker_proc(db_url, own_redis.url, tmp_path, name, app=SHORT_VISIBILITY_APP,
-                                 VP_TEST_VISIBILITY_TIMEOUT_S=VISIBILITY_S)
+                                 env={"VP_TEST_VISIBILITY_TIMEOUT_S": VISIBILITY_S})
         workers.append(proc)
         return proc
 
