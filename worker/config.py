@@ -9,11 +9,15 @@ from kombu import Queue
 
 from worker.routes import QUEUES, TASK_QUEUES
 
-# The longest hard time limit of any task (pipeline stages, see tasks/_base.py).
+# The longest hard time limit of any task (voicepipe.maintenance.cleanup; a test pins it).
 LONGEST_TIME_LIMIT_S = 900
 # Redis redelivers an unacknowledged message after this long. It must exceed the
-# longest time limit, or a slow task still running would be delivered a second time.
-VISIBILITY_TIMEOUT_S = 4 * LONGEST_TIME_LIMIT_S
+# longest time limit plus the longest retry backoff (60 s, tasks/_base.py), or a task
+# still running (or waiting for its retry) would be delivered a second time. It is
+# also how long the messages of a worker host that died outright wait before another
+# worker gets them (a worker process killed inside a live worker is requeued at once),
+# so it is kept no longer than that bound requires.
+VISIBILITY_TIMEOUT_S = LONGEST_TIME_LIMIT_S + 300
 # A producer facing a dead broker must get an error in seconds, not hang.
 SOCKET_TIMEOUT_S = 5.0
 
