@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 from voicepipe.errors import InvalidInput
+from voicepipe.validation import check_timestamp
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -62,18 +63,7 @@ def closed_days(now: datetime, horizon_days: int) -> list[date]:
 
 def parse_hour(value: object, field: str = "window_start") -> datetime:
     """An ISO-8601 UTC hour start; naive or non-aligned values are refused."""
-    if isinstance(value, datetime):
-        ts = value
-    elif isinstance(value, str):
-        try:
-            ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidInput.field(field, f"not an ISO-8601 timestamp: {value!r}") from None
-    else:
-        raise InvalidInput.field(field, f"expected an ISO-8601 string, got {type(value).__name__}")
-    if ts.tzinfo is None:
-        raise InvalidInput.field(field, f"timestamp has no UTC offset: {value!r}")
-    ts = ts.astimezone(UTC)
+    ts = check_timestamp(value, field)
     if ts != floor_hour(ts):
         raise InvalidInput.field(field, f"not the start of an hour: {value!r}")
     return ts
