@@ -43,8 +43,8 @@ class OwnRedis:
             [
                 self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir),
-                # As in docker-compose.yml: append-only, fsync every second, no RDB.
-                "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                # As in docker-compose.yml: append-only, fsync before replying, no RDB.
+                "--appendonly", "yes", "--appendfsync", "always", "--save", "",
             ],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
         )

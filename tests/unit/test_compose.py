@@ -37,6 +37,8 @@ def test_postgres_16_and_redis_7_append_only_with_healthchecks(svc: dict[str, di
     assert "pg_isready" in " ".join(svc["postgres"]["healthcheck"]["test"])
     assert svc["redis"]["image"].startswith("redis:7")
     assert option(svc["redis"]["command"], "--appendonly") == "yes"
+    # What tests/faults/test_redis_restart.py proved: "everysec" lost acknowledged messages.
+    assert option(svc["redis"]["command"], "--appendfsync") == "always"
     assert svc["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
     # Data survives container replacement: both keep it on named volumes.
     assert any(v.endswith(":/var/lib/postgresql/data") for v in svc["postgres"]["volumes"])
