@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.directory import Organization
 from models.metrics import PERIOD_TYPES, MetricsSnapshot
 from voicepipe.errors import InvalidInput
 from voicepipe.events.parts import ALL_PARTS, sum_parts
 from voicepipe.metrics.derive import derive, stage_figures
+from voicepipe.metrics.snapshots import sum_snapshot_parts
 
 UNKNOWN_ORGANIZATION = "Unknown"
 _PART_COLUMNS: list[Any] = [MetricsSnapshot.__table__.c[name] for name in ALL_PARTS]
@@ -76,33 +76,17 @@ class OrganizationFigures:
 def organization_breakdown(
     session: Session, period_type: str, start: datetime, end: datetime
 ) -> list[OrganizationFigures]:
-    """Per organization over [start, end), busiest first; one query, names joined in."""
+    """Per organization over [start, end), busiest first, with names ("Unknown" when missing).
+
+    Summed in PostgreSQL (one statement for the parts with names joined in, one for the
+    histogram buckets), then derived from the summed parts: never an average of averages.
+    """
     _check(period_type, start, end)
-    rows = cast(
-        Sequence[Mapping[str, Any]],
-        session.execute(
-            select(
-                MetricsSnapshot.organization_id,
-                func.coalesce(Organization.name, UNKNOWN_ORGANIZATION).label("name"),
-                *_PART_COLUMNS,
-            )
-            .outerjoin(Organization, Organization.id == MetricsSnapshot.organization_id)
-            .where(
-                MetricsSnapshot.period_type == period_type,
-                MetricsSnapshot.period_start >= start,
-                MetricsSnapshot.period_start < end,
-                MetricsSnapshot.organization_id.is_not(None),
-            )
-        ).mappings().all(),
-    )
-    grouped: dict[str, list[Any]] = {}
-    names: dict[str, str] = {}
-    for row in rows:
-        grouped.setdefault(row["organization_id"], []).append(row)
-        names[row["organization_id"]] = row["name"]
+    sums = sum_snapshot_parts(session, period_type, start, end)
     result = [
-        OrganizationFigures(org, names[org], len(org_rows), derive(sum_parts(org_rows)))
-        for org, org_rows in grouped.items()
+        OrganizationFigures(org, summed.name or UNKNOWN_ORGANIZATION, summed.windows, derive(summed.parts))
+        for org, summed in sums.items()
+        if org is not None
     ]
     result.sort(key=lambda f: (-f.metrics["artifacts_received"], f.name, f.organization_id))
     return result
