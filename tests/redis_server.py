@@ -52,8 +52,9 @@ class OwnRedis:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             try:
-                if self.client().ping():
-                    return
+                with self.client() as client:
+                    if client.ping():
+                        return
             except redis.RedisError:
                 time.sleep(0.05)
         raise AssertionError(f"own redis did not start on {self.port}")

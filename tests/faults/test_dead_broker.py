@@ -100,12 +100,14 @@ def test_a_broker_killed_under_a_connected_producer_raises_within_seconds_and_re
     app = production_producer(own.url)
     try:
         send(app, keep_result)  # connected and working
-        assert own.client().llen("pipeline") == 1
+        with own.client() as redis:
+            assert redis.llen("pipeline") == 1
         own.kill()
         elapsed, exc = timed_failure(app, keep_result)
         own.start()  # same port, same append-only file
         send(app, keep_result)  # the same producer works again, no restart needed
-        assert own.client().llen("pipeline") == 2
+        with own.client() as redis:
+            assert redis.llen("pipeline") == 2
     finally:
         app.close()
         own.stop()

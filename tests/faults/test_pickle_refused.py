@@ -71,4 +71,5 @@ def test_a_pickled_message_is_refused_and_the_next_json_message_is_processed(
     assert "Refusing to deserialize untrusted content of type pickle" in log
     assert worker.alive()
     # Refused, not parked: nothing waits in the queue to be redelivered.
-    assert redis_client(broker_url).llen("pipeline") == 0
+    with redis_client(broker_url) as redis:
+        assert redis.llen("pipeline") == 0

@@ -205,6 +205,7 @@ def test_redis_killed_and_restarted_under_load_loses_and_doubles_nothing_acknowl
     finally:
         producer.stopping.set()
         supervisor.stop()
+        redis.close()
 
     print(f"acknowledged={len(producer.acknowledged)} send failures={len(producer.failures)} "
           f"worker runs={len(supervisor.runs)} parked then redelivered={len(still_parked)}")

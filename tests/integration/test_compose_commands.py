@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 
 from tests.compose import env_example, healthcheck_command, local_command, services
-from tests.helpers import REPO_ROOT, Proc, admin_execute, service_env, spawn, wait_for, with_database
+from tests.helpers import (
+    REPO_ROOT,
+    Proc,
+    admin_execute,
+    service_env,
+    spawn,
+    wait_for,
+    with_database,
+)
 from tests.redis_server import free_port
 from worker.routes import QUEUES
 
@@ -42,7 +50,7 @@ def env_of(service: dict[str, Any], db_url: str, broker_url: str, data_dir: Path
 
 
 def run(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(args, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    return subprocess.run(args, check=False, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
 def healthy(args: list[str], env: dict[str, str]) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -18,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import PipelineEvent
-from tests.helpers import Proc, celery_cmd, redis_client, service_env, spawn, wait_for
+from tests.helpers import Proc, celery_cmd, service_env, spawn, wait_for
 from tests.redis_server import free_port
 from worker.config import celery_config
 
@@ -80,15 +81,34 @@ def start_flower(
                 except OSError:
                     return False
             wait_for(up, timeout=60, what="flower to answer /healthcheck")
-            # Events published before Flower's event queue is bound are not seen by it.
-            events = redis_client(broker_url)
-            wait_for(lambda: events.exists("_kombu.binding.celeryev"), timeout=30,
-                     what="flower's event receiver to bind")
+            if "FLOWER_BASIC_AUTH" in env_extra:
+                wait_until_flower_sees_events(flower, broker_url)
         return flower
 
     yield start
     for proc in procs:
         proc.stop()
+
+
+def wait_until_flower_sees_events(flower: Flower, broker_url: str) -> None:
+    """Events sent before Flower subscribes are lost to it: probe until one shows up."""
+    app = Celery("probe")
+    app.config_from_object(celery_config(broker_url))
+    try:
+        def seen() -> bool:
+            probe = str(uuid.uuid4())
+            with app.events.default_dispatcher() as dispatcher:
+                dispatcher.send("task-sent", uuid=probe, name="flower-probe")
+            deadline = time.monotonic() + 1
+            while time.monotonic() < deadline:
+                if flower.get(f"/api/task/info/{probe}")[0] == 200:
+                    return True
+                time.sleep(0.1)
+            return False
+
+        wait_for(seen, timeout=30, interval=0, what="flower to receive events")
+    finally:
+        app.close()
 
 
 def event(**fields: Any) -> dict[str, Any]:
@@ -154,8 +174,11 @@ def test_a_queued_task_shows_in_flower_with_its_arguments_before_any_worker_runs
     try:
         payload = event(coach_id="coach-queued")
         sent = producer.send_task("voicepipe.events.record", kwargs=payload)
-        info = wait_for(lambda: (lambda s, b: s == 200 and json.loads(b))(*flower.get(f"/api/task/info/{sent.id}")),
-                        timeout=30, what="the queued task in Flower")
+        def shown() -> Any:
+            status, body = flower.get(f"/api/task/info/{sent.id}")
+            return status == 200 and json.loads(body)
+
+        info = wait_for(shown, timeout=30, what="the queued task in Flower")
     finally:
         producer.close()
     assert info["state"] == "PENDING"
