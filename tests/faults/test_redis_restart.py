@@ -187,9 +187,10 @@ def test_redis_killed_and_restarted_under_load_loses_and_doubles_nothing_acknowl
             raise AssertionError(f"{exc}\n{diagnosis()}") from None
         still_parked = parked(redis) - recorded(session)[0]
         if redis.hlen("unacked"):
-            # Parked messages come back after the visibility timeout (1 h). Age them as
-            # if it had passed; a (re)started worker's first sweep redelivers them.
-            redis.zadd("unacked_index", {tag: 0 for tag in redis.zrange("unacked_index", 0, -1)})
+            # Parked messages come back after the visibility timeout (worker/config.py).
+            # Age them as if it had passed; a (re)started worker's first sweep redelivers them.
+            tags: list[Any] = list(redis.zrange("unacked_index", 0, -1))
+            redis.zadd("unacked_index", dict.fromkeys(tags, 0))
             supervisor.restart()
 
         def all_recorded() -> bool:
