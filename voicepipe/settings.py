@@ -83,11 +83,17 @@ def _float(
     return value
 
 
+# Values that may carry passwords are never echoed back in an error message.
+SECRET_VARIABLES = frozenset({"DATABASE_URL", "BROKER_URL", "RESULT_BACKEND", "FLOWER_BASIC_AUTH"})
+
+
 def _optional(env: Mapping[str, str], name: str, check: Callable[[str], bool], what: str) -> str | None:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return None
     if not check(raw.strip()):
+        if name in SECRET_VARIABLES:
+            raise SettingsError(f"{name} must be {what} (its value is not shown: it may hold a password)")
         raise SettingsError(f"{name} must be {what}, got {raw!r}")
     return raw.strip()
 

@@ -37,3 +37,14 @@ def test_a_wrong_value_names_its_variable(env: dict[str, str], named: str) -> No
 def test_fail_stages_are_parsed() -> None:
     s = load_settings({"VOICEPIPE_SIMULATOR_FAIL_STAGES": " transcription , draft_generation"})
     assert s.simulator_fail_stages == ("transcription", "draft_generation")
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("DATABASE_URL", "mysql://app:s3cret-pw@db/app"), ("FLOWER_BASIC_AUTH", "s3cret-pw"),
+     ("BROKER_URL", "kafka://u:s3cret-pw@k"), ("RESULT_BACKEND", "s3cret-pw")],
+)
+def test_an_error_never_echoes_a_value_that_may_hold_a_password(name: str, value: str) -> None:
+    with pytest.raises(SettingsError, match=name) as excinfo:
+        load_settings({name: value})
+    assert "s3cret-pw" not in str(excinfo.value)
