@@ -18,8 +18,9 @@ from celery import Celery
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models import PipelineEvent
+from models import Artifact, PipelineEvent
 from tests.helpers import Proc, celery_cmd, service_env, spawn, wait_for
+from tests.integration.pipeline_support import FAST, add_artifact, add_user
 from tests.redis_server import free_port
 from worker.config import celery_config
 
@@ -205,6 +206,31 @@ def test_an_operator_sends_a_task_through_flowers_api_and_it_runs(
     done = wait_for(lambda: flower.json("/api/tasks?taskname=voicepipe.events.record&state=SUCCESS"),
                     timeout=30, what="the task's success in Flower")
     assert task_id in done
+
+
+def test_an_operator_retries_a_failed_artifact_through_flowers_api(
+    start_flower: Callable[..., Flower], start_worker: Callable[..., Proc], session: Session
+) -> None:
+    flower = start_flower(FLOWER_BASIC_AUTH=CREDENTIALS)
+    start_worker(queues="retry,pipeline", **FAST)
+    staff = add_user(session, "staff-ops")
+    artifact = add_artifact(session, status="failed", failed_stage="transcription")
+    status, body = flower.post("/api/task/async-apply/voicepipe.retry.transcription", {"kwargs": {
+        "artifact_id": str(artifact), "requested_by": staff, "reason": "from Flower"}})
+    assert status == 200, body
+
+    def completed() -> bool:
+        session.rollback()
+        art = session.get(Artifact, artifact)
+        return art is not None and art.status == "completed"
+
+    wait_for(completed, timeout=60, what="the retried artifact to complete")
+    initiated = session.execute(select(PipelineEvent).where(
+        PipelineEvent.artifact_id == artifact, PipelineEvent.event_type == "retry_initiated")).scalars().all()
+    assert [(e.metadata_["requestedBy"], e.metadata_["reason"]) for e in initiated] == [(staff, "from Flower")]
+    done = wait_for(lambda: flower.json("/api/tasks?taskname=voicepipe.retry.transcription&state=SUCCESS"),
+                    timeout=30, what="the retry's success in Flower")
+    assert json.loads(body)["task-id"] in done
 
 
 def test_prometheus_metrics_are_served_without_credentials(
