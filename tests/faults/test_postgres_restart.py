@@ -55,13 +55,6 @@ def own_postgres() -> Iterator[OwnPostgres]:
         server.destroy()
 
 
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
-
 
 def test_postgres_restarted_under_running_and_queued_aggregations_the_windows_end_right(
     own_postgres: OwnPostgres, own_redis: OwnRedis, tmp_path: Path

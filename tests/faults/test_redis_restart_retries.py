@@ -27,7 +27,6 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +47,6 @@ ARTIFACTS = 40
 TERMINAL = {"completed", "failed"}
 REFUSAL_NAMES = {cls.__name__ for cls in REFUSALS}
 
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 class RetryProducer(threading.Thread):

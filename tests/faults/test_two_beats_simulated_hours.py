@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -46,13 +45,6 @@ SIMULATED_HOURS = 6
 HORIZON_HOURS = 3
 EMITTED = "Sending due task aggregate-pipeline-hourly-metrics"
 
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 def test_two_beats_over_six_simulated_hours_leave_one_row_per_window(

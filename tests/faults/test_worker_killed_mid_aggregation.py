@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import random
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -56,13 +56,6 @@ VISIBILITY_S = "4"
 # Lock namespace and key of aggregate_hour's advisory lock (voicepipe/metrics/bookkeeping.py).
 HOURLY_LOCK_NAMESPACE = 0x76700001
 
-
-@pytest.fixture
-def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
-    server = OwnRedis(tmp_path / "redis")
-    server.start()
-    yield server
-    server.stop()
 
 
 def hold_advisory_lock(conn: object, hour: datetime) -> None:
