@@ -118,7 +118,9 @@ def _write(
 ) -> list[tuple[Any, ...]]:
     """Run `statement` (which reads FROM {source}) over rows: VALUES when few, COPY when many."""
     if len(rows) > SMALL_BATCH:
-        return copy_then(session, stage_table, table, columns, rows, statement.format(source=stage_table))
+        # Binary COPY: every value already has its column's exact type (validated events).
+        return copy_then(session, stage_table, table, columns, rows, statement.format(source=stage_table),
+                         binary=True)
     types = _types(session, table)
     one = "(" + ", ".join(f"%s::{types[c]}" for c in columns) + ")"
     source = f"(VALUES {', '.join([one] * len(rows))}) AS {stage_table} ({', '.join(columns)})"
