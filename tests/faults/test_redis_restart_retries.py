@@ -57,6 +57,7 @@ class RetryProducer(threading.Thread):
         self.app = production_producer(broker_url)
         self.requests = requests
         self.accepted: dict[str, dict[str, Any]] = {}
+        self.task_of: dict[str, str] = {}  # request_id -> the task id of the send that returned
         self.failures: list[str] = []
         self.sent = 0
 
@@ -65,8 +66,10 @@ class RetryProducer(threading.Thread):
             for request in self.requests:
                 while True:
                     try:
-                        self.app.send_task(f"voicepipe.retry.{request['stage']}", queue="retry", ignore_result=True,
-                                           kwargs={k: v for k, v in request.items() if k != "stage"})
+                        sent = self.app.send_task(
+                            f"voicepipe.retry.{request['stage']}", queue="retry", ignore_result=True,
+                            kwargs={k: v for k, v in request.items() if k != "stage"})
+                        self.task_of[request["request_id"]] = sent.id
                         break
                     except Exception as exc:  # noqa: BLE001 - a real producer sends again, same request_id
                         self.failures.append(type(exc).__name__)
@@ -147,7 +150,14 @@ def test_redis_killed_while_retries_are_sent_leaves_no_artifact_stuck_and_no_ret
         refused.setdefault(request_id, set()).add(name)
     assert {n for names in refused.values() for n in names} <= REFUSAL_NAMES
     unanswered = [r for r in sender.accepted if r not in applied_ids and r not in refused]
-    assert unanswered == [], f"{len(unanswered)} acknowledged retries neither applied nor refused: {unanswered[:5]}"
+    # kombu's Redis transport takes a message off the queue, then records it as
+    # unacknowledged: a Redis crash between the two loses that one message, which the
+    # worker never sees (README, "What survives what"). Anything else unanswered is a bug.
+    seen = [r for r in unanswered if sender.task_of[r] in log]
+    assert seen == [] and len(unanswered) <= 1, (
+        f"{len(unanswered)} acknowledged retries neither applied nor refused: {unanswered[:5]}; "
+        f"seen by the worker: {seen[:5]}"
+    )
     assert refused, "no request was refused: the second requests did not meet the first"
 
     # One retry_initiated per applied request, and the attempt counter agrees.
