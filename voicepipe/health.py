@@ -38,7 +38,9 @@ class Health:
     reason: str
 
     def line(self) -> str:
-        return f"{'healthy' if self.ok else 'unhealthy'}: {self.reason}"
+        # One line whatever the reason holds: exception texts (Celery's among them) wrap.
+        reason = " ".join(self.reason.split())
+        return f"{'healthy' if self.ok else 'unhealthy'}: {reason}"
 
 
 def _app() -> Any:
