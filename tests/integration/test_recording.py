@@ -4,53 +4,21 @@ from __future__ import annotations
 
 import random
 import uuid
-from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models import EventCounter, PipelineEvent
+from tests.integration.metrics_support import random_event
 from voicepipe.domain import EVENT_TYPES
 from voicepipe.errors import InvalidInput
 from voicepipe.events.recording import rebuild_counters, record_event, record_events
 
 T0 = datetime(2026, 3, 1, tzinfo=UTC)
 ORGS = [f"org-{i}" for i in range(7)] + [None]
-STAGE_EVENTS_WITH_DURATION = {
-    "transcription_completed",
-    "claims_extracted",
-    "entity_resolution_completed",
-    "entity_needs_disambiguation",
-    "drafts_generated",
-    "artifact_completed",
-}
-
-
-def random_event(rng: random.Random, hours: int = 48) -> dict[str, Any]:
-    event_type = rng.choice(EVENT_TYPES)
-    event: dict[str, Any] = {
-        "event_id": str(uuid.UUID(int=rng.getrandbits(128))),
-        "event_type": event_type,
-        "organization_id": rng.choice(ORGS),
-        "occurred_at": (T0 + timedelta(seconds=rng.uniform(0, hours * 3600))).isoformat(),
-        "metadata": {},
-    }
-    if event_type in STAGE_EVENTS_WITH_DURATION and rng.random() < 0.9:
-        event["duration_ms"] = rng.lognormvariate(9, 1.2)
-    if rng.random() < 0.5:
-        event["metadata"]["confidenceScore"] = rng.random()
-    for key in ("claimCount", "entityCount", "draftCount"):
-        if rng.random() < 0.4:
-            event["metadata"][key] = rng.randint(0, 12)
-    if rng.random() < 0.6:
-        event["metadata"]["aiCost"] = round(rng.uniform(0, 0.05), 6)
-    return event
-
-
 # An independent recount, in SQL, straight from the events table.
 RECOUNT_SQL = """
 SELECT organization_id, date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AS hour,
@@ -101,7 +69,7 @@ def assert_counters_match_events(session: Session) -> int:
 
 def test_ten_thousand_events_in_batches_leave_counters_equal_to_a_recount(session: Session) -> None:
     rng = random.Random(20260301)
-    events = [random_event(rng) for _ in range(10_000)]
+    events = [random_event(rng, T0, 48, ORGS) for _ in range(10_000)]
     for start in range(0, len(events), 1_000):
         record_events(session, events[start : start + 1_000])
         session.commit()
@@ -157,7 +125,7 @@ def test_a_batch_with_one_bad_event_writes_nothing(session: Session) -> None:
 
 def test_rebuild_repairs_counters_from_events_and_bumps_revisions(session: Session) -> None:
     rng = random.Random(7)
-    record_events(session, [random_event(rng, hours=6) for _ in range(2_000)])
+    record_events(session, [random_event(rng, T0, 6, ORGS) for _ in range(2_000)])
     session.commit()
     before = {k: c.revision for k, c in counters_by_key(session).items()}
     # Corrupt the counters as a counting bug would.
