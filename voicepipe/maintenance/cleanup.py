@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Engine, delete, select
 from sqlalchemy.orm import Session
@@ -80,6 +81,24 @@ class CleanupResult:
         return sum(self.deleted.values())
 
 
+def _older_than(
+    engine: Engine,
+    model: Any,
+    column: Any,
+    cutoff: object,
+    result: CleanupResult,
+    deadline: float | None,
+    batch_size: int,
+) -> None:
+    """Delete a table's rows whose time column is before cutoff, oldest first, by its index."""
+    _batches(
+        engine, model.__tablename__,
+        lambda n: select(model.id).where(column < cutoff).order_by(column).limit(n),
+        lambda ids: delete(model).where(model.id.in_(ids)),
+        result, deadline, batch_size,
+    )
+
+
 def _batches(
     engine: Engine,
     name: str,
@@ -133,20 +152,8 @@ def run_cleanup(
     c = cutoffs(now)
     result = CleanupResult()
     # The oldest rows first, by the table's time index, so each batch is an index range.
-    _batches(
-        engine, "pipeline_events",
-        lambda n: select(PipelineEvent.id).where(PipelineEvent.occurred_at < c.events)
-        .order_by(PipelineEvent.occurred_at).limit(n),
-        lambda ids: delete(PipelineEvent).where(PipelineEvent.id.in_(ids)),
-        result, deadline, batch_size,
-    )
-    _batches(
-        engine, "event_counters",
-        lambda n: select(EventCounter.id).where(EventCounter.hour_start < c.counters)
-        .order_by(EventCounter.hour_start).limit(n),
-        lambda ids: delete(EventCounter).where(EventCounter.id.in_(ids)),
-        result, deadline, batch_size,
-    )
+    _older_than(engine, PipelineEvent, PipelineEvent.occurred_at, c.events, result, deadline, batch_size)
+    _older_than(engine, EventCounter, EventCounter.hour_start, c.counters, result, deadline, batch_size)
     for period_type, cutoff in (("hourly", c.hourly), ("daily", c.daily)):
         _batches(
             engine, f"metrics_snapshots_{period_type}",
@@ -161,18 +168,7 @@ def run_cleanup(
                     AggregationWindow.period_type == period_type, AggregationWindow.period_start < cutoff
                 )
             )
-    _batches(
-        engine, "ai_usage_log",
-        lambda n: select(AiUsageLog.id).where(AiUsageLog.occurred_at < c.ai_usage)
-        .order_by(AiUsageLog.occurred_at).limit(n),
-        lambda ids: delete(AiUsageLog).where(AiUsageLog.id.in_(ids)),
-        result, deadline, batch_size,
-    )
-    _batches(
-        engine, "ai_usage_daily_aggregates",
-        lambda n: select(AiUsageDailyAggregate.id).where(AiUsageDailyAggregate.day < c.ai_usage_daily)
-        .order_by(AiUsageDailyAggregate.day).limit(n),
-        lambda ids: delete(AiUsageDailyAggregate).where(AiUsageDailyAggregate.id.in_(ids)),
-        result, deadline, batch_size,
-    )
+    _older_than(engine, AiUsageLog, AiUsageLog.occurred_at, c.ai_usage, result, deadline, batch_size)
+    _older_than(engine, AiUsageDailyAggregate, AiUsageDailyAggregate.day, c.ai_usage_daily,
+                result, deadline, batch_size)
     return result
