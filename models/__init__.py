@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from models.alerts import Alert
 from models.artifacts import Artifact, Claim, EntityResolution, InsightDraft, RetryRequest, Transcript
 from models.base import Base
 from models.directory import Organization, User
@@ -14,6 +15,7 @@ __all__ = [
     "AggregationWindow",
     "AiUsageDailyAggregate",
     "AiUsageLog",
+    "Alert",
     "Artifact",
     "Base",
     "Claim",
