@@ -5,6 +5,7 @@ from __future__ import annotations
 from models.alerts import Alert
 from models.artifacts import Artifact, Claim, EntityResolution, InsightDraft, RetryRequest, Transcript
 from models.base import Base
+from models.dead_letters import DeadLetter, TaskDelivery
 from models.directory import Organization, User
 from models.events import AdditiveParts, EventCounter, PipelineEvent, counter_revision_seq
 from models.metrics import AggregationWindow, MetricsSnapshot, SnapshotMetrics
@@ -19,6 +20,7 @@ __all__ = [
     "Artifact",
     "Base",
     "Claim",
+    "DeadLetter",
     "EntityResolution",
     "EventCounter",
     "InsightDraft",
@@ -27,6 +29,7 @@ __all__ = [
     "PipelineEvent",
     "RetryRequest",
     "SnapshotMetrics",
+    "TaskDelivery",
     "Transcript",
     "User",
     "counter_revision_seq",
