@@ -1,4 +1,4 @@
-"""Flower refuses to start without authentication, except under `voicepipe dev`.
+"""Flower refuses to start without real authentication (`voicepipe dev` generates a password).
 
 Flower reads FLOWER_BASIC_AUTH (and every other FLOWER_* variable) itself; this
 module only checks, once Flower has parsed its options, that some authentication
@@ -13,41 +13,44 @@ makes sure the running command is ``celery ... flower``.
 
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from voicepipe.errors import SettingsError
-
-log = logging.getLogger(__name__)
-
-DEV_FLAG = "VOICEPIPE_DEV"
 
 
 class FlowerAuthMissing(SystemExit):
     """Stops the Flower process with a message naming FLOWER_BASIC_AUTH."""
 
 
-def refusal(env: Mapping[str, str], basic_auth: object, oauth: object) -> str | None:
-    """Why Flower must not start (None when it may): no auth configured outside dev."""
-    from voicepipe.settings import load_settings
+def refusal(env: Mapping[str, str], basic_auth: Sequence[str] | None, oauth: object) -> str | None:
+    """Why Flower must not start (None when it may).
 
-    raw = env.get("FLOWER_BASIC_AUTH", "").strip()
-    if raw and not all(":" in pair and pair.split(":", 1)[1] for pair in raw.split(",")):
-        # Never echo the value: it holds passwords.
-        return "Flower refuses to start: FLOWER_BASIC_AUTH must be user:password[,user:password]"
+    Checks both the variable and the credentials Flower parsed from it (or from
+    --basic_auth): Flower turns an empty FLOWER_BASIC_AUTH into [""], a list that
+    looks configured and lets an empty `Authorization: Basic` header in.
+    """
+    from voicepipe.settings import basic_auth_problem, load_settings
+
+    if "FLOWER_BASIC_AUTH" in env:
+        problem = basic_auth_problem(env["FLOWER_BASIC_AUTH"])
+        if problem is not None:
+            # Never echo the value: it holds passwords.
+            return f"Flower refuses to start: FLOWER_BASIC_AUTH {problem}; set it to user:password"
+    for credential in basic_auth or ():
+        problem = basic_auth_problem(credential)
+        if problem is not None:
+            return f"Flower refuses to start: FLOWER_BASIC_AUTH (or --basic_auth) {problem}"
     try:
         load_settings(env)  # any other wrong variable stops Flower too, naming itself
     except SettingsError as exc:
         return f"Flower refuses to start: {exc}"
     if basic_auth or oauth:
         return None
-    if env.get(DEV_FLAG, "").strip() == "1":
-        return None
     return (
         "Flower refuses to start without authentication: set FLOWER_BASIC_AUTH=user:password "
-        "(several users separated by commas). Only `voicepipe dev` runs it without."
+        "(several users separated by commas)."
     )
 
 
@@ -59,7 +62,7 @@ def _running_flower() -> bool:
 
 
 def check_flower_auth(**_: Any) -> None:
-    """Signal receiver: stop `celery -A worker flower` when no authentication is set."""
+    """Signal receiver: stop `celery -A worker flower` unless every credential is real."""
     if not _running_flower():
         return
     from tornado.options import options  # Flower's parsed options (env, flags, flowerconfig.py)
@@ -67,8 +70,6 @@ def check_flower_auth(**_: Any) -> None:
     reason = refusal(os.environ, options.basic_auth, options.auth)
     if reason is not None:
         raise FlowerAuthMissing(reason)
-    if not (options.basic_auth or options.auth):
-        log.warning("Flower runs without authentication (%s=1, development only)", DEV_FLAG)
 
 
 def install() -> None:

@@ -5,6 +5,7 @@ A wrong value stops the process with a SettingsError naming the variable.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,7 @@ class Settings:
     result_backend: str | None
     data_dir: Path
     flower_basic_auth: str | None
+    directory_secret: str | None = None
     hourly_horizon_hours: int = 72
     daily_horizon_days: int = 7
     retention_events_days: int = 30
@@ -43,6 +45,7 @@ class Settings:
     retention_ai_usage_daily_days: int = 730
     max_retry_attempts: int = 3
     stall_timeout_seconds: int = 900
+    max_clock_skew_seconds: int = 300
     max_requeues: int = 3
     processor: str = "simulated"
     simulator_seed: int = 0
@@ -52,6 +55,10 @@ class Settings:
     fake_now: datetime | None = None
     beat_interval_seconds: int | None = None
     log_level: str = "INFO"
+    task_max_retries: int = 10
+    lock_timeout_ms: int = 10_000
+    delivery_limit: int = 5
+    max_batch_size: int = 5_000
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -77,14 +84,16 @@ def _float(
         value = float(raw.strip())
     except ValueError:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
-    if not (value >= lo and (hi is None or value <= hi)) or value != value:
+    if not (value >= lo and (hi is None or value <= hi)) or math.isnan(value):
         bound = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
         raise SettingsError(f"{name} must be {bound}, got {raw!r}")
     return value
 
 
 # Values that may carry passwords are never echoed back in an error message.
-SECRET_VARIABLES = frozenset({"DATABASE_URL", "BROKER_URL", "RESULT_BACKEND", "FLOWER_BASIC_AUTH"})
+SECRET_VARIABLES = frozenset(
+    {"DATABASE_URL", "BROKER_URL", "RESULT_BACKEND", "FLOWER_BASIC_AUTH", "VOICEPIPE_DIRECTORY_SECRET"}
+)
 
 
 def _optional(env: Mapping[str, str], name: str, check: Callable[[str], bool], what: str) -> str | None:
@@ -95,6 +104,39 @@ def _optional(env: Mapping[str, str], name: str, check: Callable[[str], bool], w
         if name in SECRET_VARIABLES:
             raise SettingsError(f"{name} must be {what} (its value is not shown: it may hold a password)")
         raise SettingsError(f"{name} must be {what}, got {raw!r}")
+    return raw.strip()
+
+
+# .env.example's placeholder password: a deployment that copied the example without
+# replacing it must not run (Flower refuses it; tests/unit/test_settings.py reads the file).
+PLACEHOLDER_PASSWORD = "change-me"
+
+
+def basic_auth_problem(value: str) -> str | None:
+    """Why a `user:password[,user:password]` value cannot be used (None when it can).
+
+    Never includes the value: it holds passwords.
+    """
+    if value.strip() == "":
+        return "is empty"
+    for pair in value.split(","):
+        user, sep, password = pair.partition(":")
+        if not sep:
+            return "must be user:password (comma-separated for several users)"
+        if user.strip() == "" or password.strip() == "":
+            return "has a credential with an empty user or password"
+        if password.strip().lower() == PLACEHOLDER_PASSWORD:
+            return f"still holds the placeholder password of .env.example ({PLACEHOLDER_PASSWORD})"
+    return None
+
+
+def _basic_auth(env: Mapping[str, str], name: str) -> str | None:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return None  # unset; Flower itself refuses to start without it (voicepipe/flower_guard.py)
+    problem = basic_auth_problem(raw.strip())
+    if problem is not None:
+        raise SettingsError(f"{name} {problem} (its value is not shown: it holds a password)")
     return raw.strip()
 
 
@@ -137,12 +179,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lambda v: v.startswith(("redis://", "rediss://", "redis+socket://", "amqp://", "amqps://")),
         "a redis://, redis+socket:// or amqp:// URL",
     )
-    auth = _optional(
-        env,
-        "FLOWER_BASIC_AUTH",
-        lambda v: all(":" in pair and pair.split(":", 1)[1] for pair in v.split(",")),
-        "user:password (comma-separated for several users)",
-    )
+    auth = _basic_auth(env, "FLOWER_BASIC_AUTH")
     level = env.get("VOICEPIPE_LOG_LEVEL", "INFO").strip().upper() or "INFO"
     if level not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise SettingsError(f"VOICEPIPE_LOG_LEVEL must be a logging level, got {level!r}")
@@ -153,6 +190,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         result_backend=_optional(env, "RESULT_BACKEND", lambda v: "://" in v, "a Celery result backend URL"),
         data_dir=Path(env.get("VOICEPIPE_DATA_DIR", "").strip() or ".voicepipe").absolute(),
         flower_basic_auth=auth,
+        directory_secret=(env.get("VOICEPIPE_DIRECTORY_SECRET") or "").strip() or None,
         hourly_horizon_hours=_int(env, "VOICEPIPE_HOURLY_HORIZON_HOURS", 72, minimum=1),
         daily_horizon_days=_int(env, "VOICEPIPE_DAILY_HORIZON_DAYS", 7, minimum=1),
         retention_events_days=_int(env, "VOICEPIPE_RETENTION_EVENTS_DAYS", 30, minimum=1),
@@ -163,6 +201,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_ai_usage_daily_days=_int(env, "VOICEPIPE_RETENTION_AI_USAGE_DAILY_DAYS", 730, minimum=1),
         max_retry_attempts=_int(env, "VOICEPIPE_MAX_RETRY_ATTEMPTS", 3, minimum=1),
         stall_timeout_seconds=_int(env, "VOICEPIPE_STALL_TIMEOUT_SECONDS", 900, minimum=1),
+        max_clock_skew_seconds=_int(env, "VOICEPIPE_MAX_CLOCK_SKEW_SECONDS", 300, minimum=0),
         max_requeues=_int(env, "VOICEPIPE_MAX_REQUEUES", 3, minimum=0),
         processor=processor,
         simulator_seed=_int(env, "VOICEPIPE_SIMULATOR_SEED", 0),
@@ -172,6 +211,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         fake_now=_fake_now(env, "VOICEPIPE_FAKE_NOW"),
         beat_interval_seconds=_int(env, "VOICEPIPE_BEAT_INTERVAL_SECONDS", 0, minimum=0) or None,
         log_level=level,
+        task_max_retries=_int(env, "VOICEPIPE_TASK_MAX_RETRIES", 10, minimum=0),
+        lock_timeout_ms=_int(env, "VOICEPIPE_LOCK_TIMEOUT_MS", 10_000, minimum=1),
+        delivery_limit=_int(env, "VOICEPIPE_DELIVERY_LIMIT", 5, minimum=1),
+        max_batch_size=_int(env, "VOICEPIPE_MAX_BATCH_SIZE", 5_000, minimum=1),
     )
 
 

@@ -22,6 +22,7 @@ from models import Artifact, PipelineEvent
 from tests.helpers import Proc, celery_cmd, service_env, spawn, wait_for
 from tests.integration.pipeline_support import FAST, add_artifact, add_user
 from tests.redis_server import free_port
+from voicepipe.settings import PLACEHOLDER_PASSWORD
 from worker.config import celery_config
 
 CREDENTIALS = "operator:test-only-password"
@@ -123,9 +124,63 @@ def test_flower_refuses_to_start_without_flower_basic_auth(start_flower: Callabl
     assert "FLOWER_BASIC_AUTH" in flower.proc.log()
 
 
-def test_flower_starts_without_auth_only_under_voicepipe_dev(start_flower: Callable[..., Flower]) -> None:
-    flower = start_flower(VOICEPIPE_DEV="1")
-    assert flower.get("/healthcheck", auth=None) == (200, "OK")
+def example_flower_auth() -> str:
+    """FLOWER_BASIC_AUTH as .env.example ships it."""
+    from tests.compose import env_example
+
+    return env_example()["FLOWER_BASIC_AUTH"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["", "   ", "operator:", ":s3cret-pw", "operator:s3cret-pw,:s3cret-pw", "operator:s3cret-pw,admin:",
+     "example-placeholder"],
+    ids=["empty", "blank", "no-password", "no-user", "one-empty-user", "one-empty-password", "placeholder"],
+)
+def test_flower_refuses_to_start_with_an_unusable_flower_basic_auth_naming_it_without_echoing_it(
+    start_flower: Callable[..., Flower], value: str
+) -> None:
+    if value == "example-placeholder":
+        value = example_flower_auth()
+        # The constant the guard refuses is the example's password, not a copy of it.
+        assert value.split(":", 1)[1] == PLACEHOLDER_PASSWORD
+    flower = start_flower(wait=False, FLOWER_BASIC_AUTH=value)
+    assert flower.proc.popen.wait(60) != 0
+    log = flower.proc.log()
+    assert "Flower refuses to start: FLOWER_BASIC_AUTH" in log
+    assert "s3cret-pw" not in log
+    with pytest.raises(OSError):  # it never bound its port
+        flower.get("/healthcheck", auth=None)
+
+
+def test_flower_needs_credentials_under_voicepipe_dev_too(start_flower: Callable[..., Flower]) -> None:
+    flower = start_flower(wait=False, VOICEPIPE_DEV="1")
+    assert flower.proc.popen.wait(60) != 0
+    assert "FLOWER_BASIC_AUTH" in flower.proc.log()
+
+
+def test_flower_refuses_anonymous_and_empty_credential_headers(start_flower: Callable[..., Flower]) -> None:
+    flower = start_flower(FLOWER_BASIC_AUTH=CREDENTIALS)
+    user = CREDENTIALS.split(":", 1)[0]
+    for path in ("/api/workers", "/api/tasks", "/"):
+        assert flower.get(path, auth=None)[0] == 401, path
+        # `Authorization: Basic ` + base64 of "", ":", "user:" and ":password".
+        for empty in ("", ":", f"{user}:", ":" + CREDENTIALS.split(":", 1)[1]):
+            assert raw_basic(flower, path, empty) == 401, (path, empty)
+    status, _ = flower.post("/api/task/async-apply/voicepipe.events.record", {"kwargs": event()}, auth=None)
+    assert status == 401
+    assert raw_basic(flower, "/api/workers", CREDENTIALS) == 200
+
+
+def raw_basic(flower: Flower, path: str, credential: str) -> int:
+    """Status of a GET with `Authorization: Basic <base64(credential)>`, even for an empty credential."""
+    request = urllib.request.Request(flower.base + path)
+    request.add_header("Authorization", "Basic " + base64.b64encode(credential.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
 
 
 def test_flower_api_refuses_requests_without_or_with_wrong_credentials(

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from voicepipe.errors import SettingsError
-from voicepipe.settings import load_settings
+from voicepipe.settings import PLACEHOLDER_PASSWORD, load_settings
 
 
 def test_defaults() -> None:
@@ -25,6 +25,10 @@ def test_defaults() -> None:
         ({"VOICEPIPE_SIMULATOR_FAILURE_RATE": "nan"}, "VOICEPIPE_SIMULATOR_FAILURE_RATE"),
         ({"VOICEPIPE_SIMULATOR_FAIL_STAGES": "transcription,typo"}, "VOICEPIPE_SIMULATOR_FAIL_STAGES"),
         ({"FLOWER_BASIC_AUTH": "admin"}, "FLOWER_BASIC_AUTH"),
+        ({"FLOWER_BASIC_AUTH": "admin:"}, "FLOWER_BASIC_AUTH"),
+        ({"FLOWER_BASIC_AUTH": ":pw"}, "FLOWER_BASIC_AUTH"),
+        ({"FLOWER_BASIC_AUTH": "admin:pw,ops: "}, "FLOWER_BASIC_AUTH"),
+        ({"FLOWER_BASIC_AUTH": f"admin:{PLACEHOLDER_PASSWORD}"}, "FLOWER_BASIC_AUTH"),
         ({"VOICEPIPE_FAKE_NOW": "2026-01-01T00:00:00"}, "VOICEPIPE_FAKE_NOW"),
         ({"VOICEPIPE_LOG_LEVEL": "LOUD"}, "VOICEPIPE_LOG_LEVEL"),
     ],
