@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 from models.alerts import Alert
-from models.artifacts import Artifact, Claim, EntityResolution, InsightDraft, RetryRequest, Transcript
+from models.artifacts import (
+    Artifact,
+    Claim,
+    EntityResolution,
+    InsightDraft,
+    RetryRequest,
+    Transcript,
+)
 from models.base import Base
 from models.dead_letters import DeadLetter, TaskDelivery
 from models.directory import Organization, User
 from models.events import AdditiveParts, EventCounter, PipelineEvent, counter_revision_seq
-from models.metrics import AggregationWindow, MetricsSnapshot, SnapshotMetrics
+from models.metrics import AggregationWindow, LateWindow, MetricsSnapshot, SnapshotMetrics
+from models.security import RetryRefusal, StaffAudit
 from models.usage import AiUsageDailyAggregate, AiUsageLog
 
 __all__ = [
@@ -24,11 +32,14 @@ __all__ = [
     "EntityResolution",
     "EventCounter",
     "InsightDraft",
+    "LateWindow",
     "MetricsSnapshot",
     "Organization",
     "PipelineEvent",
+    "RetryRefusal",
     "RetryRequest",
     "SnapshotMetrics",
+    "StaffAudit",
     "TaskDelivery",
     "Transcript",
     "User",

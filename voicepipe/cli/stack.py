@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 from datetime import timedelta
 
-
+from voicepipe.errors import SettingsError
 from voicepipe.settings import get_settings
 
 CHILD_STOP_TIMEOUT_S = 20
+DEV_FLOWER_USER = "dev"
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,6 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dev.add_argument("--flower-port", type=int, default=5555)
     dev.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
     dev.add_argument("--no-simulate", action="store_true", help="do not run the simulated producer")
+    dev.add_argument(
+        "--simulate-on-configured-servers", action="store_true",
+        help="run the simulator even though DATABASE_URL or BROKER_URL names a server "
+             "(it writes simulated organizations, users and events there)",
+    )
     dev.add_argument(
         "--beat-interval", type=int, default=60,
         help="seconds between beat emissions in dev (production uses the crontab schedule)",
@@ -89,6 +96,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
     from voicepipe.migrate import upgrade
 
     settings = get_settings()
+    configured = [name for name, value in (("DATABASE_URL", settings.database_url),
+                                           ("BROKER_URL", settings.broker_url)) if value]
+    if configured and not args.no_simulate and not args.simulate_on_configured_servers:
+        raise SettingsError(
+            f"voicepipe dev refuses to run the simulator against {' and '.join(configured)} (not the "
+            "embedded servers): it would write simulated data there. Unset them, pass --no-simulate, "
+            "or pass --simulate-on-configured-servers if that is what you want"
+        )
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     started_embedded = not (settings.database_url and settings.broker_url)
@@ -102,9 +117,11 @@ def cmd_dev(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.update(DATABASE_URL=db_url, BROKER_URL=broker, VOICEPIPE_DEV="1", PYTHONUNBUFFERED="1")
     env.setdefault("VOICEPIPE_BEAT_INTERVAL_SECONDS", str(args.beat_interval))
-    if not settings.flower_basic_auth:
-        # Local only (Flower binds 127.0.0.1): let its API answer without credentials.
-        env.setdefault("FLOWER_UNAUTHENTICATED_API", "true")
+    # Flower always asks for credentials, also in dev (any local process or web page could
+    # otherwise send tasks through it): a password generated for this run, unless set.
+    env.pop("FLOWER_UNAUTHENTICATED_API", None)
+    flower_auth = settings.flower_basic_auth or f"{DEV_FLOWER_USER}:{secrets.token_urlsafe(18)}"
+    env["FLOWER_BASIC_AUTH"] = flower_auth
     # Stage work at 5 % of its realistic duration so artifacts flow through in seconds.
     env.setdefault("VOICEPIPE_SIMULATOR_TIME_SCALE", "0.05")
     logs = data_dir / "logs"
@@ -119,6 +136,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
     if not args.no_simulate:
         children["simulator"] = [sys.executable, "-m", "voicepipe.cli", "simulate", "--artifacts", "0",
                                  "--rate", "0.5", "--history-hours", "6"]
+        if not settings.database_url:
+            # Embedded database only: the simulated staff user may retry, for this run.
+            children["simulator"].append("--grant-staff")
     procs: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -137,7 +157,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
             )
             print(f"voicepipe dev: started {name} (pid {procs[name].pid}, log {logs / (name + '.log')})",
                   flush=True)
-        print(f"voicepipe dev: Flower at http://127.0.0.1:{args.flower_port}", flush=True)
+        if settings.flower_basic_auth:
+            user = flower_auth.split(",", 1)[0].split(":", 1)[0]
+            print(f"voicepipe dev: Flower at http://127.0.0.1:{args.flower_port} "
+                  f"(user {user}, password from FLOWER_BASIC_AUTH)", flush=True)
+        else:
+            user, password = flower_auth.split(":", 1)
+            print(f"voicepipe dev: Flower at http://{user}:{password}@127.0.0.1:{args.flower_port} "
+                  f"(user {user}, password {password}, generated for this run)", flush=True)
         print("voicepipe dev: press Ctrl-C to stop everything", flush=True)
         while not stopping:
             for name, proc in procs.items():
