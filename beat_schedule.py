@@ -41,4 +41,10 @@ BEAT_SCHEDULE: dict[str, dict[str, Any]] = {
         "schedule": crontab(minute="*/5"),
         "options": {"queue": "metrics", "expires": 4 * 60},
     },
+    # Every 5 minutes: evaluate the health checks into deduplicated alerts.
+    "evaluate-alerts": {
+        "task": "voicepipe.alerts.evaluate",
+        "schedule": crontab(minute="*/5"),
+        "options": {"queue": "metrics", "expires": 4 * 60},
+    },
 }

@@ -30,6 +30,7 @@ TASK_QUEUES: dict[str, str] = {
     # Additions beyond the contract's table (same naming rules).
     "voicepipe.events.record_batch": "pipeline",
     "voicepipe.usage.record_batch": "pipeline",
+    "voicepipe.alerts.evaluate": "metrics",
 }
 
 # Task modules the worker imports (celery `include`); none has import-time side effects.
@@ -42,4 +43,5 @@ TASK_MODULES: tuple[str, ...] = (
     "tasks.recovery",
     "tasks.pipeline",
     "tasks.retry",
+    "tasks.alerts",
 )

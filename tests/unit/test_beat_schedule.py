@@ -17,6 +17,7 @@ CONTRACT = {
     "aggregate-daily-ai-usage": "voicepipe.usage.aggregate_daily_due",
     "cleanup-old-data": "voicepipe.maintenance.cleanup",
     "requeue-stalled-artifacts": "voicepipe.maintenance.requeue_stalled",
+    "evaluate-alerts": "voicepipe.alerts.evaluate",
 }
 
 
@@ -66,6 +67,7 @@ DAY = datetime(2026, 3, 29, tzinfo=UTC)  # a European DST change day: UTC must n
         ("aggregate-daily-ai-usage", [(1, 30)]),
         ("cleanup-old-data", [(4, 30)]),
         ("requeue-stalled-artifacts", [(h, m) for h in range(24) for m in range(0, 60, 5)]),
+        ("evaluate-alerts", [(h, m) for h in range(24) for m in range(0, 60, 5)]),
     ],
 )
 def test_each_entry_fires_exactly_at_its_utc_minutes(name: str, expected: list[tuple[int, int]]) -> None:

@@ -31,6 +31,7 @@ CONTRACT = {
     "voicepipe.usage.record": "pipeline",
     "voicepipe.directory.upsert_organization": "pipeline",
     "voicepipe.directory.upsert_user": "pipeline",
+    "voicepipe.alerts.evaluate": "metrics",
 }
 
 

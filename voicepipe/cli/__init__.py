@@ -17,11 +17,11 @@ from voicepipe.errors import SettingsError, VoicepipeError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from voicepipe.cli import health, metrics, operations, stack
+    from voicepipe.cli import health, metrics, observability, operations, stack
 
     parser = argparse.ArgumentParser(prog="voicepipe", description="voicepipe workers and operations")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (stack, metrics, operations, health):
+    for module in (stack, metrics, operations, health, observability):
         module.register(sub)
     return parser
 

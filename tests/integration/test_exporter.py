@@ -1,0 +1,204 @@
+"""`voicepipe exporter` as Prometheus scrapes it: a real subprocess, real PostgreSQL and broker."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.orm import Session
+
+from tests.helpers import REPO_ROOT, Proc, producer, service_env, spawn, wait_for
+from tests.integration.pipeline_support import add_artifact
+from tests.redis_server import free_port
+from voicepipe.events.recording import record_events
+from voicepipe.metrics.hourly import aggregate_hour
+
+CREDENTIALS = "prometheus:scrape-test-password"
+
+
+def scrape(port: int, auth: str | None = CREDENTIALS, header: str | None = None) -> tuple[int, str, dict[str, str]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/metrics")
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    if header is not None:
+        request.add_header("Authorization", header)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read().decode(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace"), dict(exc.headers)
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(sample name, sorted labels) -> value, parsed by prometheus_client's own parser."""
+    out: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+@pytest.fixture
+def exporter_env(db_url: str, broker_url: str, service_data_dir: Path) -> dict[str, str]:
+    return service_env(db_url, broker_url, service_data_dir, VOICEPIPE_EXPORTER_AUTH=CREDENTIALS)
+
+
+@pytest.fixture
+def start_exporter(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], int]]:
+    procs: list[Proc] = []
+
+    def start(env: dict[str, str]) -> int:
+        port = free_port()
+        proc = spawn([sys.executable, "-m", "voicepipe.cli", "exporter", "--port", str(port)], env,
+                     tmp_path / f"exporter-{len(procs)}.log", name="exporter")
+        procs.append(proc)
+
+        def up() -> bool:
+            if not proc.alive():
+                raise AssertionError(f"exporter exited:\n{proc.log()[-3000:]}")
+            try:
+                return scrape(port, auth=None)[0] == 401
+            except OSError:
+                return False
+
+        wait_for(up, timeout=30, what="the exporter to listen")
+        return port
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+def voicepipe(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "voicepipe.cli", *args], env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def artifact_events(org: str, hour: datetime, n: int, fail: bool) -> list[dict[str, Any]]:
+    """N artifacts of ORG in HOUR: each received, then transcribed and completed, or failed in transcription."""
+    events: list[dict[str, Any]] = []
+    for i in range(n):
+        art, at = str(uuid.uuid4()), hour + timedelta(minutes=5 + i)
+        base = {"artifact_id": art, "organization_id": org}
+        events.append({**base, "event_type": "artifact_received", "occurred_at": at.isoformat()})
+        if fail:
+            events.append({**base, "event_type": "transcription_failed", "stage": "transcription",
+                           "error_code": "PROVIDER_ERROR", "occurred_at": (at + timedelta(seconds=20)).isoformat()})
+            events.append({**base, "event_type": "artifact_failed", "stage": "transcription",
+                           "error_code": "PROVIDER_ERROR", "occurred_at": (at + timedelta(seconds=21)).isoformat()})
+        else:
+            events.append({**base, "event_type": "transcription_completed", "stage": "transcription",
+                           "duration_ms": 20_000, "occurred_at": (at + timedelta(seconds=20)).isoformat()})
+            events.append({**base, "event_type": "artifact_completed", "duration_ms": 60_000,
+                           "metadata": {"aiCost": 0.01},
+                           "occurred_at": (at + timedelta(seconds=60)).isoformat()})
+    return events
+
+
+def test_scrape_after_an_hour_where_one_organization_fails_every_transcription(
+    session: Session, exporter_env: dict[str, str], start_exporter: Callable[[dict[str, str]], int],
+    broker_url: str,
+) -> None:
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+    # org-bad: 6 artifacts, every transcription fails; org-good: 5, all complete;
+    # org-mixed: 3 complete and 1 fails. Expected rates: 6/6, 0/5, 1/4.
+    record_events(session, artifact_events("org-bad", hour, 6, fail=True)
+                  + artifact_events("org-good", hour, 5, fail=False)
+                  + artifact_events("org-mixed", hour, 3, fail=False)
+                  + artifact_events("org-mixed", hour + timedelta(minutes=30), 1, fail=True))
+    session.commit()
+    aggregate_hour(session, hour)
+    session.commit()
+    add_artifact(session, status="transcribing", current_stage="transcription",
+                 updated_at=datetime.now(UTC) - timedelta(hours=2))  # stalled (timeout 900 s)
+    add_artifact(session, status="processing", current_stage="claims_extraction")
+    add_artifact(session, status="failed")
+    app = producer(broker_url)
+    for _ in range(2):
+        app.send_task("voicepipe.metrics.aggregate_hourly_due", queue="metrics")
+    app.close()
+
+    port = start_exporter(exporter_env)
+    before = time.time()
+    status_code, body, _ = scrape(port)
+    after = time.time()
+    assert status_code == 200, body
+    got = samples(body)
+    status = json.loads(voicepipe(["status", "--json"], exporter_env).stdout)
+
+    def org(name: str, organization: str) -> float:
+        return got[(name, (("organization", organization),))]
+
+    assert org("voicepipe_organization_failure_rate", "org-bad") == 1.0
+    assert org("voicepipe_organization_failure_rate", "org-good") == 0.0
+    assert org("voicepipe_organization_failure_rate", "org-mixed") == pytest.approx(0.25)
+    assert {o: org("voicepipe_organization_artifacts_received", o) for o in ("org-bad", "org-good", "org-mixed")} \
+        == {"org-bad": 6, "org-good": 5, "org-mixed": 4}
+    assert org("voicepipe_organization_ai_cost_usd", "org-good") == pytest.approx(0.05)
+    # Every artifact_completed of org-good took 60 s, so its p95 lies in that histogram bucket.
+    assert 45 <= org("voicepipe_organization_p95_latency_seconds", "org-good") <= 75
+    assert got[("voicepipe_newest_hour_start_timestamp_seconds", ())] == hour.timestamp()
+
+    # Lag and due windows are what `voicepipe status` says.
+    newest_end = datetime.fromisoformat(status["newest_hourly"]) + timedelta(hours=1)
+    lag = got[("voicepipe_window_lag_seconds", (("period", "hourly"),))]
+    assert before - newest_end.timestamp() - 1 <= lag <= after - newest_end.timestamp() + 1
+    assert newest_end == hour + timedelta(hours=1)
+    assert got[("voicepipe_window_lag_seconds", (("period", "daily"),))] == float("inf")  # none computed
+    assert status["newest_daily"] is None
+    for period, unit in (("hourly", "hours"), ("daily", "days")):
+        for kind in ("missing", "stale"):
+            assert got[("voicepipe_windows_due", (("kind", kind), ("period", period)))] \
+                == len(status[f"{kind}_{unit}"]), (period, kind)
+    assert got[("voicepipe_windows_due", (("kind", "missing"), ("period", "hourly")))] > 0
+
+    assert got[("voicepipe_queue_depth", (("queue", "metrics"),))] == status["queues"]["metrics"] == 2
+    assert got[("voicepipe_broker_up", ())] == 1
+    assert got[("voicepipe_artifacts", (("status", "transcribing"),))] == 1
+    assert got[("voicepipe_artifacts", (("status", "processing"),))] == 1
+    assert got[("voicepipe_artifacts", (("status", "failed"),))] == 1
+    assert got[("voicepipe_artifacts_stalled", ())] == 1
+    assert got[("voicepipe_retries_total", (("outcome", "initiated"),))] == 0
+    assert got[("voicepipe_dead_letters", ())] == 0
+    assert got[("voicepipe_beat_last_tick_age_seconds", ())] == float("inf")  # no beat here
+    assert got[("voicepipe_up", ())] == 1
+
+
+def test_anonymous_and_wrong_credentials_get_401(
+    exporter_env: dict[str, str], start_exporter: Callable[[dict[str, str]], int]
+) -> None:
+    port = start_exporter(exporter_env)
+    code, _, headers = scrape(port, auth=None)
+    assert code == 401 and headers.get("WWW-Authenticate", "").startswith("Basic")
+    assert scrape(port, auth="prometheus:wrong")[0] == 401
+    assert scrape(port, auth=":")[0] == 401  # an empty credential
+    assert scrape(port, auth=None, header="Basic !")[0] == 401
+    code, body, _ = scrape(port)
+    assert code == 200 and "voicepipe_up 1.0" in body
+
+
+@pytest.mark.parametrize("value", [None, "", "prometheus:", ":password", "prometheus"])
+def test_exporter_refuses_to_start_without_usable_credentials(
+    exporter_env: dict[str, str], value: str | None
+) -> None:
+    env = dict(exporter_env)
+    env.pop("VOICEPIPE_EXPORTER_AUTH")
+    if value is not None:
+        env["VOICEPIPE_EXPORTER_AUTH"] = value
+    run = voicepipe(["exporter", "--port", str(free_port())], env)
+    assert run.returncode == 2, run.stderr
+    assert "VOICEPIPE_EXPORTER_AUTH" in run.stderr
+    if value:
+        assert value not in run.stderr.replace("VOICEPIPE_EXPORTER_AUTH", "")  # never echoed

@@ -1,0 +1,1 @@
+"""The pipeline's health as figures: read once (probe.py), served to Prometheus (exporter.py)."""

@@ -1,0 +1,241 @@
+"""`voicepipe exporter`: the pipeline's health as Prometheus metrics on /metrics.
+
+A custom collector reads the database, the broker and beat's heartbeat at scrape time
+(voicepipe/observability/probe.py): no background loop, no cache, so a scrape shows
+the state of that moment. Basic authentication from VOICEPIPE_EXPORTER_AUTH is
+required: the page names organizations and their figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+from voicepipe.errors import SettingsError
+from voicepipe.observability.probe import PERIODS, PipelineHealth
+
+log = logging.getLogger(__name__)
+
+AUTH_VARIABLE = "VOICEPIPE_EXPORTER_AUTH"
+REALM = "voicepipe exporter"
+
+# name -> (type, help): the README's table is checked against this (tests/unit/test_exporter_docs.py).
+METRICS: dict[str, tuple[str, str]] = {
+    "voicepipe_up": ("gauge", "1 when the exporter could read the database at this scrape, else 0"),
+    "voicepipe_window_lag_seconds": (
+        "gauge", "Age of the newest complete window's end, per period (+Inf when none was ever computed)"),
+    "voicepipe_windows_due": (
+        "gauge", "Closed windows within the catch-up horizon that are missing or stale, per period and kind"),
+    "voicepipe_windows_failing": ("gauge", "Windows whose latest aggregation attempt failed, per period"),
+    "voicepipe_artifacts": (
+        "gauge", "Artifacts per status: all in a working status; completed and failed ones changed in the last 24 h"),
+    "voicepipe_artifacts_stalled": (
+        "gauge", "Artifacts in a working status that have not moved for the stall timeout"),
+    "voicepipe_queue_depth": ("gauge", "Messages waiting in each broker queue"),
+    "voicepipe_broker_up": ("gauge", "1 when the broker's queue depths could be read at this scrape, else 0"),
+    "voicepipe_retries": ("counter", "Operator retries, by outcome (initiated, succeeded, failed)"),
+    "voicepipe_dead_letters": ("gauge", "Write messages parked as dead letters, waiting for replay or discard"),
+    "voicepipe_beat_last_tick_age_seconds": (
+        "gauge", "Seconds since beat's scheduler last ticked (+Inf without a heartbeat file)"),
+    "voicepipe_beat_last_send_age_seconds": (
+        "gauge", "Seconds since beat last sent a task (or started; +Inf without a heartbeat file)"),
+    "voicepipe_newest_hour_start_timestamp_seconds": (
+        "gauge", "Start of the newest hourly snapshot the per-organization series come from (Unix time)"),
+    "voicepipe_organization_artifacts_received": (
+        "gauge", "Artifacts received by the organization in the newest hourly snapshot"),
+    "voicepipe_organization_failure_rate": (
+        "gauge", "Overall failure rate (failed / (completed + failed)) of the organization in the newest hourly snapshot"),
+    "voicepipe_organization_artifacts_finished": (
+        "gauge", "Artifacts completed or failed by the organization in the newest hourly snapshot"),
+    "voicepipe_organization_p95_latency_seconds": (
+        "gauge", "95th percentile end-to-end latency of the organization in the newest hourly snapshot"),
+    "voicepipe_organization_ai_cost_usd": (
+        "gauge", "AI cost (USD) of the organization in the newest hourly snapshot"),
+    "voicepipe_scrape_duration_seconds": ("gauge", "Time this scrape spent reading the database and broker"),
+}
+
+
+def _gauge(name: str, labels: list[str] | None = None) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, METRICS[name][1], labels=labels)
+
+
+def health_metrics(health: PipelineHealth) -> list[Metric]:
+    """The metric families of one health reading."""
+    out: list[Metric] = []
+    lag = _gauge("voicepipe_window_lag_seconds", ["period"])
+    for period in PERIODS:
+        lag.add_metric([period], health.window_lag_s(period))
+    due = _gauge("voicepipe_windows_due", ["period", "kind"])
+    for (period, kind), n in sorted(health.windows_due.items()):
+        due.add_metric([period, kind], n)
+    failing = _gauge("voicepipe_windows_failing", ["period"])
+    for period, n in health.windows_failing.items():
+        failing.add_metric([period], n)
+    artifacts = _gauge("voicepipe_artifacts", ["status"])
+    for status, n in health.artifacts.items():
+        artifacts.add_metric([status], n)
+    stalled = _gauge("voicepipe_artifacts_stalled")
+    stalled.add_metric([], health.artifacts_stalled)
+    out += [lag, due, failing, artifacts, stalled]
+
+    depth = _gauge("voicepipe_queue_depth", ["queue"])
+    for queue, n in health.queues.items():
+        if n is not None:  # unreadable: absent, and voicepipe_broker_up says why
+            depth.add_metric([queue], n)
+    broker_up = _gauge("voicepipe_broker_up")
+    broker_up.add_metric([], 0 if any(n is None for n in health.queues.values()) else 1)
+    retries = CounterMetricFamily("voicepipe_retries", METRICS["voicepipe_retries"][1], labels=["outcome"])
+    for outcome, n in health.retries.items():
+        retries.add_metric([outcome], n)
+    out += [depth, broker_up, retries]
+    if health.dead_letters is not None:
+        dead = _gauge("voicepipe_dead_letters")
+        dead.add_metric([], health.dead_letters)
+        out.append(dead)
+
+    tick = _gauge("voicepipe_beat_last_tick_age_seconds")
+    tick.add_metric([], math.inf if health.beat.tick_age_s is None else health.beat.tick_age_s)
+    send = _gauge("voicepipe_beat_last_send_age_seconds")
+    send.add_metric([], math.inf if health.beat.send_age_s is None else health.beat.send_age_s)
+    out += [tick, send]
+
+    if health.newest_hour is not None:
+        newest = _gauge("voicepipe_newest_hour_start_timestamp_seconds")
+        newest.add_metric([], health.newest_hour.timestamp())
+        out.append(newest)
+    per_org: list[tuple[str, Callable[[Any], float]]] = [
+        ("voicepipe_organization_artifacts_received", lambda o: o.artifacts_received),
+        ("voicepipe_organization_artifacts_finished", lambda o: o.artifacts_completed + o.artifacts_failed),
+        ("voicepipe_organization_failure_rate", lambda o: o.failure_rate),
+        ("voicepipe_organization_p95_latency_seconds", lambda o: o.p95_end_to_end_latency_ms / 1000.0),
+        ("voicepipe_organization_ai_cost_usd", lambda o: o.ai_cost),
+    ]
+    for name, value in per_org:
+        family = _gauge(name, ["organization"])
+        for org in health.organizations:
+            family.add_metric([org.organization_id], value(org))
+        out.append(family)
+    return out
+
+
+class PipelineCollector(Collector):
+    """Reads the pipeline's health at each scrape."""
+
+    def __init__(self, read: Callable[[], PipelineHealth]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterator[Metric]:
+        t0 = time.perf_counter()
+        up = _gauge("voicepipe_up")
+        try:
+            health = self._read()
+        except Exception as exc:  # noqa: BLE001 - a scrape reports the outage, it does not crash
+            log.warning("scrape could not read the pipeline's health: %s: %s", type(exc).__name__,
+                        str(exc).splitlines()[0] if str(exc) else "")
+            up.add_metric([], 0)
+            yield up
+        else:
+            up.add_metric([], 1)
+            yield up
+            yield from health_metrics(health)
+        duration = _gauge("voicepipe_scrape_duration_seconds")
+        duration.add_metric([], time.perf_counter() - t0)
+        yield duration
+
+
+def read_health_now(now: Callable[[], datetime] | None = None) -> PipelineHealth:
+    from models.session import session_scope
+    from voicepipe.clock import utcnow
+    from voicepipe.observability.probe import collect_now
+
+    with session_scope() as session:
+        session.connection().exec_driver_sql("SET TRANSACTION READ ONLY")
+        return collect_now(session, (now or utcnow)())
+
+
+def parse_credentials(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The user:password pairs of VOICEPIPE_EXPORTER_AUTH; SettingsError when unset or unusable."""
+    from voicepipe.settings import basic_auth_problem  # the same rule as FLOWER_BASIC_AUTH
+
+    raw = env.get(AUTH_VARIABLE)
+    if raw is None or raw.strip() == "":
+        raise SettingsError(
+            f"the exporter refuses to start without authentication: set {AUTH_VARIABLE}=user:password "
+            "(several users separated by commas)"
+        )
+    problem = basic_auth_problem(raw.strip())
+    if problem is not None:
+        raise SettingsError(f"{AUTH_VARIABLE} {problem} (its value is not shown: it holds a password)")
+    return [(u, p) for u, _, p in (pair.partition(":") for pair in raw.strip().split(","))]
+
+
+def authorized(header: str | None, credentials: list[tuple[str, str]]) -> bool:
+    if not header or not header.startswith("Basic "):
+        return False
+    try:
+        user, sep, password = base64.b64decode(header[6:].strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return False
+    if not sep or not user or not password:
+        return False
+    ok = False
+    for want_user, want_password in credentials:  # compare with every pair: no timing hint
+        ok |= hmac.compare_digest(user.encode(), want_user.encode()) & hmac.compare_digest(
+            password.encode(), want_password.encode())
+    return ok
+
+
+def make_server(address: str, port: int, registry: CollectorRegistry,
+                credentials: list[tuple[str, str]]) -> ThreadingHTTPServer:
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "voicepipe-exporter"
+
+        def do_GET(self) -> None:
+            if not authorized(self.headers.get("Authorization"), credentials):
+                self._reply(401, b"authentication required\n", "text/plain; charset=utf-8",
+                            {"WWW-Authenticate": f'Basic realm="{REALM}"'})
+                return
+            if self.path.split("?", 1)[0] != "/metrics":
+                self._reply(404, b"not found: the metrics are at /metrics\n", "text/plain; charset=utf-8")
+                return
+            self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+        def _reply(self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("%s " + format, self.address_string(), *args)
+
+    return ThreadingHTTPServer((address, port), Handler)
+
+
+def serve(address: str, port: int, env: Mapping[str, str]) -> None:
+    """Serve /metrics until interrupted; refuses to start without usable credentials."""
+    credentials = parse_credentials(env)
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PipelineCollector(read_health_now))
+    server = make_server(address, port, registry, credentials)
+    log.info("exporter serving http://%s:%d/metrics", address, server.server_address[1])
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()

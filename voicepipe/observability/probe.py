@@ -1,0 +1,249 @@
+"""One reading of the pipeline's health: what the exporter serves and the alerts evaluate.
+
+Every figure comes from a cheap indexed query (or the broker, or beat's heartbeat
+file) at call time; nothing is cached, so two readers at the same moment agree.
+Window lag and due windows come from the same functions `voicepipe status` uses.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy.orm import Session
+
+from models.artifacts import Artifact, RetryRequest
+from models.metrics import AggregationWindow, MetricsSnapshot
+from voicepipe.domain import STATUSES, WORKING_STATUSES
+from voicepipe.metrics.bookkeeping import DAILY, HOURLY, newest_computed, utc
+from voicepipe.metrics.due import day_states, hour_states
+from voicepipe.windows import DAY, HOUR
+
+PERIODS: dict[str, timedelta] = {HOURLY: HOUR, DAILY: DAY}
+TERMINAL_STATUSES = tuple(s for s in STATUSES if s not in WORKING_STATUSES)
+# Completed and failed artifacts are counted over this recent span only: an index range
+# on (status, updated_at) stays cheap however many artifacts history holds.
+TERMINAL_SPAN = timedelta(hours=24)
+RETRY_OUTCOMES = ("initiated", "succeeded", "failed")
+
+
+@dataclass(frozen=True)
+class BeatState:
+    """Beat's heartbeat file as read now; ages are None when there is no heartbeat."""
+
+    tick_age_s: float | None
+    send_age_s: float | None
+    reason: str
+
+    @property
+    def silence_s(self) -> float:
+        """Seconds since beat last showed life: the larger of tick and send age (inf without a heartbeat)."""
+        if self.tick_age_s is None or self.send_age_s is None:
+            return math.inf
+        return max(self.tick_age_s, self.send_age_s)
+
+
+@dataclass(frozen=True)
+class OrganizationHour:
+    """One organization's figures in the newest hourly snapshot."""
+
+    organization_id: str
+    artifacts_received: int
+    artifacts_completed: int
+    artifacts_failed: int
+    failure_rate: float
+    p95_end_to_end_latency_ms: float
+    ai_cost: float
+
+
+@dataclass
+class PipelineHealth:
+    now: datetime
+    newest_window: dict[str, datetime | None]
+    windows_due: dict[tuple[str, str], int]
+    windows_failing: dict[str, int]
+    artifacts: dict[str, int]
+    artifacts_stalled: int
+    queues: dict[str, int | None]
+    retries: dict[str, int]
+    dead_letters: int | None
+    beat: BeatState
+    newest_hour: datetime | None = None
+    organizations: list[OrganizationHour] = field(default_factory=list)
+
+    def window_lag_s(self, period: str) -> float:
+        """Age of the newest complete window's end; inf when no window was ever computed."""
+        start = self.newest_window[period]
+        if start is None:
+            return math.inf
+        return (self.now - (start + PERIODS[period])).total_seconds()
+
+
+def read_beat(path: Path, now: float | None = None) -> BeatState:
+    """Ages of beat's last tick and last successful send, from its heartbeat file."""
+    now = time.time() if now is None else now
+    try:
+        beat = json.loads(path.read_text())
+        started = float(beat["started_at"])
+    except FileNotFoundError:
+        return BeatState(None, None, f"no beat heartbeat at {path}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return BeatState(None, None, f"beat heartbeat {path} unreadable: {exc}")
+    ticked = float(beat.get("ticked_at") or started)
+    sent = float(beat.get("last_sent_at") or started)
+    return BeatState(max(0.0, now - ticked), max(0.0, now - sent), "heartbeat read")
+
+
+def _windows_due(session: Session, now: datetime, hourly_h: int, daily_d: int) -> dict[tuple[str, str], int]:
+    due: dict[tuple[str, str], int] = {}
+    for period, states in ((HOURLY, hour_states(session, now, hourly_h)), (DAILY, day_states(session, now, daily_d))):
+        due[(period, "missing")] = sum(1 for s in states if s.missing)
+        due[(period, "stale")] = sum(1 for s in states if s.stale)
+    return due
+
+
+def _windows_failing(session: Session) -> dict[str, int]:
+    rows = session.execute(
+        select(AggregationWindow.period_type, func.count())
+        .where(AggregationWindow.failures > 0)
+        .group_by(AggregationWindow.period_type)
+    ).all()
+    found = {period: int(n) for period, n in rows}
+    return {period: found.get(period, 0) for period in PERIODS}
+
+
+def _artifacts(session: Session, now: datetime) -> dict[str, int]:
+    rows = session.execute(
+        select(Artifact.status, func.count())
+        .where(or_(
+            Artifact.status.in_(WORKING_STATUSES),
+            and_(Artifact.status.in_(TERMINAL_STATUSES), Artifact.updated_at >= now - TERMINAL_SPAN),
+        ))
+        .group_by(Artifact.status)
+    ).all()
+    found = {status: int(n) for status, n in rows}
+    return {status: found.get(status, 0) for status in STATUSES}
+
+
+def _stalled(session: Session, now: datetime, stall_timeout_s: int) -> int:
+    """Artifacts in a working status that have not moved for the stall timeout (as the sweeper sees them)."""
+    return int(session.scalar(
+        select(func.count()).select_from(Artifact).where(
+            Artifact.status.in_(WORKING_STATUSES),
+            Artifact.updated_at < now - timedelta(seconds=stall_timeout_s),
+        )
+    ) or 0)
+
+
+def _retries(session: Session) -> dict[str, int]:
+    rows = session.execute(select(RetryRequest.outcome, func.count()).group_by(RetryRequest.outcome)).all()
+    found = {outcome: int(n) for outcome, n in rows}
+    return {
+        "initiated": sum(found.values()),
+        "succeeded": found.get("succeeded", 0),
+        "failed": found.get("failed", 0),
+    }
+
+
+def dead_letter_count(session: Session) -> int | None:
+    """Parked messages, once the dead_letters table exists; None before."""
+    if session.scalar(text("SELECT to_regclass('dead_letters')")) is None:
+        return None
+    return int(session.scalar(text("SELECT count(*) FROM dead_letters")) or 0)
+
+
+def newest_hour_organizations(session: Session) -> tuple[datetime | None, list[OrganizationHour]]:
+    """Every organization of the newest hourly snapshot (bounded: those active in that hour)."""
+    newest = session.scalar(
+        select(func.max(MetricsSnapshot.period_start)).where(MetricsSnapshot.period_type == HOURLY)
+    )
+    if newest is None:
+        return None, []
+    rows = session.execute(
+        select(
+            MetricsSnapshot.organization_id,
+            MetricsSnapshot.artifacts_received,
+            MetricsSnapshot.artifacts_completed,
+            MetricsSnapshot.artifacts_failed,
+            MetricsSnapshot.overall_failure_rate,
+            MetricsSnapshot.p95_end_to_end_latency,
+            MetricsSnapshot.total_ai_cost,
+        )
+        .where(
+            MetricsSnapshot.period_type == HOURLY,
+            MetricsSnapshot.period_start == newest,
+            MetricsSnapshot.organization_id.is_not(None),
+        )
+        .order_by(MetricsSnapshot.organization_id)
+    ).all()
+    return utc(newest), [
+        OrganizationHour(str(org), int(rec), int(done), int(failed), float(rate), float(p95), float(cost))
+        for org, rec, done, failed, rate, p95, cost in rows
+    ]
+
+
+def collect(
+    session: Session,
+    now: datetime,
+    *,
+    broker_url: str | None,
+    heartbeat: Path,
+    hourly_horizon_hours: int,
+    daily_horizon_days: int,
+    stall_timeout_s: int,
+) -> PipelineHealth:
+    """Read every figure of the pipeline's health as of NOW."""
+    from voicepipe.cli.metrics import QUEUE_NAMES, queue_depths
+
+    newest_hour, organizations = newest_hour_organizations(session)
+    return PipelineHealth(
+        now=now,
+        newest_window={period: newest_computed(session, period) for period in PERIODS},
+        windows_due=_windows_due(session, now, hourly_horizon_hours, daily_horizon_days),
+        windows_failing=_windows_failing(session),
+        artifacts=_artifacts(session, now),
+        artifacts_stalled=_stalled(session, now, stall_timeout_s),
+        queues=queue_depths(broker_url) if broker_url else {q: None for q in QUEUE_NAMES},
+        retries=_retries(session),
+        dead_letters=dead_letter_count(session),
+        beat=read_beat(heartbeat, now.timestamp()),
+        newest_hour=newest_hour,
+        organizations=organizations,
+    )
+
+
+def heartbeat_file() -> Path:
+    """VOICEPIPE_BEAT_HEARTBEAT_FILE, else beat's own default (VOICEPIPE_DATA_DIR/beat-heartbeat.json).
+
+    A deployment whose beat runs elsewhere (compose: another container) shares the
+    file through a volume and names it here.
+    """
+    import os
+
+    from voicepipe.health import heartbeat_path
+
+    raw = os.environ.get("VOICEPIPE_BEAT_HEARTBEAT_FILE", "").strip()
+    return Path(raw) if raw else heartbeat_path()
+
+
+def collect_now(session: Session, now: datetime) -> PipelineHealth:
+    """collect() with the process's settings (broker, horizons, stall timeout, heartbeat)."""
+    from voicepipe.settings import get_settings
+
+    settings = get_settings()
+    broker = settings.broker_url
+    if broker is None:
+        from voicepipe.embedded import redis_url
+
+        broker = redis_url(settings.data_dir)
+    return collect(
+        session, now, broker_url=broker, heartbeat=heartbeat_file(),
+        hourly_horizon_hours=settings.hourly_horizon_hours,
+        daily_horizon_days=settings.daily_horizon_days,
+        stall_timeout_s=settings.stall_timeout_seconds,
+    )
