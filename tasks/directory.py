@@ -7,6 +7,7 @@ from typing import Any
 from models.session import session_scope
 from tasks._base import public_task, take
 from voicepipe import directory
+from voicepipe.settings import get_settings
 
 
 @public_task("voicepipe.directory.upsert_organization", time_limit=60)
@@ -19,9 +20,10 @@ def upsert_organization(**kwargs: Any) -> None:
 
 @public_task("voicepipe.directory.upsert_user", time_limit=60)
 def upsert_user(**kwargs: Any) -> None:
-    """Create or update a user and their platform-staff flag."""
-    args = take(kwargs, required=("id", "email", "is_platform_staff"))
+    """Create or update a user; its platform-staff flag only from a signed message."""
+    args = take(kwargs, required=("id", "email", "is_platform_staff"), optional=("signature",))
     with session_scope() as session:
         directory.upsert_user(
-            session, id=args["id"], email=args["email"], is_platform_staff=args["is_platform_staff"]
+            session, id=args["id"], email=args["email"], is_platform_staff=args["is_platform_staff"],
+            signature=args.get("signature"), secret=get_settings().directory_secret,
         )

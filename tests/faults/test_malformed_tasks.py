@@ -28,7 +28,8 @@ EVENT: dict[str, Any] = {
     "duration_ms": 1234.5,
 }
 ORGANIZATION: dict[str, Any] = {"id": "org-1", "name": "Club"}
-USER: dict[str, Any] = {"id": "staff-1", "email": "staff@example.org", "is_platform_staff": True}
+# Not staff: without VOICEPIPE_DIRECTORY_SECRET an unsigned message cannot grant it (tests/integration/test_staff.py).
+USER: dict[str, Any] = {"id": "staff-1", "email": "staff@example.org", "is_platform_staff": False}
 
 not_text = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.none(),
                      st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))

@@ -27,10 +27,18 @@ EVENT_TYPES = (
     "circuit_breaker_closed", "retry_initiated", "retry_succeeded", "retry_failed",
     "budget_threshold_reached", "budget_exceeded", "rate_limit_hit",
 )
+# The types whose duration_ms a snapshot figure averages. The generator gives a
+# duration to every type all the same, so a formula that mixes in another type's
+# durations (or metadata) gets a different figure from the recount.
 WITH_DURATION = {
     "transcription_completed", "claims_extracted", "entity_resolution_completed",
     "entity_needs_disambiguation", "drafts_generated", "artifact_completed",
 }
+# Integer metadata the schema accepts on any event type; each is given at random.
+METADATA_INT_KEYS = (
+    "claimCount", "entityCount", "disambiguationCount", "autoResolvedCount", "draftCount",
+    "transcriptWordCount", "retryAttempt",
+)
 OUTCOMES = ("entity_resolution_completed", "entity_needs_disambiguation")
 
 
@@ -53,16 +61,27 @@ def random_event(rng: random.Random, start: datetime, hours: int, orgs: list[str
         "occurred_at": occurred.isoformat(),
         "metadata": {},
     }
-    if event_type in WITH_DURATION and rng.random() < 0.9:
+    add_random_values(rng, event)
+    return event
+
+
+def add_random_values(rng: random.Random, event: dict[str, Any]) -> None:
+    """Give the event, whatever its type, a duration (90 %) and each metadata value (at random).
+
+    Only some types count towards each figure (domain.md); values on every other type
+    are there so a formula that reads them from the wrong type fails the recount.
+    """
+    if rng.random() < 0.9:
         event["duration_ms"] = rng.lognormvariate(9, 1.0)
     if rng.random() < 0.5:
         event["metadata"]["confidenceScore"] = rng.random()
-    for key in ("claimCount", "entityCount", "draftCount"):
+    for key in METADATA_INT_KEYS:
         if rng.random() < 0.4:
             event["metadata"][key] = rng.randint(0, 12)
+    if rng.random() < 0.3:
+        event["metadata"]["transcriptDuration"] = rng.uniform(1, 600)
     if rng.random() < 0.6:
         event["metadata"]["aiCost"] = round(rng.uniform(0, 0.05), 6)
-    return event
 
 
 def event_hour(event: dict[str, Any]) -> datetime:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import uuid
 from collections.abc import Callable
 
@@ -22,7 +24,7 @@ def count(session: Session, model: type) -> int:
 def test_a_producer_with_only_celery_records_events_usage_and_directory_rows(
     start_worker: Callable[..., Proc], client: Celery, session: Session
 ) -> None:
-    start_worker(queues="pipeline")
+    start_worker(queues="pipeline", VOICEPIPE_DIRECTORY_SECRET="test-directory-secret")
     event_id = str(uuid.uuid4())
     event = {"event_id": event_id, "event_type": "artifact_received", "organization_id": "org-1",
              "occurred_at": "2026-03-01T10:00:00+00:00"}
@@ -37,8 +39,12 @@ def test_a_producer_with_only_celery_records_events_usage_and_directory_rows(
         "occurred_at": "2026-03-01T10:00:00Z"})
     client.send_task("voicepipe.directory.upsert_organization", kwargs={"id": "org-1", "name": "Club"},
                      queue="pipeline")
-    client.send_task("voicepipe.directory.upsert_user", queue="pipeline",
-                     kwargs={"id": "u1", "email": "a@b.c", "is_platform_staff": True})
+    # Signed as the platform's directory sync signs it (contract.md): HMAC-SHA256 hex of the
+    # canonical JSON of the other arguments.
+    user = {"id": "u1", "email": "a@b.c", "is_platform_staff": True}
+    signature = hmac.new(b"test-directory-secret", b'{"email":"a@b.c","id":"u1","is_platform_staff":true}',
+                         hashlib.sha256).hexdigest()
+    client.send_task("voicepipe.directory.upsert_user", queue="pipeline", kwargs={**user, "signature": signature})
 
     wait_for(lambda: count(session, PipelineEvent) == 2 and count(session, AiUsageLog) == 1
              and count(session, User) == 1 and count(session, Organization) == 1, what="rows")

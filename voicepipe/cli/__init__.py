@@ -4,6 +4,7 @@
 - metrics.py: backfill, status
 - operations.py: retry, simulate
 - health.py: health checks used by docker-compose
+- staff.py: staff grant|revoke|audit
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ from voicepipe.errors import SettingsError, VoicepipeError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from voicepipe.cli import health, metrics, observability, operations, stack
+    from voicepipe.cli import health, metrics, observability, operations, stack, staff
 
     parser = argparse.ArgumentParser(prog="voicepipe", description="voicepipe workers and operations")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (stack, metrics, operations, health, observability):
+    for module in (stack, metrics, operations, health, observability, staff):
         module.register(sub)
     return parser
 
