@@ -1,0 +1,211 @@
+"""Retry steps 5 and 6 as committed, and who may be retried (domain.md "Retry operations").
+
+The retry is applied with voicepipe.retry.service.request_retry in a session of the
+test's own and committed; no worker runs, so what the tests read is the state the
+retry's transaction left, before any stage could run. The expected rows and
+statuses are written here from domain.md, not taken from the product's tables.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session
+
+from models import Claim, EntityResolution, InsightDraft, PipelineEvent, Transcript
+from tests.integration.pipeline_support import (
+    add_artifact,
+    add_user,
+    artifact,
+    count,
+    row_ids,
+    snapshot,
+)
+from voicepipe.errors import RetryLimitExceeded, RetryNotAllowed
+from voicepipe.retry.service import request_retry
+from voicepipe.settings import reset_settings
+
+# domain.md, step 6: the status each retry kind resets the artifact to.
+ENTRY_STATUS = {
+    "full_pipeline": "received",
+    "transcription": "transcribing",
+    "claims_extraction": "transcribed",
+    "entity_resolution": "processing",
+    "draft_generation": "processing",
+}
+# Derived tables in pipeline order; a retry of a stage deletes its own and every later one.
+DERIVED_IN_ORDER: tuple[tuple[str, Any], ...] = (
+    ("transcription", Transcript),
+    ("claims_extraction", Claim),
+    ("entity_resolution", EntityResolution),
+    ("draft_generation", InsightDraft),
+)
+FIRST_DELETED = {"full_pipeline": 0, "transcription": 0, "claims_extraction": 1,
+                 "entity_resolution": 2, "draft_generation": 3}
+
+
+@pytest.fixture
+def env_settings(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """Set VOICEPIPE_* variables for this test; settings are re-read now and after it."""
+    reset_settings()
+    yield monkeypatch
+    monkeypatch.undo()
+    reset_settings()
+
+
+def add_derived_rows(session: Session, art_id: uuid.UUID) -> dict[str, set[uuid.UUID]]:
+    """Rows of every derived table for the artifact (two of each but the one transcript)."""
+    session.add(Transcript(artifact_id=art_id, text="we pressed high", word_count=3, confidence=0.9))
+    for i in range(2):
+        session.add(Claim(artifact_id=art_id, text=f"claim {i}", confidence=0.8))
+        session.add(EntityResolution(artifact_id=art_id, mention=f"player {i}", resolved_entity_id=f"p{i}"))
+        session.add(InsightDraft(artifact_id=art_id, content=f"draft {i}"))
+    session.commit()
+    return {stage: row_ids(session, model, art_id) for stage, model in DERIVED_IN_ORDER}
+
+
+def retry(session: Session, stage: str, art_id: uuid.UUID, **kwargs: Any) -> None:
+    """Apply one retry in the test's session and commit; the queued stage task is dropped."""
+    request_retry(session, stage=stage, artifact_id=art_id, requested_by="staff-1", **kwargs)
+    session.commit()
+    # The stage task is sent by session_scope after commit; this session is not one,
+    # so nothing is sent and no stage can run before the assertions.
+    session.info.pop("after_commit", None)
+
+
+@pytest.mark.parametrize("kind", list(ENTRY_STATUS))
+def test_right_after_commit_a_retry_deleted_derived_rows_from_its_stage_on_and_reset_the_entry_status(
+    session: Session, engine: Engine, kind: str
+) -> None:
+    add_user(session, "staff-1")
+    # Failed in the last stage, so every retry kind is allowed, with rows of every stage.
+    art_id = add_artifact(session, status="failed", failed_stage="draft_generation",
+                          current_stage="draft_generation")
+    before = add_derived_rows(session, art_id)
+    assert all(before.values())
+
+    retry(session, kind, art_id, reason="provider outage")
+
+    # Read the committed state from a connection of its own.
+    with Session(bind=engine) as reader:
+        first_deleted = FIRST_DELETED[kind]
+        for index, (stage, model) in enumerate(DERIVED_IN_ORDER):
+            kept = row_ids(reader, model, art_id)
+            if index < first_deleted:
+                assert kept == before[stage], f"{kind}: {stage} rows must be kept with the same ids"
+            else:
+                assert kept == set(), f"{kind}: {stage} rows must be deleted"
+        art = artifact(reader, art_id)
+        assert art.status == ENTRY_STATUS[kind]
+        assert (art.failed_stage, art.error_code, art.error_message) == (None, None, None)
+        assert art.metadata_["retryAttempt"] == 1
+        assert count(reader, PipelineEvent, PipelineEvent.artifact_id == art_id,
+                     PipelineEvent.event_type == "retry_initiated") == 1
+
+
+def test_a_full_pipeline_retry_leaves_no_derived_row_of_the_artifact_and_keeps_other_artifacts_rows(
+    session: Session, engine: Engine
+) -> None:
+    add_user(session, "staff-1")
+    art_id = add_artifact(session, status="failed", failed_stage="entity_resolution")
+    other = add_artifact(session, status="failed", failed_stage="draft_generation")
+    add_derived_rows(session, art_id)
+    others_rows = add_derived_rows(session, other)
+
+    retry(session, "full_pipeline", art_id)
+
+    with Session(bind=engine) as reader:
+        for stage, model in DERIVED_IN_ORDER:
+            assert count(reader, model, model.artifact_id == art_id) == 0, stage
+            assert row_ids(reader, model, other) == others_rows[stage], stage
+        assert artifact(reader, art_id).status == "received"
+        assert artifact(reader, other).status == "failed"
+
+
+def test_a_working_artifact_stalled_past_the_timeout_is_retryable_and_a_recent_one_is_refused(
+    session: Session, engine: Engine, env_settings: pytest.MonkeyPatch
+) -> None:
+    env_settings.setenv("VOICEPIPE_STALL_TIMEOUT_SECONDS", "600")
+    reset_settings()
+    add_user(session, "staff-1")
+    now = datetime.now(UTC)
+    # 60 s on each side of the 600 s timeout: far more than the test takes to run.
+    stalled = add_artifact(session, status="processing", current_stage="entity_resolution",
+                           updated_at=now - timedelta(seconds=660))
+    recent = add_artifact(session, status="processing", current_stage="entity_resolution",
+                          updated_at=now - timedelta(seconds=540))
+    add_derived_rows(session, stalled)
+    add_derived_rows(session, recent)
+
+    state = snapshot(engine)
+    with pytest.raises(RetryNotAllowed, match="made progress"):
+        request_retry(session, stage="entity_resolution", artifact_id=recent, requested_by="staff-1")
+    session.rollback()
+    assert snapshot(engine) == state  # a refusal changes nothing
+
+    retry(session, "entity_resolution", stalled, reason="stuck")
+    with Session(bind=engine) as reader:
+        art = artifact(reader, stalled)
+        assert (art.status, art.current_stage, art.metadata_["retryAttempt"]) == (
+            "processing", "entity_resolution", 1)
+        assert count(reader, EntityResolution, EntityResolution.artifact_id == stalled) == 0
+        assert count(reader, Claim, Claim.artifact_id == stalled) == 2
+        assert artifact(reader, recent).metadata_["retryAttempt"] == 0
+
+
+@pytest.mark.parametrize("statuses", [("transcribing", "transcription"), ("received", "transcription"),
+                                      ("transcribed", "claims_extraction")])
+def test_every_working_status_is_retryable_once_stalled(
+    session: Session, engine: Engine, env_settings: pytest.MonkeyPatch, statuses: tuple[str, str]
+) -> None:
+    status, stage = statuses
+    env_settings.setenv("VOICEPIPE_STALL_TIMEOUT_SECONDS", "600")
+    reset_settings()
+    add_user(session, "staff-1")
+    art_id = add_artifact(session, status=status, current_stage=stage,
+                          updated_at=datetime.now(UTC) - timedelta(seconds=660))
+    retry(session, stage, art_id)
+    with Session(bind=engine) as reader:
+        assert artifact(reader, art_id).status == ENTRY_STATUS[stage]
+
+
+def test_the_retry_maximum_comes_from_its_variable_max_minus_one_accepted_max_refused(
+    session: Session, engine: Engine, env_settings: pytest.MonkeyPatch
+) -> None:
+    env_settings.setenv("VOICEPIPE_MAX_RETRY_ATTEMPTS", "5")
+    reset_settings()
+    add_user(session, "staff-1")
+    below = add_artifact(session, status="failed", failed_stage="transcription", retry_attempt=4)
+    at_max = add_artifact(session, status="failed", failed_stage="transcription", retry_attempt=5)
+    # 4 is also past the default maximum (3): accepted only because the variable says 5.
+    retry(session, "transcription", below)
+    with Session(bind=engine) as reader:
+        art = artifact(reader, below)
+        assert (art.status, art.metadata_["retryAttempt"]) == ("transcribing", 5)
+
+    state = snapshot(engine)
+    with pytest.raises(RetryLimitExceeded, match="5 of its 5"):
+        request_retry(session, stage="transcription", artifact_id=at_max, requested_by="staff-1")
+    session.rollback()
+    assert snapshot(engine) == state
+    assert artifact(session, at_max).metadata_["retryAttempt"] == 5
+
+
+def test_without_the_variable_the_default_maximum_of_three_applies(
+    session: Session, engine: Engine, env_settings: pytest.MonkeyPatch
+) -> None:
+    env_settings.delenv("VOICEPIPE_MAX_RETRY_ATTEMPTS", raising=False)
+    reset_settings()
+    add_user(session, "staff-1")
+    below = add_artifact(session, status="failed", failed_stage="transcription", retry_attempt=2)
+    at_max = add_artifact(session, status="failed", failed_stage="transcription", retry_attempt=3)
+    retry(session, "transcription", below)
+    assert artifact(session, below).metadata_["retryAttempt"] == 3
+    with pytest.raises(RetryLimitExceeded):
+        request_retry(session, stage="transcription", artifact_id=at_max, requested_by="staff-1")
+    session.rollback()
