@@ -8,8 +8,9 @@ from typing import Any
 from celery import Task
 
 from models.session import session_scope
-from tasks._base import public_task, take
+from tasks._base import TRANSIENT_ERRORS, public_task, take
 from voicepipe.errors import REFUSALS
+from voicepipe.retry.refusals import record_refusal
 from voicepipe.retry.service import RETRY_STAGES, request_retry
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,19 @@ def _retry(stage: str, kwargs: dict[str, Any]) -> dict[str, Any]:
             stage, args.get("artifact_id"), args.get("requested_by"), args.get("reason"),
             args.get("request_id"), type(exc).__name__, exc,
         )
+        _record_refusal(stage, args, exc)
         raise
     return outcome.to_json()
+
+
+def _record_refusal(stage: str, args: dict[str, Any], exc: Exception) -> None:
+    """Keep the refusal for `voicepipe retry-history`, in a transaction of its own."""
+    try:
+        with session_scope() as session:
+            record_refusal(session, stage=stage, kwargs=args, error=exc)
+    except TRANSIENT_ERRORS:
+        # The refusal is still the answer; only its record is lost (the log line above has it).
+        log.exception("could not record the refused retry stage=%s artifact_id=%s", stage, args.get("artifact_id"))
 
 
 def _declare(stage: str) -> Task:

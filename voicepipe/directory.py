@@ -9,6 +9,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models.directory import Organization, User
+from voicepipe.errors import InvalidInput, PermissionDenied
+from voicepipe.staff import PATH_DIRECTORY_SYNC, name_the_change, verify_signature
 from voicepipe.validation import check_bool, check_id, check_text
 
 
@@ -23,18 +25,35 @@ def upsert_organization(session: Session, *, id: Any, name: Any) -> None:
     )
 
 
-def upsert_user(session: Session, *, id: Any, email: Any, is_platform_staff: Any) -> None:
+def upsert_user(
+    session: Session, *, id: Any, email: Any, is_platform_staff: Any, signature: Any = None,
+    secret: str | None = None,
+) -> None:
+    """Create or update a user as the platform's directory sync reports it.
+
+    With a secret (VOICEPIPE_DIRECTORY_SECRET) the message must carry its signature and
+    sets the staff flag (audited, path directory_sync). Without one, no message can
+    change staff status: a message asking for staff is refused, any other creates the
+    user as non-staff or updates the email and leaves the flag as it is.
+    """
     user_id = check_id(id, "id")
     user_email = check_text(email, "email", max_len=10_000)
     staff = check_bool(is_platform_staff, "is_platform_staff")
-    stmt = pg_insert(User).values(id=user_id, email=user_email, is_platform_staff=staff)
-    session.execute(
-        stmt.on_conflict_do_update(
-            index_elements=[User.id],
-            set_={
-                "email": stmt.excluded.email,
-                "is_platform_staff": stmt.excluded.is_platform_staff,
-                "updated_at": func.now(),
-            },
+    if signature is not None and not isinstance(signature, str):
+        raise InvalidInput.field("signature", f"expected a hex string, got {type(signature).__name__}")
+    signed_fields = {"id": id, "email": email, "is_platform_staff": is_platform_staff}
+    if secret is not None:
+        verify_signature(signed_fields, signature, secret)
+    elif staff:
+        raise PermissionDenied(
+            "is_platform_staff: an unauthenticated message cannot grant platform staff "
+            "(VOICEPIPE_DIRECTORY_SECRET is not configured; operators use `voicepipe staff grant`)"
         )
-    )
+    elif signature is not None:
+        raise PermissionDenied("signature: cannot be checked, VOICEPIPE_DIRECTORY_SECRET is not configured")
+    stmt = pg_insert(User).values(id=user_id, email=user_email, is_platform_staff=staff)
+    updates: dict[str, Any] = {"email": stmt.excluded.email, "updated_at": func.now()}
+    if secret is not None:
+        name_the_change(session, by="directory_sync", path=PATH_DIRECTORY_SYNC, reason=None)
+        updates["is_platform_staff"] = stmt.excluded.is_platform_staff
+    session.execute(stmt.on_conflict_do_update(index_elements=[User.id], set_=updates))

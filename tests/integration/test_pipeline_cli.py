@@ -11,7 +11,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from models import Artifact, Organization, PipelineEvent, User
+from models import Artifact, Organization, PipelineEvent, StaffAudit, User
 from tests.helpers import REPO_ROOT, Proc, service_env, wait_for
 from tests.integration.pipeline_support import FAST, add_artifact, add_user, fresh, status_of
 
@@ -40,9 +40,11 @@ def test_voicepipe_retry_waits_for_the_outcome_or_names_the_refusal(
     wait_for(lambda: status_of(session, art_id) == "completed", timeout=60, what="completion")
     history = voicepipe(env, "retry-history", str(art_id))
     assert history.returncode == 0, history.stderr
-    (attempt,) = json.loads(history.stdout)
+    refusal, attempt = json.loads(history.stdout)  # in the order they were asked
+    assert (refusal["outcome"], refusal["requested_by"], refusal["stage"]) == ("refused", "intruder", "full_pipeline")
+    assert refusal["refusal"].startswith("PermissionDenied: user intruder is unknown")
     assert (attempt["attempt"], attempt["requested_by"], attempt["reason"]) == (1, "staff-1", "flaky provider")
-    wait_for(lambda: json.loads(voicepipe(env, "retry-history", str(art_id)).stdout)[0]["outcome"] == "succeeded",
+    wait_for(lambda: json.loads(voicepipe(env, "retry-history", str(art_id)).stdout)[1]["outcome"] == "succeeded",
              timeout=30, what="the outcome")
 
 
@@ -63,8 +65,11 @@ def test_voicepipe_simulate_drives_artifacts_and_records_history(
 
     wait_for(settled, timeout=90, what="4 simulated artifacts to finish")
     assert set(session.scalars(select(Organization.id))) == {"sim-org-01", "sim-org-02"}
+    # A real database keeps no simulated staff: without --grant-staff the user is created as
+    # non-staff (an unsigned message cannot grant it), and nothing was audited.
     staff = session.get(User, "sim-staff")
-    assert staff is not None and staff.is_platform_staff
+    assert staff is not None and not staff.is_platform_staff
+    assert session.scalar(select(func.count()).select_from(StaffAudit)) == 0
     # History: events from before the run, for the simulated organizations only.
     history = session.scalar(select(func.count()).select_from(PipelineEvent).where(
         PipelineEvent.artifact_id.not_in(select(Artifact.id))))

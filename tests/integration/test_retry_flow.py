@@ -8,10 +8,18 @@ from collections.abc import Callable
 
 import pytest
 from celery import Celery
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
-from models import Claim, EntityResolution, InsightDraft, PipelineEvent, RetryRequest, Transcript
+from models import (
+    Claim,
+    EntityResolution,
+    InsightDraft,
+    PipelineEvent,
+    RetryRefusal,
+    RetryRequest,
+    Transcript,
+)
 from tests.helpers import Proc, wait_for
 from tests.integration.pipeline_support import (
     FAST,
@@ -119,6 +127,12 @@ def test_refused_retries_change_no_row_and_name_the_reason(
     assert log.count("retry refused") == len(cases)
     assert "requested_by=coach-9 reason='why not'" in log and "refusal=PermissionDenied" in log
     assert "Retry in" not in log
+    # And each is recorded (who, what, why, when) for `voicepipe retry-history`.
+    session.rollback()
+    recorded = session.execute(select(
+        RetryRefusal.artifact_id, RetryRefusal.stage, RetryRefusal.requested_by, RetryRefusal.reason,
+        RetryRefusal.refusal).order_by(RetryRefusal.id)).all()
+    assert [tuple(r) for r in recorded] == [(str(a), st, who, "why not", err) for st, a, who, err, _ in cases]
 
 
 def test_ten_concurrent_retries_let_exactly_one_through(

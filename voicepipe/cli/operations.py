@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     retry.add_argument("--timeout", type=float, default=60.0, help="seconds to wait with --wait (default 60)")
     retry.set_defaults(func=run_retry)
 
-    history = sub.add_parser("retry-history", help="print an artifact's retries: attempt, who, when, why, outcome",
+    history = sub.add_parser("retry-history", help="print an artifact's retries (refused ones too): who, when, why, outcome",
                              description="Read the artifact's retry history from the database (JSON).")
     history.add_argument("artifact", help="the artifact id (UUID)")
     history.set_defaults(func=run_retry_history)
@@ -59,6 +59,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                      help="also record this many hours of synthetic past events (default 0)")
     sim.add_argument("--no-retries", dest="retries", action="store_false",
                      help="do not have the staff user retry failed artifacts")
+    sim.add_argument("--grant-staff", action="store_true",
+                     help=f"make {SIM_STAFF} platform staff for the run (audited) and revoke it at the end; "
+                          "without it the simulated user is not staff and its retries are refused. "
+                          "`voicepipe dev` passes it for its embedded database only")
     sim.set_defaults(func=run_simulate)
 
 
@@ -120,11 +124,21 @@ def run_retry(args: argparse.Namespace) -> int:
 
 def run_retry_history(args: argparse.Namespace) -> int:
     from models.session import session_scope
+    from voicepipe.errors import ArtifactNotFound
     from voicepipe.retry.history import retry_history
+    from voicepipe.retry.refusals import refusals_for
 
     with session_scope() as session:
-        attempts = [a.to_json() for a in retry_history(session, args.artifact)]
-    print(json.dumps(attempts, indent=2))
+        refused = [r.to_json() for r in refusals_for(session, args.artifact)]
+        try:
+            attempts = [a.to_json() for a in retry_history(session, args.artifact)]
+        except ArtifactNotFound:
+            if not refused:
+                raise
+            attempts = []  # refused requests for an artifact that does not exist
+    # Accepted attempts and refused requests, in the order they were asked.
+    entries = sorted(attempts + refused, key=lambda e: str(e["requested_at"]))
+    print(json.dumps(entries, indent=2))
     return 0
 
 
@@ -136,9 +150,45 @@ def run_simulate(args: argparse.Namespace) -> int:
     orgs = [f"sim-org-{i:02d}" for i in range(1, args.organizations + 1)]
     for org in orgs:
         _send("voicepipe.directory.upsert_organization", id=org, name=f"Simulated Club {org[-2:]}")
-    _send("voicepipe.directory.upsert_user", id=SIM_STAFF, email="staff@simulated.example",
-          is_platform_staff=True)
-    print(f"simulate: {len(orgs)} organizations, staff user {SIM_STAFF}", flush=True)
+    if args.grant_staff:
+        _grant_sim_staff(True)
+    else:
+        # Never platform staff through a message: an unsigned upsert_user cannot grant it.
+        user = {"id": SIM_STAFF, "email": "staff@simulated.example", "is_platform_staff": False}
+        from voicepipe.settings import get_settings
+
+        secret = get_settings().directory_secret
+        if secret:
+            from voicepipe.staff import sign
+
+            user["signature"] = sign(user, secret)
+        _send("voicepipe.directory.upsert_user", **user)
+    print(f"simulate: {len(orgs)} organizations, user {SIM_STAFF} "
+          f"({'platform staff for this run' if args.grant_staff else 'not staff: no retries'})",
+          flush=True)
+    try:
+        return _simulate(args, rng, orgs)
+    finally:
+        if args.grant_staff:
+            _grant_sim_staff(False)
+
+
+def _grant_sim_staff(staff: bool) -> None:
+    """Make the simulated user staff for the run (or revoke it), audited like `voicepipe staff`."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    from models.directory import User
+    from models.session import session_scope
+    from voicepipe.staff import set_staff
+
+    with session_scope() as session:
+        session.execute(pg_insert(User).values(id=SIM_STAFF, email="staff@simulated.example")
+                        .on_conflict_do_nothing(index_elements=[User.id]))
+        set_staff(session, SIM_STAFF, staff, by="voicepipe-simulate",
+                  reason="simulated staff for this run" if staff else "simulation ended")
+
+
+def _simulate(args: argparse.Namespace, rng: random.Random, orgs: list[str]) -> int:
 
     if args.history_hours > 0:
         from voicepipe.pipeline.synthetic import synthetic_history
@@ -164,7 +214,7 @@ def run_simulate(args: argparse.Namespace) -> int:
         sent += 1
         if sent % 50 == 0:
             print(f"simulate: {sent} artifacts ingested", flush=True)
-        if args.retries and time.monotonic() >= next_retry_scan:
+        if args.retries and args.grant_staff and time.monotonic() >= next_retry_scan:
             next_retry_scan = time.monotonic() + 30
             _retry_failed(orgs, retried)
         # Poisson arrivals around the requested rate (exponential gaps), not a metronome.

@@ -1,0 +1,175 @@
+"""Platform-staff status: only a signed directory message or an operator changes it, always audited.
+
+Through real worker processes (the message path) and `voicepipe` subprocesses (the
+operator path). Signatures are computed here with hmac directly, as a producer would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import PipelineEvent, StaffAudit, User
+from tests.helpers import REPO_ROOT, Proc, service_env
+from tests.integration.pipeline_support import FAST, add_artifact, add_user, fresh
+
+SECRET = "directory-test-secret"
+
+
+def signature(fields: dict[str, Any], secret: str = SECRET) -> str:
+    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def upsert(client: Celery, **kwargs: Any) -> Any:
+    result = client.send_task("voicepipe.directory.upsert_user", queue="pipeline", kwargs=kwargs,
+                              ignore_result=False)
+    try:
+        result.get(timeout=30)
+    except Exception as exc:  # noqa: BLE001 - the test reads the named error
+        return exc
+    return None
+
+
+def retry(client: Celery, artifact: uuid.UUID, user: str) -> Any:
+    result = client.send_task("voicepipe.retry.transcription", queue="retry", ignore_result=False,
+                              kwargs={"artifact_id": str(artifact), "requested_by": user, "reason": "test"})
+    try:
+        return result.get(timeout=30)
+    except Exception as exc:  # noqa: BLE001 - the test reads the named error
+        return exc
+
+
+def users(session: Session) -> dict[str, tuple[str, bool]]:
+    fresh(session)
+    return {u.id: (u.email, u.is_platform_staff) for u in session.scalars(select(User))}
+
+
+def audit(session: Session) -> list[tuple[str, str, str, bool | None, bool, str | None]]:
+    fresh(session)
+    rows = session.scalars(select(StaffAudit).order_by(StaffAudit.id))
+    return [(r.user_id, r.changed_by, r.path, r.old_is_platform_staff, r.new_is_platform_staff, r.reason)
+            for r in rows]
+
+
+def voicepipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "voicepipe.cli", *args], check=False, env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_without_the_secret_no_message_grants_staff_and_that_users_retry_stays_refused(
+    start_worker: Callable[..., Proc], client: Celery, session: Session
+) -> None:
+    start_worker(queues="pipeline,retry", **FAST)
+    art = add_artifact(session, status="failed", failed_stage="transcription")
+    asking = {"id": "mallory", "email": "m@example.org", "is_platform_staff": True}
+
+    for kwargs in (asking, {**asking, "signature": signature(asking)}):
+        error = upsert(client, **kwargs)
+        assert type(error).__name__ == "PermissionDenied", error
+    assert users(session) == {}  # nothing created, nothing changed
+    refused = retry(client, art, "mallory")
+    assert type(refused).__name__ == "PermissionDenied"
+
+    # A message that asks for nothing more than a user record still works, as non-staff,
+    # and leaves an existing staff flag alone (only operators change it then).
+    add_user(session, "ops-lead")
+    assert upsert(client, id="mallory", email="m@example.org", is_platform_staff=False) is None
+    assert upsert(client, id="ops-lead", email="new@example.org", is_platform_staff=False) is None
+    assert users(session) == {"mallory": ("m@example.org", False), "ops-lead": ("new@example.org", True)}
+    assert type(retry(client, art, "mallory")).__name__ == "PermissionDenied"
+    # Only the test's own direct insert of a staff user is in the audit (path sql).
+    assert [(u, p, old, new) for u, _, p, old, new, _ in audit(session)] == [("ops-lead", "sql", None, True)]
+
+
+def test_with_the_secret_only_a_correctly_signed_message_sets_staff_and_it_is_audited(
+    start_worker: Callable[..., Proc], client: Celery, session: Session
+) -> None:
+    start_worker(queues="pipeline,retry", VOICEPIPE_DIRECTORY_SECRET=SECRET, **FAST)
+    art = add_artifact(session, status="failed", failed_stage="transcription")
+    add_user(session, "carol", staff=False)
+    before_users, before_audit = users(session), audit(session)
+    grant = {"id": "carol", "email": "carol@example.com", "is_platform_staff": True}
+
+    wrong = [
+        grant,  # unsigned
+        {**grant, "signature": signature(grant, "another-secret")},
+        {**grant, "signature": signature({**grant, "is_platform_staff": False})},  # signed something else
+        {**grant, "signature": signature(grant)[:-1]},
+        {**grant, "id": "dave", "signature": signature(grant)},  # replayed for another user
+    ]
+    for kwargs in wrong:
+        error = upsert(client, **kwargs)
+        assert type(error).__name__ == "PermissionDenied", (kwargs, error)
+        assert "signature" in str(error)
+    assert users(session) == before_users and audit(session) == before_audit
+    assert type(retry(client, art, "carol")).__name__ == "PermissionDenied"
+
+    assert upsert(client, **grant, signature=signature(grant)) is None
+    assert users(session)["carol"] == ("carol@example.com", True)
+    assert audit(session)[len(before_audit):] == [("carol", "directory_sync", "directory_sync", False, True, None)]
+    outcome = retry(client, art, "carol")
+    assert isinstance(outcome, dict) and outcome["attempt"] == 1, outcome
+    fresh(session)
+    initiated = session.scalars(select(PipelineEvent).where(
+        PipelineEvent.artifact_id == art, PipelineEvent.event_type == "retry_initiated")).all()
+    assert [e.metadata_["requestedBy"] for e in initiated] == ["carol"]
+
+
+def test_operators_grant_and_revoke_staff_from_the_command_line_and_read_the_audit(
+    start_worker: Callable[..., Proc], client: Celery, session: Session, db_url: str, broker_url: str,
+    tmp_path: Path,
+) -> None:
+    add_user(session, "erin", staff=False)
+    env = service_env(db_url, broker_url, tmp_path)
+
+    granted = voicepipe(env, "staff", "grant", "erin", "--by", "ops-1", "--reason", "on call this week")
+    assert granted.returncode == 0, granted.stderr
+    assert users(session)["erin"] == ("erin@example.com", True)
+    again = voicepipe(env, "staff", "grant", "erin", "--by", "ops-1", "--reason", "twice")
+    assert again.returncode == 0 and "nothing changed" in again.stdout
+    revoked = voicepipe(env, "staff", "revoke", "erin", "--by", "ops-2", "--reason", "rotation over")
+    assert revoked.returncode == 0, revoked.stderr
+    assert users(session)["erin"] == ("erin@example.com", False)
+
+    unknown = voicepipe(env, "staff", "grant", "nobody", "--by", "ops-1", "--reason", "x")
+    assert unknown.returncode == 1 and "InvalidInput" in unknown.stderr and "nobody" in unknown.stderr
+    missing = voicepipe(env, "staff", "grant", "erin", "--by", "ops-1")
+    assert missing.returncode == 2 and "--reason" in missing.stderr
+
+    listed = voicepipe(env, "staff", "audit")
+    assert listed.returncode == 0, listed.stderr
+    entries = json.loads(listed.stdout)
+    assert [(e["user_id"], e["changed_by"], e["path"], e["old"], e["new"], e["reason"]) for e in entries] == [
+        ("erin", "ops-1", "cli", False, True, "on call this week"),
+        ("erin", "ops-2", "cli", True, False, "rotation over"),
+    ]
+    assert entries[0]["changed_at"] <= entries[1]["changed_at"]
+    assert users(session) == {"erin": ("erin@example.com", False)}
+
+
+@pytest.mark.parametrize("path", ["cli", "sql"])
+def test_a_staff_change_by_any_path_is_audited_with_the_database_clock(session: Session, path: str) -> None:
+    add_user(session, "frank", staff=False)
+    if path == "cli":
+        from voicepipe.staff import set_staff
+
+        set_staff(session, "frank", True, by="ops-9", reason="why")
+    else:
+        session.get(User, "frank").is_platform_staff = True  # type: ignore[union-attr]
+    session.commit()
+    ((user, by, recorded_path, old, new, _),) = audit(session)
+    assert (user, recorded_path, old, new) == ("frank", path, False, True)
+    assert by == ("ops-9" if path == "cli" else "postgres")
