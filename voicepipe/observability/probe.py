@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import and_, func, or_, select, text
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from models.artifacts import Artifact, RetryRequest
@@ -150,11 +150,13 @@ def _retries(session: Session) -> dict[str, int]:
     }
 
 
-def dead_letter_count(session: Session) -> int | None:
-    """Parked messages, once the dead_letters table exists; None before."""
-    if session.scalar(text("SELECT to_regclass('dead_letters')")) is None:
-        return None
-    return int(session.scalar(text("SELECT count(*) FROM dead_letters")) or 0)
+def dead_letter_count(session: Session) -> int:
+    """Messages parked as dead letters and neither replayed nor discarded (indexed on status)."""
+    from models.dead_letters import PARKED, DeadLetter
+
+    return int(session.scalar(
+        select(func.count()).select_from(DeadLetter).where(DeadLetter.status == PARKED)
+    ) or 0)
 
 
 def newest_hour_organizations(session: Session) -> tuple[datetime | None, list[OrganizationHour]]:
