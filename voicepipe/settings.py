@@ -140,6 +140,15 @@ def _basic_auth(env: Mapping[str, str], name: str) -> str | None:
     return raw.strip()
 
 
+def _directory_secret(env: Mapping[str, str], name: str) -> str | None:
+    raw = (env.get(name) or "").strip()
+    if raw == "":
+        return None  # no message can set platform staff (voicepipe/directory.py)
+    if raw.lower() == PLACEHOLDER_PASSWORD:
+        raise SettingsError(f"{name} still holds the placeholder of .env.example; replace it or leave it empty")
+    return raw
+
+
 def _stages(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = env.get(name, "")
     stages = tuple(s.strip() for s in raw.split(",") if s.strip())
@@ -190,7 +199,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         result_backend=_optional(env, "RESULT_BACKEND", lambda v: "://" in v, "a Celery result backend URL"),
         data_dir=Path(env.get("VOICEPIPE_DATA_DIR", "").strip() or ".voicepipe").absolute(),
         flower_basic_auth=auth,
-        directory_secret=(env.get("VOICEPIPE_DIRECTORY_SECRET") or "").strip() or None,
+        directory_secret=_directory_secret(env, "VOICEPIPE_DIRECTORY_SECRET"),
         hourly_horizon_hours=_int(env, "VOICEPIPE_HOURLY_HORIZON_HOURS", 72, minimum=1),
         daily_horizon_days=_int(env, "VOICEPIPE_DAILY_HORIZON_DAYS", 7, minimum=1),
         retention_events_days=_int(env, "VOICEPIPE_RETENTION_EVENTS_DAYS", 30, minimum=1),

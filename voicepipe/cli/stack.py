@@ -38,6 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dev.set_defaults(func=cmd_dev)
 
     migrate = sub.add_parser("migrate", help="apply database migrations to DATABASE_URL")
+    migrate.add_argument(
+        "--app-role", metavar="NAME",
+        help="then create or update the application's role NAME (password from VOICEPIPE_APP_DB_PASSWORD): "
+             "rows only, no schema changes; run as the schema owner",
+    )
     migrate.set_defaults(func=cmd_migrate)
 
     rebuild = sub.add_parser(
@@ -62,8 +67,16 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     from voicepipe.migrate import upgrade
 
     url = _database_url()
+    password = os.environ.get("VOICEPIPE_APP_DB_PASSWORD", "")
+    if args.app_role and not password.strip():
+        raise SettingsError("VOICEPIPE_APP_DB_PASSWORD must be set with --app-role (the role's password)")
     upgrade(url)
     print("voicepipe: database migrated to head")
+    if args.app_role:
+        from voicepipe.db_roles import grant_app_role
+
+        grant_app_role(url, args.app_role, password)
+        print(f"voicepipe: role {args.app_role} may read and write rows, not change the schema")
     return 0
 
 
