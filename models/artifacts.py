@@ -35,6 +35,9 @@ class Artifact(Base):
     )
     # Internal: times the sweeper re-queued the current stage since the last progress.
     requeue_count: Mapped[int] = mapped_column(Integer, server_default="0")
+    # Internal: when the sweeper last re-queued the current stage. A re-queue is not
+    # progress, so it never moves updated_at (the stall clock retries and staff read).
+    requeued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Internal: the retry attempt whose outcome (retry_succeeded / retry_failed) is pending.
     active_retry_attempt: Mapped[int | None] = mapped_column(Integer)
     # Internal: the stage the artifact waits for or is running (transcription ..

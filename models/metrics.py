@@ -21,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.orm import Mapped, mapped_column
 
 from models.base import Base
-from models.events import COST, AdditiveParts
+from models.events import COST, AdditiveParts, counter_revision_seq
 
 PERIOD_TYPES = ("hourly", "daily")
 
@@ -99,3 +99,24 @@ class AggregationWindow(Base):
     failures: Mapped[int] = mapped_column(Integer, server_default="0")
     last_error: Mapped[str | None] = mapped_column(Text)
     last_error_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class LateWindow(Base):
+    """Internal: a window whose source changed after it closed, to be re-aggregated.
+
+    Recording marks the hour of an event more than an hour late (and a rebuild marks
+    every hour it rewrites; AI usage marks the day of a call recorded after that day
+    was rolled up), so the wrappers find late changes by what changed, however old,
+    instead of scanning a horizon. Each mark takes a fresh revision; a wrapper deletes
+    a mark only at the revision it saw, so a change racing the delete keeps its mark.
+    """
+
+    __tablename__ = "late_windows"
+    __table_args__ = (CheckConstraint("kind IN ('hourly', 'usage_day')", name="kind"),)
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(DateTime(timezone=True), primary_key=True)
+    revision: Mapped[int] = mapped_column(
+        BigInteger, counter_revision_seq, server_default=counter_revision_seq.next_value()
+    )
+    marked_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())

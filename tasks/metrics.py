@@ -21,11 +21,13 @@ from typing import Any, TypeVar
 
 from models.session import session_scope
 from tasks._base import public_task, take
+from voicepipe import late
 from voicepipe.clock import utcnow
 from voicepipe.errors import REFUSALS
+from voicepipe.maintenance.cleanup import recomputable_from
 from voicepipe.metrics.bookkeeping import DAILY, HOURLY, record_failure
 from voicepipe.metrics.daily import aggregate_day
-from voicepipe.metrics.due import due_days, due_hours, stale_days
+from voicepipe.metrics.due import due_days, hourly_plan
 from voicepipe.metrics.hourly import aggregate_hour
 from voicepipe.settings import get_settings
 from voicepipe.windows import day_start, parse_day, parse_hour
@@ -91,22 +93,24 @@ def aggregate_hourly_due(**kwargs: Any) -> None:
     now = utcnow()  # at execution, never when beat emitted the message
     settings = get_settings()
     with session_scope() as session:
-        hours = due_hours(session, now, settings.hourly_horizon_hours)
         # Late events also make their (already computed) day stale: refresh it now
         # rather than at the next 01:30 run. Missing days wait for the daily run.
-        days = stale_days(session, now, settings.daily_horizon_days)
+        plan = hourly_plan(session, now, settings.hourly_horizon_hours, settings.daily_horizon_days)
+        late.clear_older(session, late.HOURLY, recomputable_from(now))
+        cleared = late.clear(session, late.HOURLY, plan.fresh_marks)
+    hours, days = plan.hours, plan.days
     send_hours(hours)
     send_days(days)
     log.info(
-        "hourly wrapper now=%s due_hours=%d stale_days=%d first=%s last=%s",
-        now.isoformat(), len(hours), len(days),
+        "hourly wrapper now=%s due_hours=%d stale_days=%d late_marks_cleared=%d first=%s last=%s",
+        now.isoformat(), len(hours), len(days), cleared,
         hours[0].isoformat() if hours else "-", hours[-1].isoformat() if hours else "-",
     )
 
 
 @public_task("voicepipe.metrics.aggregate_daily_due", time_limit=60)
 def aggregate_daily_due(**kwargs: Any) -> None:
-    """Send one aggregate_day per missing or stale closed day in the horizon."""
+    """Send one aggregate_day per missing closed day in the horizon, and per stale or late day."""
     take(kwargs)
     now = utcnow()
     with session_scope() as session:

@@ -11,9 +11,11 @@ from typing import Any
 
 from models.session import session_scope
 from tasks._base import public_task, take
+from voicepipe import late
 from voicepipe.clock import utcnow
+from voicepipe.maintenance.cleanup import usage_recomputable_from
 from voicepipe.settings import get_settings
-from voicepipe.usage.rollup import aggregate_usage_day, due_usage_days
+from voicepipe.usage.rollup import aggregate_usage_day, usage_plan
 from voicepipe.windows import parse_day
 
 log = logging.getLogger(__name__)
@@ -31,11 +33,14 @@ def usage_aggregate_day(**kwargs: Any) -> int:
 
 @public_task("voicepipe.usage.aggregate_daily_due", time_limit=60)
 def usage_aggregate_daily_due(**kwargs: Any) -> None:
-    """Send one usage aggregate_day per closed day whose rollups differ from the log."""
+    """Send one usage aggregate_day per closed day (in the horizon, or late) whose rollups differ from the log."""
     take(kwargs)
     now = utcnow()
     with session_scope() as session:
-        days = due_usage_days(session, now, get_settings().daily_horizon_days)
+        plan = usage_plan(session, now, get_settings().daily_horizon_days)
+        late.clear_older(session, late.USAGE_DAY, usage_recomputable_from(now))
+        late.clear(session, late.USAGE_DAY, plan.fresh_marks)
+    days = plan.days
     for day in days:
         usage_aggregate_day.apply_async(kwargs={"day": day.isoformat()}, expires=FANOUT_EXPIRES_S)
     log.info("usage wrapper now=%s due_days=%s", now.isoformat(), [d.isoformat() for d in days])

@@ -10,6 +10,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -20,6 +21,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# A day two days back: events and AI calls are refused when older than retention
+# (35 days for counters) or in the future, so tests stamp their data relative to today.
+RECENT = datetime.combine(datetime.now(UTC).date() - timedelta(days=2), datetime.min.time(), UTC)
+RECENT_DAY = RECENT.date().isoformat()
 
 
 def redis_client(url: str) -> redis.Redis:

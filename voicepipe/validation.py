@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -55,14 +56,46 @@ def check_uuid(value: Any, field: str, *, optional: bool = False) -> uuid.UUID |
         raise InvalidInput.field(field, f"not a UUID: {value[:64]!r}") from None
 
 
+# RFC 3339 date-time (T, t or a space between date and time; Z, z or an offset),
+# seconds and fractions optional; the offset is optional here only so that a naive
+# timestamp gets its own error. Week dates, ordinal dates and compact forms, which
+# datetime.fromisoformat also takes, are refused: producers mean calendar dates.
+_RFC3339 = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<time>\d{2}:\d{2}(?::\d{2}(?P<frac>\.\d+)?)?)"
+    r"(?P<offset>[Zz]|[+-]\d{2}:\d{2})?",
+    re.ASCII,
+)
+_DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+
+
+def _parse_rfc3339(text: str, field: str) -> datetime:
+    match = _RFC3339.fullmatch(text)
+    if match is None:
+        raise InvalidInput.field(
+            field, f"not an ISO-8601 timestamp (RFC 3339, YYYY-MM-DDTHH:MM:SS+00:00): {text[:64]!r}")
+    frac = match["frac"] or ""
+    clock = match["time"][: len(match["time"]) - len(frac)] + frac[:7]  # microseconds at most
+    offset = match["offset"] or ""
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    try:
+        return datetime.fromisoformat(f"{match['date']}T{clock}{offset}")
+    except ValueError:
+        raise InvalidInput.field(field, f"not a valid date and time: {text[:64]!r}") from None
+
+
+def check_day_text(value: str, field: str) -> str:
+    """A calendar day written YYYY-MM-DD (no week or ordinal dates)."""
+    text = value.strip()
+    if _DAY.fullmatch(text) is None:
+        raise InvalidInput.field(field, f"expected YYYY-MM-DD, got {value[:64]!r}")
+    return text
+
+
 def check_timestamp(value: Any, field: str) -> datetime:
     if isinstance(value, datetime):
         ts = value
     elif isinstance(value, str):
-        try:
-            ts = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
-        except ValueError:
-            raise InvalidInput.field(field, f"not an ISO-8601 timestamp: {value[:64]!r}") from None
+        ts = _parse_rfc3339(value.strip(), field)
     else:
         raise InvalidInput.field(field, f"expected an ISO-8601 string, got {type(value).__name__}")
     if ts.tzinfo is None or ts.utcoffset() is None:

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 
 from voicepipe.errors import InvalidInput
-from voicepipe.validation import check_timestamp
+from voicepipe.validation import check_day_text, check_timestamp
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -75,10 +75,8 @@ def parse_day(value: object, field: str = "day") -> date:
         return value
     if not isinstance(value, str):
         raise InvalidInput.field(field, f"expected YYYY-MM-DD, got {type(value).__name__}")
+    text = check_day_text(value, field)  # refuses week dates such as 2026-W48-1
     try:
-        parsed = date.fromisoformat(value.strip())
+        return date.fromisoformat(text)
     except ValueError:
-        raise InvalidInput.field(field, f"expected YYYY-MM-DD, got {value!r}") from None
-    if len(value.strip()) != 10:
-        raise InvalidInput.field(field, f"expected YYYY-MM-DD, got {value!r}")
-    return parsed
+        raise InvalidInput.field(field, f"not a valid day: {value[:64]!r}") from None

@@ -17,6 +17,7 @@ import kombu.exceptions
 import pytest
 from celery import Celery
 
+from tests.helpers import RECENT_DAY
 from tests.redis_server import OwnRedis, free_port
 from worker.config import celery_config
 
@@ -37,7 +38,7 @@ def send(app: Celery, keep_result: bool) -> None:
     # result store. Keeping the result subscribes to it first (Celery's redis backend).
     app.send_task("voicepipe.events.record", queue="pipeline", ignore_result=not keep_result, kwargs={
         "event_id": str(uuid.uuid4()), "event_type": "artifact_received",
-        "occurred_at": "2026-03-01T10:00:00+00:00"})
+        "occurred_at": f"{RECENT_DAY}T10:00:00+00:00"})
 
 
 def timed_failure(app: Celery, keep_result: bool) -> tuple[float, BaseException]:

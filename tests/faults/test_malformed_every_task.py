@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from tests.faults.support import HOUR, start_worker_proc, this_hour
 from tests.faults.test_malformed_tasks import REFUSED as RECORDING_REFUSED
-from tests.helpers import Proc, admin_execute, producer, with_database
+from tests.helpers import RECENT_DAY, Proc, admin_execute, producer, with_database
 from tests.integration.pipeline_support import add_artifact, add_user, snapshot
 from tests.redis_server import OwnRedis
 from voicepipe.events.recording import record_events
@@ -64,7 +64,7 @@ bad_hour = st.one_of(
     st.integers(40, 5000).map(lambda d: (HOUR_START - timedelta(days=d)).isoformat()),
 )
 bad_day = st.one_of(not_text, st.text(max_size=12).filter(lambda s: len(s.strip()) != 10),
-                    st.sampled_from(["2026-13-01", "2026-02-30", "2026/03/01", "20260301  ", "2026-03-01T00"]))
+                    st.sampled_from(["2026-13-01", "2026-02-30", "2026/03/01", "20260301  ", f"{RECENT_DAY}T00"]))
 bad_count = st.one_of(st.integers(max_value=-1), st.floats(allow_nan=False).filter(lambda f: not f.is_integer()),
                       st.text(max_size=4), st.booleans(), st.just([1]))
 bad_cost = st.one_of(st.floats(max_value=-1e-6, allow_nan=False, allow_infinity=False),
@@ -90,7 +90,7 @@ INGEST: dict[str, Any] = {"organization_id": "org-1", "coach_id": "coach-1", "so
 STAGE: dict[str, Any] = {"artifact_id": ARTIFACT}
 RETRY: dict[str, Any] = {"artifact_id": ARTIFACT, "requested_by": "staff-1", "reason": "outage",
                          "request_id": "req-1"}
-USAGE: dict[str, Any] = {"id": str(uuid.uuid4()), "occurred_at": "2026-03-01T10:00:00+00:00",
+USAGE: dict[str, Any] = {"id": str(uuid.uuid4()), "occurred_at": f"{RECENT_DAY}T10:00:00+00:00",
                          "organization_id": "org-1", "coach_id": "coach-1", "operation": "parent_summary",
                          "model": "gpt-x", "input_tokens": 100, "cached_tokens": 20, "output_tokens": 50,
                          "cost": 0.01}

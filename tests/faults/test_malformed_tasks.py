@@ -17,14 +17,14 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from tests.helpers import Proc
+from tests.helpers import RECENT_DAY, Proc
 from voicepipe.domain import EVENT_TYPES, STAGES
 
 pytestmark = pytest.mark.slow
 
 EVENT: dict[str, Any] = {
     "event_id": "6f1c1a56-0f7e-4a7b-9b7e-0c6f5f1f2a10", "event_type": "transcription_completed",
-    "organization_id": "org-1", "stage": "transcription", "occurred_at": "2026-03-01T10:15:00+00:00",
+    "organization_id": "org-1", "stage": "transcription", "occurred_at": f"{RECENT_DAY}T10:15:00+00:00",
     "duration_ms": 1234.5,
 }
 ORGANIZATION: dict[str, Any] = {"id": "org-1", "name": "Club"}

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import PipelineEvent
-from tests.helpers import Proc, redis_client, wait_for
+from tests.helpers import RECENT_DAY, Proc, redis_client, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -57,11 +57,11 @@ def test_a_pickled_message_is_refused_and_the_next_json_message_is_processed(
     marker = tmp_path / "pickle-ran"
     pickled_id = str(uuid.uuid4())
     publish(broker_url, {"event_id": pickled_id, "event_type": "artifact_received",
-                         "occurred_at": "2026-03-01T10:00:00+00:00",
+                         "occurred_at": f"{RECENT_DAY}T10:00:00+00:00",
                          "metadata": {"x": RunsCodeWhenUnpickled(marker)}}, serializer="pickle")
     json_id = str(uuid.uuid4())
     publish(broker_url, {"event_id": json_id, "event_type": "artifact_received",
-                         "occurred_at": "2026-03-01T10:00:00+00:00"}, serializer="json")
+                         "occurred_at": f"{RECENT_DAY}T10:00:00+00:00"}, serializer="json")
 
     wait_for(lambda: events(session) == 1, timeout=30, what="the JSON message's event")
     recorded = session.scalars(select(PipelineEvent.id)).all()

@@ -13,7 +13,7 @@ import json
 import threading
 import time
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import EventCounter, PipelineEvent
-from tests.helpers import Proc, celery_cmd, service_env, spawn, wait_for
+from tests.helpers import RECENT, Proc, celery_cmd, service_env, spawn, wait_for
 from tests.redis_server import OwnRedis
 from worker.config import celery_config
 
@@ -41,7 +41,7 @@ class Producer(threading.Thread):
         self.task_of: dict[str, str] = {}
         self.failures: list[str] = []
         self.stopping = threading.Event()
-        self.hour = datetime(2026, 3, 1, 10, tzinfo=UTC)
+        self.hour = RECENT + timedelta(hours=10)
 
     def event(self, n: int) -> dict[str, Any]:
         return {"event_id": str(uuid.uuid4()), "event_type": "artifact_received",

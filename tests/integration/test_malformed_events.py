@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import EventCounter, PipelineEvent
+from tests.helpers import RECENT_DAY
 from voicepipe.domain import EVENT_TYPES, STAGES
 from voicepipe.errors import InvalidInput
 from voicepipe.events.recording import record_event, record_events
@@ -22,7 +23,7 @@ VALID: dict[str, Any] = {
     "organization_id": "org-1",
     "coach_id": "coach-1",
     "stage": "transcription",
-    "occurred_at": "2026-03-01T10:15:00+00:00",
+    "occurred_at": f"{RECENT_DAY}T10:15:00+00:00",
     "duration_ms": 1234.5,
     "metadata": {"confidenceScore": 0.9, "aiCost": 0.01},
 }

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import AiUsageLog, EventCounter, Organization, PipelineEvent, User
-from tests.helpers import Proc, wait_for
+from tests.helpers import RECENT_DAY, Proc, wait_for
 
 
 def count(session: Session, model: type) -> int:
@@ -27,16 +27,16 @@ def test_a_producer_with_only_celery_records_events_usage_and_directory_rows(
     start_worker(queues="pipeline", VOICEPIPE_DIRECTORY_SECRET="test-directory-secret")
     event_id = str(uuid.uuid4())
     event = {"event_id": event_id, "event_type": "artifact_received", "organization_id": "org-1",
-             "occurred_at": "2026-03-01T10:00:00+00:00"}
+             "occurred_at": f"{RECENT_DAY}T10:00:00+00:00"}
     for _ in range(3):  # duplicate deliveries of one event
         client.send_task("voicepipe.events.record", kwargs=event, queue="pipeline")
     client.send_task("voicepipe.events.record_batch", queue="pipeline", kwargs={"events": [
         {"event_type": "artifact_completed", "organization_id": "org-1", "duration_ms": 5000,
-         "occurred_at": "2026-03-01T10:30:00Z"}]})
+         "occurred_at": f"{RECENT_DAY}T10:30:00Z"}]})
     client.send_task("voicepipe.usage.record", queue="pipeline", kwargs={
         "organization_id": "org-1", "operation": "parent_summary", "model": "m",
         "input_tokens": 100, "cached_tokens": 40, "output_tokens": 10, "cost": 0.002,
-        "occurred_at": "2026-03-01T10:00:00Z"})
+        "occurred_at": f"{RECENT_DAY}T10:00:00Z"})
     client.send_task("voicepipe.directory.upsert_organization", kwargs={"id": "org-1", "name": "Club"},
                      queue="pipeline")
     # Signed as the platform's directory sync signs it (contract.md): HMAC-SHA256 hex of the
@@ -58,7 +58,7 @@ def test_a_producer_with_only_celery_records_events_usage_and_directory_rows(
     ("kwargs", "named"),
     [
         ({"event_type": "artifact_exploded"}, "event_type"),
-        ({"event_type": "artifact_received", "occurred_at": "2026-03-01T10:00:00"}, "occurred_at"),
+        ({"event_type": "artifact_received", "occurred_at": f"{RECENT_DAY}T10:00:00"}, "occurred_at"),
         ({"event_type": "transcription_completed", "duration_ms": -5}, "duration_ms"),
         ({"event_type": "artifact_received", "colour": "red"}, "colour"),
     ],

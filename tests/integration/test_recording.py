@@ -12,12 +12,13 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models import EventCounter, PipelineEvent
+from tests.helpers import RECENT, RECENT_DAY
 from tests.integration.metrics_support import random_event
 from voicepipe.domain import EVENT_TYPES
 from voicepipe.errors import InvalidInput
 from voicepipe.events.recording import rebuild_counters, record_event, record_events
 
-T0 = datetime(2026, 3, 1, tzinfo=UTC)
+T0 = RECENT
 ORGS = [f"org-{i}" for i in range(7)] + [None]
 # An independent recount, in SQL, straight from the events table.
 RECOUNT_SQL = """
@@ -92,14 +93,14 @@ def test_a_repeated_event_id_is_a_no_op(session: Session) -> None:
 
 def test_events_of_one_hour_share_a_counter_row_and_the_window_label_is_utc(session: Session) -> None:
     record_events(session, [
-        {"event_type": "artifact_received", "organization_id": "o", "occurred_at": "2026-03-01T10:59:59+02:00"},
-        {"event_type": "artifact_received", "organization_id": "o", "occurred_at": "2026-03-01T08:00:00Z"},
+        {"event_type": "artifact_received", "organization_id": "o", "occurred_at": f"{RECENT_DAY}T10:59:59+02:00"},
+        {"event_type": "artifact_received", "organization_id": "o", "occurred_at": f"{RECENT_DAY}T08:00:00Z"},
     ])
     session.commit()
     windows = sorted(session.execute(select(PipelineEvent.time_window)).scalars())
-    assert windows == ["2026-03-01-08", "2026-03-01-08"]
+    assert windows == [f"{RECENT_DAY}-08", f"{RECENT_DAY}-08"]
     (counter,) = session.execute(select(EventCounter)).scalars()
-    assert counter.hour_start == datetime(2026, 3, 1, 8, tzinfo=UTC)
+    assert counter.hour_start == RECENT + timedelta(hours=8)
     assert counter.n_artifact_received == 2
 
 

@@ -19,11 +19,20 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from models.events import EventCounter, PipelineEvent
+from voicepipe import late
 from voicepipe.bulk import copy_then, dbapi_connection
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
-from voicepipe.events.parts import ALL_PARTS, HISTOGRAM_PART, SCALAR_PARTS, Parts, add_event, empty_parts
+from voicepipe.events.parts import (
+    ALL_PARTS,
+    HISTOGRAM_PART,
+    SCALAR_PARTS,
+    Parts,
+    add_event,
+    empty_parts,
+)
 from voicepipe.events.schema import Event, parse_event
+from voicepipe.maintenance.cleanup import cutoffs
 from voicepipe.windows import HOUR, floor_hour, hour_label, iter_hours
 
 log = logging.getLogger(__name__)
@@ -64,9 +73,13 @@ def record_event(session: Session, raw: Mapping[str, Any]) -> bool:
     return record_parsed(session, [event]).inserted == 1
 
 
-def record_events(session: Session, raws: Sequence[Any]) -> RecordResult:
-    """Record a batch of events and their counters; returns how many were new."""
-    return record_parsed(session, parse_events(raws))
+def record_events(session: Session, raws: Sequence[Any], *, now: datetime | None = None) -> RecordResult:
+    """Record a batch of events and their counters; returns how many were new.
+
+    ``now`` (default: the clock) is the time the events are checked against (no
+    future, nothing past retention); the sweeper passes the time it sweeps at.
+    """
+    return record_parsed(session, parse_events(raws, now=now))
 
 
 def record_parsed(session: Session, events: Sequence[Event]) -> RecordResult:
@@ -84,6 +97,8 @@ def record_parsed(session: Session, events: Sequence[Event]) -> RecordResult:
                 parts = grouped[key] = empty_parts()
             add_event(parts, event.event_type, event.duration_ms, event.metadata)
     add_to_counters(session, grouped)
+    # Counters of a closed hour changed: its snapshot (if any) and its day are stale.
+    late.mark(session, late.HOURLY, late.closed_before((hour for _, hour in grouped), utcnow(), HOUR))
     return RecordResult(inserted=len(inserted_ids), duplicates=len(events) - len(inserted_ids))
 
 
@@ -194,6 +209,21 @@ def _replace_counters(session: Session, grouped: Mapping[CounterKey, Parts]) -> 
     _write_counters(session, grouped, _REPLACE_SQL)
 
 
+def check_events_kept(start: datetime) -> None:
+    """Refuse a rebuild reaching hours whose events cleanup may have deleted.
+
+    Events are kept 30 days, counters 35: a recount of an hour whose events are gone
+    would overwrite its counters with zeros, and the next backfill would turn its
+    snapshots into zeros too.
+    """
+    oldest = cutoffs(utcnow()).events
+    if start < oldest:
+        raise InvalidInput.field(
+            "from", f"{start.isoformat()} is older than the event retention (events kept from "
+                    f"{oldest.isoformat()}, VOICEPIPE_RETENTION_EVENTS_DAYS): its counters cannot be "
+                    "recounted and are kept as they are")
+
+
 @dataclass(frozen=True)
 class RebuildResult:
     hours: int
@@ -211,6 +241,7 @@ def rebuild_counters(session: Session, start: datetime, end: datetime) -> Rebuil
     hours = list(iter_hours(start, end))
     if not hours:
         return RebuildResult(0, 0, 0)
+    check_events_kept(hours[0])
     lo, hi = hours[0], hours[-1] + HOUR
     session.execute(text("LOCK TABLE pipeline_events IN SHARE MODE"))
     grouped: dict[CounterKey, Parts] = {}
@@ -243,6 +274,7 @@ def rebuild_counters(session: Session, start: datetime, end: datetime) -> Rebuil
     items = list(grouped.items())
     for i in range(0, len(items), INSERT_CHUNK // 4):
         _replace_counters(session, dict(items[i : i + INSERT_CHUNK // 4]))
+    late.mark(session, late.HOURLY, late.closed_before((hour for _, hour in grouped), utcnow(), HOUR))
     log.info(
         "counters rebuilt",
         extra={"from": lo.isoformat(), "to": hi.isoformat(), "rows": len(grouped), "events": n_events},

@@ -10,6 +10,7 @@ from typing import Any
 
 from voicepipe.domain import EVENT_TYPES, METADATA_INTS, METADATA_NUMBERS, METADATA_TEXTS, STAGES
 from voicepipe.errors import InvalidInput
+from voicepipe.timebounds import check_event_time
 from voicepipe.validation import (
     check_id,
     check_int,
@@ -38,6 +39,10 @@ EVENT_FIELDS = frozenset(
 )
 # A stage duration past 30 days is a unit error (seconds for ms, µs for ms), not data.
 MAX_DURATION_MS = 30 * 24 * 3600 * 1000.0
+# artifact_completed carries received-to-completed, which a retry of an old artifact
+# can stretch far past 30 days (a note received in spring, retried in autumn): its
+# bound is ten years, still far below what a unit error (µs for ms) would give.
+MAX_END_TO_END_MS = 3650 * 24 * 3600 * 1000.0
 MAX_COST_USD = 1_000_000.0
 
 
@@ -69,7 +74,9 @@ def parse_event(raw: Any, *, now: datetime) -> Event:
         raise InvalidInput.field("stage", f"unknown stage {str(stage)[:64]!r}")
     event_id = check_uuid(raw.get("event_id"), "event_id", optional=True) or uuid.uuid4()
     occurred_raw = raw.get("occurred_at")
-    occurred_at = now if occurred_raw is None else check_timestamp(occurred_raw, "occurred_at")
+    occurred_at = now if occurred_raw is None else check_event_time(
+        check_timestamp(occurred_raw, "occurred_at"), "occurred_at", now=now)
+    max_duration = MAX_END_TO_END_MS if event_type == "artifact_completed" else MAX_DURATION_MS
     metadata = _parse_metadata(raw.get("metadata"))
     return Event(
         event_id=event_id,
@@ -79,7 +86,7 @@ def parse_event(raw: Any, *, now: datetime) -> Event:
         coach_id=check_id(raw.get("coach_id"), "coach_id", optional=True),
         stage=stage,
         occurred_at=occurred_at,
-        duration_ms=check_number(raw.get("duration_ms"), "duration_ms", hi=MAX_DURATION_MS),
+        duration_ms=check_number(raw.get("duration_ms"), "duration_ms", hi=max_duration),
         error_code=check_text(raw.get("error_code"), "error_code", max_len=255, optional=True),
         error_message=check_text(raw.get("error_message"), "error_message", optional=True),
         metadata=metadata,

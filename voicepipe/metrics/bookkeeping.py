@@ -50,6 +50,34 @@ def counter_revisions(session: Session, lo: datetime, hi: datetime) -> dict[date
     return {utc(hour): int(total) for hour, total in rows}
 
 
+def counter_revisions_at(session: Session, hours: Iterable[datetime]) -> dict[datetime, int]:
+    """Sum of counter revisions of each of the given hours (absent: no counters)."""
+    wanted = sorted(set(hours))
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(EventCounter.hour_start, cast(func.sum(EventCounter.revision), BigInteger))
+        .where(EventCounter.hour_start.in_(wanted))
+        .group_by(EventCounter.hour_start)
+    ).all()
+    return {utc(hour): int(total) for hour, total in rows}
+
+
+def stored_revisions_at(
+    session: Session, period_type: str, starts: Iterable[datetime]
+) -> dict[datetime, int | None]:
+    """source_revision of each of the given windows that has bookkeeping."""
+    wanted = sorted(set(starts))
+    if not wanted:
+        return {}
+    rows = session.execute(
+        select(AggregationWindow.period_start, AggregationWindow.source_revision).where(
+            AggregationWindow.period_type == period_type, AggregationWindow.period_start.in_(wanted)
+        )
+    ).all()
+    return {utc(start): rev for start, rev in rows}
+
+
 def stored_revisions(
     session: Session, period_type: str, lo: datetime, hi: datetime
 ) -> dict[datetime, int | None]:

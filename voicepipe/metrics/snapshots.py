@@ -11,7 +11,14 @@ from sqlalchemy.orm import Session
 
 from voicepipe.bulk import copy_then, dbapi_connection
 from voicepipe.events.histogram import empty as empty_histogram
-from voicepipe.events.parts import ALL_PARTS, HISTOGRAM_PART, INT_PARTS, SCALAR_PARTS, Parts
+from voicepipe.events.parts import (
+    ALL_PARTS,
+    FLOAT_PARTS,
+    HISTOGRAM_PART,
+    INT_PARTS,
+    SCALAR_PARTS,
+    Parts,
+)
 from voicepipe.metrics.derive import METRIC_COLUMNS, derive
 
 PART_COLUMNS: tuple[str, ...] = ALL_PARTS
@@ -87,10 +94,18 @@ class SummedParts:
 
 _IN_RANGE = "s.period_type = %(period_type)s AND s.period_start >= %(lo)s AND s.period_start < %(hi)s"
 # Sums come back in the parts' own types (sum(bigint) is numeric in PostgreSQL), so
-# rows become parts without a conversion per value.
+# rows become parts without a conversion per value. Float sums run in a fixed order
+# (by window start): floating-point addition is not associative, and a sum in
+# whatever order the scan delivers rows changed a day's averages in the last digits
+# from one run to the next. Integer and decimal sums are exact in any order.
 _SUM_SQL = (
     "SELECT s.organization_id, o.name, count(*), "
-    + ", ".join(f"sum(s.{n})::bigint" if n in INT_PARTS else f"sum(s.{n})" for n in SCALAR_PARTS)
+    + ", ".join(
+        f"sum(s.{n})::bigint" if n in INT_PARTS
+        else f"sum(s.{n} ORDER BY s.period_start)" if n in FLOAT_PARTS
+        else f"sum(s.{n})"
+        for n in SCALAR_PARTS
+    )
     + " FROM metrics_snapshots s LEFT JOIN organizations o ON o.id = s.organization_id"
     + f" WHERE {_IN_RANGE} GROUP BY s.organization_id, o.name"
 )

@@ -1,12 +1,15 @@
 """The stall sweeper: nothing stays stuck in a working status.
 
 An artifact is stalled when it is in a working status (received, transcribing,
-transcribed, processing) and its row has not moved (updated_at) for the stall
-timeout: its stage message was lost (broker restart, crash between commit and
-publish, a purged queue) or its worker died. The sweeper re-queues the stage (after
+transcribed, processing) and has made no progress (updated_at: a stage started or
+finished) for the stall timeout: its stage message was lost (broker restart, crash
+between commit and publish, a purged queue) or its worker died. The sweeper re-queues the stage (after
 its commit), releasing any claim so the fresh message can take it, and counts the
-re-queue; after VOICEPIPE_MAX_REQUEUES re-queues without progress it fails the
-artifact with error_code STALLED. Rows are taken with SKIP LOCKED, so two sweepers
+re-queue (requeued_at; a re-queue is not progress, so updated_at keeps the time of
+the last real step, and a stalled artifact stays retryable by staff); the next
+re-queue waits a full stall timeout after the previous one. After
+VOICEPIPE_MAX_REQUEUES re-queues without progress it fails the artifact with
+error_code STALLED. Rows are taken with SKIP LOCKED, so two sweepers
 (or a sweeper and a stage finishing) never handle one artifact twice.
 """
 
@@ -18,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from models.artifacts import Artifact, Claim, EntityResolution
@@ -49,7 +52,12 @@ def requeue_stalled(session: Session, now: datetime, *, limit: int = BATCH) -> S
     cutoff = now - timedelta(seconds=settings.stall_timeout_seconds)
     stalled = session.execute(
         select(Artifact)
-        .where(Artifact.status.in_(WORKING_STATUSES), Artifact.updated_at < cutoff)
+        .where(
+            Artifact.status.in_(WORKING_STATUSES),
+            Artifact.updated_at < cutoff,
+            # A re-queued stage gets a full stall timeout to start before the next re-queue.
+            or_(Artifact.requeued_at.is_(None), Artifact.requeued_at < cutoff),
+        )
         .order_by(Artifact.updated_at)
         .limit(limit)
         .with_for_update(skip_locked=True)
@@ -72,11 +80,14 @@ def requeue_stalled(session: Session, now: datetime, *, limit: int = BATCH) -> S
         # Recorded as a status change to the same status, marked as a re-queue: the
         # event log shows what the sweeper did without inventing a 28th event type.
         record_events(session, [status_event(art, art.status, stage, f"requeue|{uuid.uuid4()}", now,
-                                             requeued=True, requeueCount=count, idleSeconds=idle_s)])
+                                             requeued=True, requeueCount=count, idleSeconds=idle_s)],
+                      now=now)
         art.requeue_count = count
         art.current_stage = stage
         art.stage_task_id = None  # the old run, if alive, finds its claim gone and discards
-        art.updated_at = now
+        # Not updated_at: a re-queue is not progress. The stall clock that retries and
+        # staff read keeps running from the artifact's last real step.
+        art.requeued_at = now
         send_after_commit(session, STAGE_TASKS[stage], artifact_id=str(art.id))
         report.requeued.append({"artifact_id": str(art.id), "stage": stage, "requeue_count": count,
                                 "idle_s": idle_s})

@@ -461,7 +461,7 @@ def fail_artifact(
     events.append(base_event(art, "artifact_failed", stage, event_id=event_id(art.id, key, "artifact_failed"),
                              occurred_at=now, error_code=code, error_message=message))
     events.extend(close_retry(session, art, succeeded=False, now=now))
-    record_events(session, events)
+    record_events(session, events, now=now)
 
 
 # -- one stage run, end to end ---------------------------------------------------

@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from models.artifacts import Artifact, RetryRequest
@@ -56,6 +56,8 @@ ENTRY_STATUS: dict[str, str] = {
     "draft_generation": "processing",
 }
 MAX_REASON = 2000
+# pg_advisory_xact_lock(int4, int4) namespace of retry request ids (hashtext of the id).
+_REQUEST_LOCK_NAMESPACE = 0x76700004
 
 
 @dataclass(frozen=True)
@@ -126,13 +128,19 @@ def request_retry(
     if not user.is_platform_staff:
         raise PermissionDenied(f"user {user_id} is not platform staff; only platform staff may retry artifacts")
 
+    if req_id is not None:
+        # One request id is handled by one transaction at a time, whichever artifact it
+        # names: a second use waits here, then finds the first one's row (below) and
+        # is refused by name, instead of failing on the unique index at commit.
+        session.execute(select(func.pg_advisory_xact_lock(_REQUEST_LOCK_NAMESPACE, func.hashtext(req_id))))
+
     # 2. The artifact, locked for the rest of the transaction.
     art = lock_artifact(session, art_id)
     if art is None:
         raise ArtifactNotFound(f"artifact {art_id} not found")
 
     if req_id is not None:
-        # Read under the artifact's lock: a concurrent request with the same id has
+        # Read under the request id's lock: a concurrent request with the same id has
         # either committed (seen here) or not started its checks yet.
         done = session.execute(select(RetryRequest).where(RetryRequest.request_id == req_id)).scalar_one_or_none()
         if done is not None:
@@ -188,6 +196,7 @@ def request_retry(
     art.error_code = None
     art.error_message = None
     art.requeue_count = 0
+    art.requeued_at = None
     art.active_retry_attempt = attempt
     art.updated_at = now
     record_events(session, events)

@@ -2,8 +2,9 @@
 
 Ranges longer than 7 days read the daily rollups (one row per active day), shorter
 ones the raw log. Rollups of the last two days may not exist yet (the daily run is at
-01:30 UTC), so even a long range reads those recent days from the raw log; no day
-is read twice and none is skipped.
+01:30 UTC), so even a long range reads those recent days from the raw log. Days older
+than the raw log's retention are read from rollups whatever the range's length (the
+log of those days may be gone). No day is read twice and none is skipped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from sqlalchemy.orm import Session
 from models.usage import AiUsageLog
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
+from voicepipe.maintenance.cleanup import usage_recomputable_from
 from voicepipe.usage.rollup import UsageGroup, UsageTotals, group_rows, grouped_calls
 from voicepipe.windows import DAY, day_start
 
@@ -121,18 +123,23 @@ def usage_for_organization(
     if end < start:
         raise InvalidInput.field("end", f"{end.isoformat()} is before start {start.isoformat()}")
     group = UsageGroup()
-    n_days = (end - start).days + 1
-    if n_days <= RAW_MAX_DAYS:
-        source = "raw"
-        _raw(session, organization_id, start, end, group)
+    now = now or utcnow()
+    # Days before the raw log's retention cutoff may be deleted (wholly or in part)
+    # from the log: they are read from their rollups, whatever the range's length,
+    # so an old short range is never zero and a range across the cutoff never partial.
+    raw_kept_from = usage_recomputable_from(now).date()
+    if (end - start).days + 1 > RAW_MAX_DAYS:
+        # Long ranges read rollups, except the last two days (rollups may not exist yet).
+        raw_from = max(start, now.date() - timedelta(days=1), raw_kept_from)
     else:
+        raw_from = max(start, raw_kept_from)
+    rollup_last = min(end, raw_from - timedelta(days=1))
+    source = "raw"
+    if rollup_last >= start:
         source = "rollups"
-        raw_from = max(start, (now or utcnow()).date() - timedelta(days=1))
-        rollup_last = min(end, raw_from - timedelta(days=1))
-        if rollup_last >= start:
-            _rollups(session, organization_id, start, rollup_last, group)
-        if raw_from <= end:
-            _raw(session, organization_id, raw_from, end, group)
+        _rollups(session, organization_id, start, rollup_last, group)
+    if raw_from <= end:
+        _raw(session, organization_id, raw_from, end, group)
     return UsageSummary(
         organization_id=organization_id,
         start=start,

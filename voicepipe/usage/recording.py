@@ -11,8 +11,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models.usage import AiUsageLog
+from voicepipe import late
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
+from voicepipe.timebounds import check_usage_time
 from voicepipe.validation import (
     check_id,
     check_int,
@@ -22,6 +24,7 @@ from voicepipe.validation import (
     check_uuid,
     reject_unknown,
 )
+from voicepipe.windows import DAY, floor_day
 
 USAGE_FIELDS = frozenset(
     {
@@ -55,7 +58,8 @@ def parse_usage(raw: Any, *, now: datetime) -> dict[str, Any]:
     cost = check_number(raw.get("cost"), "cost", hi=1_000_000.0, optional=False)
     return {
         "id": check_uuid(raw.get("id"), "id", optional=True),
-        "occurred_at": now if occurred is None else check_timestamp(occurred, "occurred_at"),
+        "occurred_at": now if occurred is None else check_usage_time(
+            check_timestamp(occurred, "occurred_at"), "occurred_at", now=now),
         "organization_id": check_id(raw.get("organization_id"), "organization_id"),
         "coach_id": check_id(raw.get("coach_id"), "coach_id", optional=True),
         "player_id": check_id(raw.get("player_id"), "player_id", optional=True),
@@ -80,8 +84,14 @@ def record_usage(session: Session, raws: Sequence[Any]) -> int:
                 raise
             raise InvalidInput(f"records[{index}].{exc.message}") from None
     inserted = 0
+    days: set[datetime] = set()
     for start in range(0, len(rows), 1000):
         chunk = [{k: v for k, v in r.items() if not (k == "id" and v is None)} for r in rows[start : start + 1000]]
         stmt = pg_insert(AiUsageLog).values(chunk).on_conflict_do_nothing(index_elements=["id"])
-        inserted += len(session.execute(stmt.returning(AiUsageLog.id)).all())
+        for (occurred_at,) in session.execute(stmt.returning(AiUsageLog.occurred_at)).all():
+            inserted += 1
+            days.add(floor_day(occurred_at))
+    # Calls of a closed day: its rollup (if any) no longer matches; the daily usage
+    # wrapper finds the mark however old the day is.
+    late.mark(session, late.USAGE_DAY, late.closed_before(days, now, DAY))
     return inserted

@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -21,6 +21,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models.usage import AiUsageDailyAggregate, AiUsageLog
+from voicepipe import late
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
 from voicepipe.maintenance.cleanup import usage_recomputable_from
@@ -198,18 +199,44 @@ def usage_day_mismatches(session: Session, first: date, last: date) -> dict[date
     return dict(mismatches)
 
 
-def due_usage_days(session: Session, now: datetime, horizon_days: int) -> list[date]:
-    """Closed days in the horizon where some organization's log count differs from its rollup.
+@dataclass(frozen=True)
+class UsagePlan:
+    days: list[date]  # closed days whose rollups differ from the log, oldest first
+    fresh_marks: list[tuple[datetime, int]]  # marked days found up to date
+
+
+def usage_plan(session: Session, now: datetime, horizon_days: int) -> UsagePlan:
+    """Closed days in the horizon, or marked late at any age, whose log counts differ from their rollups.
 
     The log is insert-only (a repeated id is a no-op), so a count that differs from
-    the stored total_calls means calls were added since (or never rolled up).
+    the stored total_calls means calls were added since (or never rolled up). Calls
+    recorded for a closed day mark it (voicepipe.late), so a late call is found
+    however old its day, while the log still holds it.
     """
     oldest = usage_recomputable_from(now)
-    days = [d for d in closed_days(now, horizon_days) if day_start(d) >= oldest]
-    if not days:
-        return []
-    mismatches = usage_day_mismatches(session, days[0], days[-1])
-    return [d for d in days if mismatches.get(d)]
+    marks = {
+        datetime_of(d): rev for d, rev in late.marked(session, late.USAGE_DAY)
+        if d >= oldest and d + DAY <= now
+    }
+    in_horizon = [day_start(d) for d in closed_days(now, horizon_days) if day_start(d) >= oldest]
+    mismatches: dict[date, int] = {}
+    if in_horizon:
+        mismatches.update(usage_day_mismatches(session, in_horizon[0].date(), in_horizon[-1].date()))
+    for start in marks:
+        if start not in in_horizon:
+            mismatches.update(usage_day_mismatches(session, start.date(), start.date()))
+    days = sorted({d for d in in_horizon if mismatches.get(d.date())} | {d for d in marks if mismatches.get(d.date())})
+    fresh = [(d, rev) for d, rev in marks.items() if not mismatches.get(d.date())]
+    return UsagePlan(days=[d.date() for d in days], fresh_marks=fresh)
+
+
+def datetime_of(start: datetime) -> datetime:
+    return day_start(start.astimezone(UTC).date())
+
+
+def due_usage_days(session: Session, now: datetime, horizon_days: int) -> list[date]:
+    """Closed days (in the horizon, or marked late) whose rollups differ from the log."""
+    return usage_plan(session, now, horizon_days).days
 
 
 __all__ = [
