@@ -11,6 +11,14 @@ from models.session import database_url, make_engine
 config = context.config
 target_metadata = models.Base.metadata
 
+# Celery's database result backend (RabbitMQ deployments, worker/config.py) creates and
+# owns these tables itself; they are not part of the schema migrations manage.
+CELERY_RESULT_TABLES = frozenset({"celery_taskmeta", "celery_tasksetmeta"})
+
+
+def _ours(name: str | None, type_: str, parent_names: object) -> bool:
+    return not (type_ == "table" and name in CELERY_RESULT_TABLES)
+
 
 def _url() -> str:
     return config.attributes.get("url") or config.get_main_option("sqlalchemy.url") or database_url()
@@ -34,7 +42,8 @@ def run_migrations_online() -> None:
 
 
 def _run(connection: object) -> None:
-    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
+    context.configure(connection=connection, target_metadata=target_metadata, compare_type=True,
+                      include_name=_ours)
     with context.begin_transaction():
         # Two deployments migrating at once (two compose `migrate` runs) serialize here.
         context.execute("SELECT pg_advisory_xact_lock(7262531)")

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
@@ -111,12 +111,53 @@ def run_after_commit(session: Session) -> None:
             log.exception("after-commit callback failed", extra={"callback": repr(callback)})
 
 
+# The connection's statement_timeout (make_engine); a transaction may only lower it.
+STATEMENT_TIMEOUT_MS = 300_000
+# A task's statements end this long before its soft time limit, so a blocked task
+# fails as a transient error (retried, then parked) instead of dying by time limit.
+SOFT_LIMIT_MARGIN_MS = 5_000
+
+
+def transaction_timeouts() -> tuple[int, int]:
+    """(statement_timeout, lock_timeout) in ms for a transaction of this process now.
+
+    Inside a Celery task the statement timeout is below the task's soft time limit;
+    the lock timeout is VOICEPIPE_LOCK_TIMEOUT_MS, never above the statement timeout.
+    """
+    from voicepipe.settings import get_settings
+
+    statement = STATEMENT_TIMEOUT_MS
+    soft = _current_soft_time_limit()
+    if soft:
+        statement = min(statement, max(1_000, int(soft * 1000) - SOFT_LIMIT_MARGIN_MS))
+    return statement, min(get_settings().lock_timeout_ms, statement)
+
+
+def _current_soft_time_limit() -> float | None:
+    from celery import current_task
+
+    if not current_task:
+        return None
+    limit = getattr(current_task.request, "timelimit", None)
+    soft = limit[1] if limit and len(limit) > 1 and limit[1] else getattr(current_task, "soft_time_limit", None)
+    return float(soft) if soft else None
+
+
 @contextmanager
 def session_scope(engine: Engine | None = None) -> Iterator[Session]:
-    """One unit of work: commit on success, roll back on error, then run after-commit work."""
+    """One unit of work: commit on success, roll back on error, then run after-commit work.
+
+    Its transaction starts with SET LOCAL statement_timeout and lock_timeout
+    (transaction_timeouts), so a held lock fails fast as a transient error.
+    """
     factory = sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
     session = factory()
     try:
+        statement_ms, lock_ms = transaction_timeouts()
+        session.execute(
+            text("SELECT set_config('statement_timeout', :s, true), set_config('lock_timeout', :l, true)"),
+            {"s": f"{statement_ms}ms", "l": f"{lock_ms}ms"},
+        )
         yield session
         session.commit()
     except BaseException:

@@ -1,30 +1,80 @@
-"""How every voicepipe task is declared: name, queue, limits, retries of transient errors."""
+"""How every voicepipe task is declared: name, queue, limits, retries of transient errors,
+and, for write tasks, parking as a dead letter instead of dropping the message."""
 
 from __future__ import annotations
 
 import functools
+import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import kombu.exceptions
+import psycopg
 import redis.exceptions
 import sqlalchemy.exc
+from billiard.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from celery import Task
+from celery.exceptions import Reject
+from celery.utils.time import get_exponential_backoff_interval
 
-from voicepipe.errors import REFUSALS, InvalidInput
+from voicepipe.errors import REFUSALS, DeadLettered, InvalidInput
 from worker import app
 from worker.routes import TASK_QUEUES
 
+log = logging.getLogger(__name__)
+
 # Errors that say nothing about the request: a database or broker that is down or
-# restarting, a deadlock, a dropped connection. Retrying them with backoff is how a
-# task rides out a PostgreSQL restart. Invalid input (REFUSALS) is never retried.
+# restarting, a deadlock, a dropped connection, a lock or statement timeout
+# (psycopg's LockNotAvailable and QueryCanceled are OperationalErrors). Retrying them
+# with backoff is how a task rides out a PostgreSQL restart or a held lock. Invalid
+# input (REFUSALS) is never retried. psycopg's own classes too: recording stages large
+# batches through the raw connection's COPY, where SQLAlchemy does not wrap errors.
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     sqlalchemy.exc.OperationalError,
     sqlalchemy.exc.InterfaceError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
     kombu.exceptions.OperationalError,
     redis.exceptions.ConnectionError,
     redis.exceptions.TimeoutError,
 )
+
+# Backoff 2, 4, 8 ... s capped at 60 s, with full jitter (each wait is drawn from
+# [0, cap], so retries of many tasks spread out): the default ten draws
+# (VOICEPIPE_TASK_MAX_RETRIES) cover about three minutes on average, and a run of short
+# draws that all fall inside one database restart becomes negligible (five did happen
+# to, in the fault tests). Past that, a write task parks its message as a dead letter;
+# aggregation and sweeper tasks fail and the next wrapper run picks the work up again.
+BACKOFF_FACTOR_S = 2
+BACKOFF_MAX_S = 60
+# When even parking fails (the database is down), the message goes back to the broker
+# after this pause rather than being acknowledged and lost.
+REQUEUE_PAUSE_S = 5.0
+
+
+class VoicepipeTask(Task):  # type: ignore[misc]
+    """Parks a write task's message when its hard time limit kills the pool process.
+
+    Celery 5.7 calls on_failure in the worker's main process for a hard time limit
+    (celery/worker/request.py, Request.on_timeout); every other give-up is parked
+    inside the task (see public_task).
+    """
+
+    parks: bool = False
+
+    def on_failure(self, exc: BaseException, task_id: str, args: Any, kwargs: Any, einfo: Any) -> None:
+        if self.parks and isinstance(exc, TimeLimitExceeded):
+            _park(self, task_id, dict(kwargs or {}), "time_limit", exc, attempts=1)
+
+
+def _park(task: Task, task_id: str, kwargs: dict[str, Any], reason: str, exc: BaseException,
+          *, attempts: int, deliveries: int = 1) -> DeadLettered:
+    from voicepipe.deadletters import park
+
+    parked = park(task_name=task.name, task_id=task_id, queue=TASK_QUEUES[task.name], kwargs=kwargs,
+                  reason=reason, error=f"{type(exc).__name__}: {exc}", attempts=attempts, deliveries=deliveries)
+    return DeadLettered(f"parked as dead letter {parked.id} ({reason}): {type(exc).__name__}: {exc}")
 
 
 def public_task(
@@ -32,28 +82,31 @@ def public_task(
     *,
     time_limit: int = 120,
     ignore_result: bool = True,
-    # Backoff 2, 4, 8 ... s capped at 60 s, with full jitter (each wait is drawn from
-    # [0, cap], so retries of many tasks spread out): ten draws cover about three
-    # minutes on average, and a run of short draws that all fall inside one database
-    # restart becomes negligible (five did happen to, in the fault tests). Past that,
-    # the sweeper or the next wrapper run picks the work up again.
-    max_retries: int = 10,
     retry_transient: bool = True,
+    parks: bool = False,
 ) -> Callable[[Callable[..., Any]], Task]:
-    """Declare a task with its contract name and queue; keyword arguments only."""
+    """Declare a task with its contract name and queue; keyword arguments only.
+
+    parks=True (write tasks): a message whose transient retries run out, that hits its
+    time limit, fails unexpectedly, or is delivered more than VOICEPIPE_DELIVERY_LIMIT
+    times is parked in dead_letters instead of dropped. Refusals are answers, never parked.
+    """
     if name not in TASK_QUEUES:
         raise KeyError(f"{name} has no route in worker/routes.py")
 
     def decorate(fn: Callable[..., Any]) -> Task:
         @functools.wraps(fn)
-        def run(*args: Any, **kwargs: Any) -> Any:
+        def run(self: Task, *args: Any, **kwargs: Any) -> Any:
             if args:
                 raise InvalidInput.field(
                     "args", f"{name} takes keyword arguments only, got {len(args)} positional"
                 )
-            return fn(**kwargs)
+            return _run(self, fn, kwargs, retry_transient=retry_transient, parks=parks)
 
         return app.task(  # type: ignore[no-any-return]
+            bind=True,
+            base=VoicepipeTask,
+            parks=parks,
             name=name,
             # No `queue=` here: Celery 5.7 deprecates the task attribute; routing is
             # done by task_routes (worker/config.py) from worker/routes.py.
@@ -62,16 +115,74 @@ def public_task(
             soft_time_limit=max(1, time_limit - 30) if time_limit > 60 else time_limit - 5,
             ignore_result=ignore_result,
             acks_late=True,
-            autoretry_for=TRANSIENT_ERRORS if retry_transient else (),
-            retry_backoff=2,
-            retry_backoff_max=60,
-            retry_jitter=True,
-            max_retries=max_retries,
             # Refusals are expected outcomes: FAILURE state, no traceback, no retry.
-            throws=REFUSALS,
+            # A parked message is one too: its dead letter holds the error.
+            throws=(*REFUSALS, DeadLettered),
         )(run)
 
     return decorate
+
+
+def _run(task: Task, fn: Callable[..., Any], kwargs: dict[str, Any], *, retry_transient: bool, parks: bool) -> Any:
+    from voicepipe.settings import get_settings
+
+    settings = get_settings()
+    request = task.request
+    retries = int(request.retries or 0)
+    redelivered = bool((request.delivery_info or {}).get("redelivered"))
+    try:
+        try:
+            if parks and redelivered:
+                _check_delivery_limit(task, kwargs, retries, settings.delivery_limit)
+            result = fn(**kwargs)
+            if parks and redelivered:
+                from voicepipe.deadletters import forget_deliveries
+
+                forget_deliveries(request.id)
+            return result
+        except REFUSALS:
+            raise
+        except DeadLettered:
+            raise
+        except TRANSIENT_ERRORS as exc:
+            if retry_transient and retries < settings.task_max_retries:
+                countdown = get_exponential_backoff_interval(
+                    BACKOFF_FACTOR_S, retries, BACKOFF_MAX_S, full_jitter=True)
+                log.info("transient error, retrying task=%s task_id=%s retry=%d/%d countdown=%s error=%s",
+                         task.name, request.id, retries + 1, settings.task_max_retries, countdown, exc)
+                raise task.retry(exc=exc, countdown=countdown, max_retries=settings.task_max_retries) from exc
+            if not parks:
+                raise
+            raise _park(task, request.id, kwargs, "retries_exhausted", exc, attempts=retries + 1) from exc
+        except SoftTimeLimitExceeded as exc:
+            if not parks:
+                raise
+            raise _park(task, request.id, kwargs, "time_limit", exc, attempts=retries + 1) from exc
+        except Exception as exc:
+            if not parks or isinstance(exc, Reject):
+                raise
+            # A bug or an unforeseen error: Celery would acknowledge and drop the message.
+            raise _park(task, request.id, kwargs, "failed", exc, attempts=retries + 1) from exc
+    except TRANSIENT_ERRORS as exc:
+        # Parking or counting failed: the database is unreachable. Nothing may be
+        # acknowledged now; the message goes back to the broker after a pause.
+        if not parks:
+            raise
+        log.error("cannot park or count task=%s task_id=%s (%s); requeueing the message", task.name, request.id, exc)
+        time.sleep(REQUEUE_PAUSE_S)
+        raise Reject(f"requeued, cannot reach the database: {exc}", requeue=True) from exc
+
+
+def _check_delivery_limit(task: Task, kwargs: dict[str, Any], retries: int, limit: int) -> None:
+    """Count this redelivery; park the message when it was delivered more than `limit` times."""
+    from voicepipe.deadletters import count_delivery
+
+    deliveries = count_delivery(task.request.id, retries)
+    if deliveries > limit:
+        exc = RuntimeError(f"delivered {deliveries} times (limit {limit}); the worker was lost each time")
+        raise _park(task, task.request.id, kwargs, "delivery_limit", exc, attempts=retries + 1,
+                    deliveries=deliveries)
+    log.warning("redelivered message task=%s task_id=%s delivery=%d/%d", task.name, task.request.id, deliveries, limit)
 
 
 def take(kwargs: Mapping[str, Any], required: tuple[str, ...] = (), optional: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -84,3 +195,12 @@ def take(kwargs: Mapping[str, Any], required: tuple[str, ...] = (), optional: tu
         if key not in kwargs:
             raise InvalidInput.field(key, "is required")
     return dict(kwargs)
+
+
+def check_batch_size(field: str, items: Any) -> None:
+    """Refuse a batch larger than VOICEPIPE_MAX_BATCH_SIZE by name (a poison guard: memory, time limit)."""
+    from voicepipe.settings import get_settings
+
+    limit = get_settings().max_batch_size
+    if isinstance(items, list) and len(items) > limit:
+        raise InvalidInput.field(field, f"at most {limit} items per batch (VOICEPIPE_MAX_BATCH_SIZE), got {len(items)}")

@@ -10,7 +10,7 @@ from voicepipe import directory
 from voicepipe.settings import get_settings
 
 
-@public_task("voicepipe.directory.upsert_organization", time_limit=60)
+@public_task("voicepipe.directory.upsert_organization", time_limit=60, parks=True)
 def upsert_organization(**kwargs: Any) -> None:
     """Create or rename an organization."""
     args = take(kwargs, required=("id", "name"))
@@ -18,7 +18,7 @@ def upsert_organization(**kwargs: Any) -> None:
         directory.upsert_organization(session, id=args["id"], name=args["name"])
 
 
-@public_task("voicepipe.directory.upsert_user", time_limit=60)
+@public_task("voicepipe.directory.upsert_user", time_limit=60, parks=True)
 def upsert_user(**kwargs: Any) -> None:
     """Create or update a user; its platform-staff flag only from a signed message."""
     args = take(kwargs, required=("id", "email", "is_platform_staff"), optional=("signature",))

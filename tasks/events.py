@@ -6,40 +6,48 @@ import logging
 from typing import Any
 
 from models.session import session_scope
-from tasks._base import public_task, take
+from tasks._base import check_batch_size, public_task, take
+from tasks._ids import current_task_id, with_id
 from voicepipe.events.recording import record_event, record_events
 from voicepipe.usage.recording import record_usage
 
 log = logging.getLogger(__name__)
 
 
-@public_task("voicepipe.events.record", time_limit=60)
+@public_task("voicepipe.events.record", time_limit=60, parks=True)
 def record(**event: Any) -> None:
     """Record one pipeline event and its counters (a repeated event_id is a no-op)."""
+    # Without an event_id, the id comes from the task id: a redelivery records nothing twice.
+    event = with_id(event, "event_id", current_task_id(), 0)
     with session_scope() as session:
         new = record_event(session, event)
     if not new:
         log.info("duplicate event ignored event_id=%s", event.get("event_id"))
 
 
-@public_task("voicepipe.events.record_batch", time_limit=120)
+@public_task("voicepipe.events.record_batch", time_limit=120, parks=True)
 def record_batch(**kwargs: Any) -> dict[str, int]:
     """Record a batch of pipeline events in one transaction."""
     args = take(kwargs, required=("events",))
+    events = args["events"]
+    check_batch_size("events", events)
+    if isinstance(events, list):
+        task_id = current_task_id()
+        events = [with_id(event, "event_id", task_id, i) for i, event in enumerate(events)]
     with session_scope() as session:
-        result = record_events(session, args["events"])
+        result = record_events(session, events)
     log.info("event batch recorded inserted=%d duplicates=%d", result.inserted, result.duplicates)
     return {"inserted": result.inserted, "duplicates": result.duplicates}
 
 
-@public_task("voicepipe.usage.record", time_limit=60)
+@public_task("voicepipe.usage.record", time_limit=60, parks=True)
 def record_usage_call(**call: Any) -> None:
     """Record one AI call (a repeated id is a no-op)."""
     with session_scope() as session:
-        record_usage(session, [call])
+        record_usage(session, [with_id(call, "id", current_task_id(), 0)])
 
 
-@public_task("voicepipe.usage.record_batch", time_limit=120)
+@public_task("voicepipe.usage.record_batch", time_limit=120, parks=True)
 def record_usage_batch(**kwargs: Any) -> int:
     """Record a batch of AI calls in one transaction."""
     args = take(kwargs, required=("records",))
@@ -48,5 +56,8 @@ def record_usage_batch(**kwargs: Any) -> int:
         from voicepipe.errors import InvalidInput
 
         raise InvalidInput.field("records", "expected a list of AI usage records")
+    check_batch_size("records", records)
+    task_id = current_task_id()
+    records = [with_id(record, "id", task_id, i) for i, record in enumerate(records)]
     with session_scope() as session:
         return record_usage(session, records)

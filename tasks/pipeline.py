@@ -9,6 +9,7 @@ from celery import current_task
 
 from models.session import session_scope
 from tasks._base import public_task, take
+from tasks._ids import with_id
 from voicepipe.pipeline import stages
 
 log = logging.getLogger(__name__)
@@ -24,11 +25,13 @@ def _task_id() -> str | None:
     return getattr(request, "id", None)
 
 
-@public_task("voicepipe.pipeline.ingest", time_limit=60)
+@public_task("voicepipe.pipeline.ingest", time_limit=60, parks=True)
 def ingest(**kwargs: Any) -> None:
     """Create an artifact for a voice note and queue its transcription."""
     args = take(kwargs, required=("organization_id", "coach_id", "source_channel"),
                 optional=("media_ref", "artifact_id"))
+    # Without an artifact_id, the id comes from the task id: a redelivery creates no second artifact.
+    args = with_id(args, "artifact_id", _task_id(), 0)
     with session_scope() as session:
         stages.ingest(session, **args)
 
@@ -40,25 +43,25 @@ def _stage(stage: str, kwargs: dict[str, Any]) -> str:
     return stages.run_stage(stage, args["artifact_id"], run_id=_task_id())
 
 
-@public_task("voicepipe.pipeline.transcribe", time_limit=STAGE_TIME_LIMIT_S)
+@public_task("voicepipe.pipeline.transcribe", time_limit=STAGE_TIME_LIMIT_S, parks=True)
 def transcribe(**kwargs: Any) -> str:
     """Transcribe an artifact's voice note, then queue claims extraction."""
     return _stage("transcription", kwargs)
 
 
-@public_task("voicepipe.pipeline.extract_claims", time_limit=STAGE_TIME_LIMIT_S)
+@public_task("voicepipe.pipeline.extract_claims", time_limit=STAGE_TIME_LIMIT_S, parks=True)
 def extract_claims(**kwargs: Any) -> str:
     """Extract claims from an artifact's transcript, then queue entity resolution."""
     return _stage("claims_extraction", kwargs)
 
 
-@public_task("voicepipe.pipeline.resolve_entities", time_limit=STAGE_TIME_LIMIT_S)
+@public_task("voicepipe.pipeline.resolve_entities", time_limit=STAGE_TIME_LIMIT_S, parks=True)
 def resolve_entities(**kwargs: Any) -> str:
     """Resolve the players and teams an artifact's claims mention, then queue drafts."""
     return _stage("entity_resolution", kwargs)
 
 
-@public_task("voicepipe.pipeline.generate_drafts", time_limit=STAGE_TIME_LIMIT_S)
+@public_task("voicepipe.pipeline.generate_drafts", time_limit=STAGE_TIME_LIMIT_S, parks=True)
 def generate_drafts(**kwargs: Any) -> str:
     """Generate insight drafts for an artifact and complete it."""
     return _stage("draft_generation", kwargs)

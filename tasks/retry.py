@@ -51,7 +51,7 @@ def _declare(stage: str) -> Task:
     retry.__name__ = retry.__qualname__ = stage
     retry.__doc__ = f"Retry an artifact's {stage.replace('_', ' ')} (platform staff only)."
     # The caller reads the outcome (or the named refusal), so results are kept.
-    return public_task(f"voicepipe.retry.{stage}", time_limit=60, ignore_result=False)(retry)
+    return public_task(f"voicepipe.retry.{stage}", time_limit=60, ignore_result=False, parks=True)(retry)
 
 
 transcription = _declare("transcription")

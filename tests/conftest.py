@@ -25,12 +25,16 @@ from tests.helpers import (
     Proc,
     admin_execute,
     celery_cmd,
+    is_amqp,
+    new_vhost,
     producer,
+    rabbitmqctl,
     redis_client,
     service_env,
     spawn,
     wait_for,
     with_database,
+    with_vhost,
 )
 from voicepipe.migrate import upgrade
 
@@ -116,14 +120,21 @@ def broker_base_url(short_tmp: Path) -> Iterator[str]:
 
 @pytest.fixture
 def broker_url(broker_base_url: str) -> Iterator[str]:
-    """The test broker, emptied before the test."""
+    """The test broker, emptied before the test (RabbitMQ: a fresh vhost, deleted after)."""
+    if is_amqp(broker_base_url):
+        vhost = new_vhost()
+        yield with_vhost(broker_base_url, vhost)
+        rabbitmqctl("delete_vhost", vhost)
+        return
     redis_client(broker_base_url).flushdb()
     yield broker_base_url
 
 
 @pytest.fixture
-def client(broker_url: str) -> Iterator[object]:
-    app = producer(broker_url)
+def client(broker_url: str, request: pytest.FixtureRequest) -> Iterator[object]:
+    # With RabbitMQ the workers keep results in the test's database (worker/config.py).
+    backend = "db+" + request.getfixturevalue("db_url") if is_amqp(broker_url) else None
+    app = producer(broker_url, backend)
     yield app
     app.close()
 

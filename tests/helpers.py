@@ -34,9 +34,39 @@ def redis_client(url: str) -> redis.Redis:
     return redis.Redis.from_url(url, socket_timeout=5)
 
 
-def producer(broker_url: str) -> Celery:
-    """A producer that has only Celery installed: no voicepipe import, names only."""
-    app = Celery("test-producer", broker=broker_url, backend=broker_url)
+def is_amqp(url: str) -> bool:
+    return url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
+def rabbitmqctl(*args: str) -> str:
+    """Run rabbitmqctl (this machine's RabbitMQ; the fault tests' own vhosts and restarts)."""
+    done = subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, text=True, timeout=120)
+    return done.stdout
+
+
+def with_vhost(amqp_url: str, vhost: str) -> str:
+    """amqp://user:pass@host:port/<vhost>"""
+    parts = urlsplit(amqp_url)
+    return f"{parts.scheme}://{parts.netloc}/{vhost}"
+
+
+def new_vhost(prefix: str = "vp_t") -> str:
+    """A fresh RabbitMQ vhost for one test (the RabbitMQ counterpart of a flushed Redis db)."""
+    vhost = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    rabbitmqctl("add_vhost", vhost)
+    rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+    return vhost
+
+
+def producer(broker_url: str, backend: str | None = None) -> Celery:
+    """A producer that has only Celery installed: no voicepipe import, names only.
+
+    Results: the Redis broker itself; with RabbitMQ, the backend the workers use
+    (`db+<DATABASE_URL>`, worker/config.py) must be given to read any.
+    """
+    if backend is None and not is_amqp(broker_url):
+        backend = broker_url
+    app = Celery("test-producer", broker=broker_url, backend=backend)
     app.conf.update(
         task_serializer="json",
         accept_content=["json"],

@@ -43,6 +43,24 @@ class RetryLimitExceeded(VoicepipeError):
     """The artifact has used all its retry attempts."""
 
 
+class DeadLetterNotFound(VoicepipeError):
+    """No dead letter has the given id."""
+
+
+class DeadLettered(Exception):
+    """A write task gave up and parked its message as a dead letter (not a refusal).
+
+    Its FAILURE state tells result readers and Flower where the message went.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 class SettingsError(Exception):
     """A configuration variable has a value that cannot be used."""
 

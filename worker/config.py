@@ -22,13 +22,42 @@ VISIBILITY_TIMEOUT_S = LONGEST_TIME_LIMIT_S + 300
 SOCKET_TIMEOUT_S = 5.0
 
 
+def is_amqp(broker_url: str) -> bool:
+    return broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
 def result_backend_for(broker_url: str, explicit: str | None) -> str:
     if explicit:
         return explicit
-    if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
+    if not is_amqp(broker_url):
         return broker_url
-    # RabbitMQ: results travel back as messages to the caller.
-    return "rpc://"
+    # RabbitMQ: results go to PostgreSQL (Celery's database backend, tables
+    # celery_taskmeta/celery_tasksetmeta, created by the worker): durable and readable by
+    # any process, unlike `rpc://`, whose results only the sending process can read and
+    # which die with a broker restart. Redis is not assumed to exist beside RabbitMQ.
+    from models.session import database_url
+
+    return "db+" + database_url()
+
+
+def amqp_options(broker_url: str) -> dict[str, Any]:
+    """RabbitMQ only: publisher confirms and durable, persistent delivery."""
+    if not is_amqp(broker_url):
+        return {}
+    return {
+        # A send returns only once RabbitMQ has taken the message (persisted, for a
+        # durable queue): a producer whose send returned can forget the message.
+        "broker_transport_options": {"confirm_publish": True},
+        # Durable classic queues, persistent messages (Celery's defaults, pinned here).
+        # Not quorum queues: retries wait with `countdown`, which on a quorum queue needs
+        # Celery's native delayed delivery (topic exchanges and 28 extra queues); on one
+        # node a durable classic queue keeps what a quorum queue would.
+        "task_default_delivery_mode": "persistent",
+        # The result database may restart like any PostgreSQL: verify pooled connections.
+        # (Expired results are deleted by celery.backend_cleanup, which beat adds daily
+        # for a backend without native expiry.)
+        "database_engine_options": {"pool_pre_ping": True},
+    }
 
 
 def beat_schedule(interval_seconds: int | None = None) -> dict[str, dict[str, Any]]:
@@ -51,7 +80,7 @@ def beat_schedule(interval_seconds: int | None = None) -> dict[str, dict[str, An
 def celery_config(
     broker_url: str, result_backend: str | None = None, beat_interval_seconds: int | None = None
 ) -> dict[str, Any]:
-    return {
+    config: dict[str, Any] = {
         "broker_url": broker_url,
         "result_backend": result_backend_for(broker_url, result_backend),
         # UTC everywhere: windows are UTC and beat must not follow a local DST change.
@@ -115,7 +144,10 @@ def celery_config(
         },
         # Results are read by `voicepipe retry` and producers that wait; a day is plenty.
         "result_expires": 86_400,
-        "result_extended": True,
+        # Stored results keep the outcome or the named error only, never the task's
+        # arguments: they hold personal data (upsert_user's email) and stay a day. Flower
+        # shows arguments from task events, which are not stored.
+        "result_extended": False,
         # Most tasks ignore their return value, but a refusal (InvalidInput, ...) is
         # stored so a producer holding the AsyncResult can read the named error.
         "task_store_errors_even_if_ignored": True,
@@ -129,4 +161,11 @@ def celery_config(
         "beat_schedule": beat_schedule(beat_interval_seconds),
         # Celery's persistent scheduler plus a heartbeat file for `voicepipe health beat`.
         "beat_scheduler": "voicepipe.health:HeartbeatScheduler",
+        # A poison guard: a pool process that grew past 512 MB (a huge message, a leak)
+        # is replaced after its current task, before the kernel's OOM killer takes the
+        # whole worker. A message that kills its process outright is redelivered and
+        # parked after VOICEPIPE_DELIVERY_LIMIT deliveries (tasks/_base.py).
+        "worker_max_memory_per_child": 512_000,  # KiB
     }
+    config.update(amqp_options(broker_url))
+    return config

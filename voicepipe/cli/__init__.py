@@ -4,6 +4,7 @@
 - metrics.py: backfill, status
 - operations.py: retry, simulate
 - health.py: health checks used by docker-compose
+- deadletters.py: dead-letters list|replay|discard
 - staff.py: staff grant|revoke|audit
 """
 
@@ -18,11 +19,11 @@ from voicepipe.errors import SettingsError, VoicepipeError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from voicepipe.cli import health, metrics, observability, operations, stack, staff
+    from voicepipe.cli import deadletters, health, metrics, observability, operations, stack, staff
 
     parser = argparse.ArgumentParser(prog="voicepipe", description="voicepipe workers and operations")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (stack, metrics, operations, health, observability, staff):
+    for module in (stack, metrics, operations, health, deadletters, staff, observability):
         module.register(sub)
     return parser
 

@@ -128,6 +128,7 @@ def _amqp_depths(url: str) -> dict[str, int | None]:
 
 def collect_status(now: datetime, broker_url: str | None) -> dict[str, Any]:
     from models.session import session_scope
+    from voicepipe.deadletters import parked_count
     from voicepipe.metrics.bookkeeping import DAILY, HOURLY, failing_windows, newest_computed
     from voicepipe.metrics.due import day_states, hour_states
     from voicepipe.settings import get_settings
@@ -152,6 +153,8 @@ def collect_status(now: datetime, broker_url: str | None) -> dict[str, Any]:
                 {**w, "period_start": w["period_start"].isoformat(), "last_error_at": _iso(w["last_error_at"])}
                 for w in failing_windows(session)
             ],
+            # Write messages parked for an operator (`voicepipe dead-letters list`).
+            "dead_letters": parked_count(session),
         }
     status["queues"] = queue_depths(broker_url) if broker_url else {q: None for q in QUEUE_NAMES}
     return status
@@ -190,6 +193,8 @@ def render(status: dict[str, Any]) -> str:
     for w in status["failing_windows"]:
         error = (w["last_error"] or "").splitlines()[0][:120] if w["last_error"] else ""
         lines.append(f"  {w['period_type']} {w['period_start']}: {w['failures']} failures, last: {error}")
+    lines += ["", f"Dead letters (parked write messages): {status['dead_letters']}"
+              + (" - see `voicepipe dead-letters list`" if status["dead_letters"] else "")]
     lines += ["", "Queue depths"]
     for queue, depth in status["queues"].items():
         lines.append(f"  {queue:<9} {'unknown' if depth is None else depth}")

@@ -1,0 +1,201 @@
+"""Nothing lost, nothing doubled: dead letters, derived ids and the delivery limit, on real workers.
+
+Real PostgreSQL, the test broker (Redis, or RabbitMQ when TEST_BROKER_URL is amqp://),
+real `celery worker` subprocesses and the real `voicepipe` command line. Expected
+figures are what the test sent, never computed by the code under test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.orm import Session
+
+from models import DeadLetter, EventCounter, PipelineEvent
+from tests.helpers import REPO_ROOT, Proc, service_env, wait_for
+
+POISON_APP = "tests.faults.poison_app"
+# A recent closed hour: events must fall inside the retention and clock-skew bounds.
+HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
+
+
+def event(n: int, *, with_id: bool = True, coach: str = "coach-1") -> dict[str, Any]:
+    body: dict[str, Any] = {"event_type": "artifact_received", "organization_id": "org-dl", "coach_id": coach,
+                            "occurred_at": (HOUR + timedelta(seconds=n)).isoformat()}
+    if with_id:
+        body["event_id"] = str(uuid.uuid4())
+    return body
+
+
+def cli(db_url: str, broker_url: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = service_env(db_url, broker_url, data_dir)
+    return subprocess.run([sys.executable, "-m", "voicepipe.cli", *args], check=False, env=env, cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def recorded(session: Session) -> tuple[int, int, int]:
+    """(event rows, distinct event ids, artifact_received counted in the counters)."""
+    session.rollback()
+    rows = int(session.scalar(select(func.count()).select_from(PipelineEvent)) or 0)
+    distinct = int(session.scalar(select(func.count(func.distinct(PipelineEvent.id)))) or 0)
+    counted = int(session.scalar(select(func.coalesce(func.sum(EventCounter.n_artifact_received), 0))) or 0)
+    return rows, distinct, counted
+
+
+def letters(session: Session) -> list[DeadLetter]:
+    session.rollback()
+    return list(session.scalars(select(DeadLetter).order_by(DeadLetter.id)))
+
+
+def test_locked_events_table_parks_every_message_and_replay_records_each_exactly_once(
+    db_url: str, broker_url: str, client: Any, session: Session, start_worker: Callable[..., Proc],
+    service_data_dir: Path,
+) -> None:
+    # The budget: one retry, each attempt waiting at most 300 ms for a lock.
+    start_worker(queues="pipeline", concurrency=4, VOICEPIPE_TASK_MAX_RETRIES="1", VOICEPIPE_LOCK_TIMEOUT_MS="300")
+    sent = [event(n, with_id=n % 2 == 0) for n in range(50)]  # half without event_id: derived from the task id
+    holder_engine = create_engine(db_url)
+    holder = holder_engine.connect()
+    try:
+        holder.execute(text("LOCK TABLE pipeline_events IN ACCESS EXCLUSIVE MODE"))  # held until rollback
+        task_ids = [client.send_task("voicepipe.events.record", kwargs=e, queue="pipeline").id  # type: ignore[attr-defined]
+                    for e in sent]
+        wait_for(lambda: len(letters(session)) == 50, timeout=180, interval=0.5, what="50 dead letters")
+        parked = letters(session)
+        assert sorted(p.task_id for p in parked) == sorted(task_ids)
+        for letter in parked:
+            assert letter.task_name == "voicepipe.events.record"
+            assert letter.queue == "pipeline"
+            assert letter.status == "parked"
+            assert letter.reason == "retries_exhausted"
+            assert letter.attempts == 2  # the first run and its one retry
+            assert "lock timeout" in letter.error, letter.error
+        assert sorted(json.dumps(p.kwargs, sort_keys=True) for p in parked) == sorted(
+            json.dumps(e, sort_keys=True) for e in sent)
+        # The lock holder sees the table as the workers left it: nothing written.
+        assert holder.execute(text("SELECT count(*) FROM pipeline_events")).scalar() == 0
+        assert holder.execute(text("SELECT coalesce(sum(n_artifact_received), 0) FROM event_counters")).scalar() == 0
+        status = cli(db_url, broker_url, service_data_dir, "status", "--json")
+        assert status.returncode == 0, status.stderr
+        assert json.loads(status.stdout)["dead_letters"] == 50
+    finally:
+        holder.rollback()
+        holder.close()
+        holder_engine.dispose()
+
+    first = cli(db_url, broker_url, service_data_dir, "dead-letters", "replay", "--all")
+    assert first.returncode == 0, first.stderr
+    assert "50 dead letter(s) replayed" in first.stdout
+    wait_for(lambda: recorded(session) == (50, 50, 50), timeout=120, interval=0.5, what="50 events recorded")
+    ids = {str(i) for i in session.scalars(select(PipelineEvent.id))}
+    assert {e["event_id"] for e in sent if "event_id" in e} <= ids
+    assert all(p.status == "replayed" and p.replays == 1 for p in letters(session))
+
+    second = cli(db_url, broker_url, service_data_dir, "dead-letters", "replay", "--all")
+    assert second.returncode == 0, second.stderr
+    assert "0 dead letter(s) replayed" in second.stdout
+    # Re-sending one that already committed (by id) changes nothing either.
+    again = cli(db_url, broker_url, service_data_dir, "dead-letters", "replay", "--id", str(letters(session)[1].id))
+    assert again.returncode == 0, again.stderr
+    marker = event(999)
+    client.send_task("voicepipe.events.record", kwargs=marker, queue="pipeline")  # type: ignore[attr-defined]
+    wait_for(lambda: recorded(session)[0] == 51, timeout=60, what="the marker event after the replays")
+    assert recorded(session) == (51, 51, 51)
+    status = cli(db_url, broker_url, service_data_dir, "status", "--json")
+    assert json.loads(status.stdout)["dead_letters"] == 0
+
+
+def test_same_message_without_ids_delivered_twice_records_once(
+    db_url: str, broker_url: str, client: Any, session: Session, start_worker: Callable[..., Proc],
+) -> None:
+    worker = start_worker(queues="pipeline", concurrency=1)
+    task_id, batch_id = str(uuid.uuid4()), str(uuid.uuid4())
+    single = event(1, with_id=False)
+    batch = {"events": [event(10 + i, with_id=False) for i in range(3)]}
+    for _ in range(2):  # the same message twice: what a redelivery after commit-then-crash looks like
+        client.send_task("voicepipe.events.record", kwargs=single, queue="pipeline", task_id=task_id)  # type: ignore[attr-defined]
+        client.send_task("voicepipe.events.record_batch", kwargs=batch, queue="pipeline",  # type: ignore[attr-defined]
+                         task_id=batch_id)
+    wait_for(lambda: worker.log().count(f"[{batch_id}] succeeded") == 2 and worker.log().count(
+        f"[{task_id}] succeeded") == 2, timeout=60, what="both deliveries of both messages ran")
+    assert recorded(session) == (4, 4, 4)
+    assert "duplicate event ignored" in worker.log()
+
+
+def test_message_that_kills_its_worker_is_parked_after_the_delivery_limit_and_the_queue_flows(
+    db_url: str, broker_url: str, client: Any, session: Session, start_worker: Callable[..., Proc],
+    service_data_dir: Path, tmp_path: Path,
+) -> None:
+    worker = _poison_worker(db_url, broker_url, service_data_dir, tmp_path, start_worker, VOICEPIPE_DELIVERY_LIMIT="3")
+    poison = event(0, coach="poison-pill")
+    poison_task = client.send_task("voicepipe.events.record", kwargs=poison, queue="pipeline").id  # type: ignore[attr-defined]
+    behind = [event(n) for n in range(1, 21)]
+    for e in behind:
+        client.send_task("voicepipe.events.record", kwargs=e, queue="pipeline")  # type: ignore[attr-defined]
+    wait_for(lambda: len(letters(session)) == 1 and recorded(session)[0] == 20, timeout=120, interval=0.5,
+             what="the poison parked and the 20 events behind it recorded")
+    [letter] = letters(session)
+    assert letter.task_id == poison_task
+    assert letter.reason == "delivery_limit"
+    assert letter.deliveries == 4  # three deliveries killed the process, the fourth was parked
+    assert letter.kwargs == poison
+    assert worker.log().count("WorkerLostError") >= 3
+    session.rollback()
+    ids = {str(i) for i in session.scalars(select(PipelineEvent.id))}
+    assert ids == {e["event_id"] for e in behind}
+    assert recorded(session) == (20, 20, 20)
+    assert worker.alive()
+
+
+@pytest.mark.parametrize("pill", ["slow-pill", "stubborn-pill"])
+def test_message_past_its_time_limit_is_parked(
+    pill: str, db_url: str, broker_url: str, client: Any, session: Session, start_worker: Callable[..., Proc],
+    service_data_dir: Path, tmp_path: Path,
+) -> None:
+    """slow-pill: the soft limit is raised in the task; stubborn-pill: the hard limit kills the process."""
+    _poison_worker(db_url, broker_url, service_data_dir, tmp_path, start_worker, VP_TEST_SHORT_LIMITS="1")
+    slow = event(0, coach=pill)
+    slow_task = client.send_task("voicepipe.events.record", kwargs=slow, queue="pipeline").id  # type: ignore[attr-defined]
+    after = event(1)
+    client.send_task("voicepipe.events.record", kwargs=after, queue="pipeline")  # type: ignore[attr-defined]
+    wait_for(lambda: len(letters(session)) == 1 and recorded(session)[0] == 1, timeout=60, interval=0.5,
+             what="the slow message parked and the next one recorded")
+    [letter] = letters(session)
+    assert (letter.task_id, letter.reason, letter.kwargs) == (slow_task, "time_limit", slow)
+    assert ("SoftTimeLimitExceeded" if pill == "slow-pill" else "TimeLimitExceeded") in letter.error
+    session.rollback()
+    assert [str(i) for i in session.scalars(select(PipelineEvent.id))] == [after["event_id"]]
+
+
+def _poison_worker(db_url: str, broker_url: str, data_dir: Path, tmp_path: Path,
+                   start_worker: Callable[..., Proc], **env: str) -> Proc:
+    """A worker of the poison app (tests/faults/poison_app.py), stopped by start_worker's teardown."""
+    from tests.helpers import celery_cmd, spawn
+
+    name = f"poison-{uuid.uuid4().hex[:6]}@test"
+    args = celery_cmd("worker", "-Q", "pipeline", "-c", "1", "-P", "prefork", "-n", name,
+                      "--without-mingle", "--without-gossip", "-l", "INFO")
+    args[args.index("-A") + 1] = POISON_APP
+    proc = spawn(args, service_env(db_url, broker_url, data_dir, **env), tmp_path / "poison.log", name=name)
+    _STARTED.append(proc)
+    start_worker.wait_until_ready(proc)  # type: ignore[attr-defined]
+    return proc
+
+
+_STARTED: list[Proc] = []
+
+
+@pytest.fixture(autouse=True)
+def _stop_poison_workers() -> Any:
+    yield
+    while _STARTED:
+        _STARTED.pop().stop()
