@@ -104,10 +104,10 @@ class AggregationWindow(Base):
 class LateWindow(Base):
     """Internal: a window whose source changed after it closed, to be re-aggregated.
 
-    Recording marks the hour of an event more than an hour late (and a rebuild marks
-    every hour it rewrites; AI usage marks the day of a call recorded after that day
-    was rolled up), so the wrappers find late changes by what changed, however old,
-    instead of scanning a horizon. Each mark takes a fresh revision; a wrapper deletes
+    Recording marks the hour of an event recorded after that hour closed (and a
+    rebuild marks every closed hour it rewrites; AI usage marks the day of a call
+    recorded after that day closed), so the wrappers find late changes by what
+    changed, however old, instead of scanning a horizon. Each mark takes a fresh revision; a wrapper deletes
     a mark only at the revision it saw, so a change racing the delete keeps its mark.
     """
 

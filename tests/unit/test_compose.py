@@ -14,7 +14,7 @@ from tests.compose import ENV_EXAMPLE, env_example, raw, services
 from tests.helpers import REPO_ROOT
 from worker.routes import QUEUES
 
-APP_SERVICES = {"migrate", "worker-metrics", "worker-pipeline", "worker-retry", "beat", "flower", "flower-admin"}
+APP_SERVICES = {"migrate", "worker-metrics", "worker-pipeline", "worker-retry", "beat", "flower", "exporter", "flower-admin"}
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH|KEY", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?[-?][^}]*)?\}")
 
@@ -29,7 +29,7 @@ def option(command: list[str], flag: str) -> str:
 
 
 def test_the_stack_has_exactly_the_expected_services() -> None:
-    assert set(raw()["services"]) == {"postgres", "redis"} | APP_SERVICES
+    assert set(raw()["services"]) == {"postgres", "redis", "prometheus"} | APP_SERVICES
 
 
 def test_postgres_16_and_redis_7_append_only_with_healthchecks(svc: dict[str, dict[str, Any]]) -> None:
