@@ -173,3 +173,34 @@ def test_a_staff_change_by_any_path_is_audited_with_the_database_clock(session: 
     ((user, by, recorded_path, old, new, _),) = audit(session)
     assert (user, recorded_path, old, new) == ("frank", path, False, True)
     assert by == ("ops-9" if path == "cli" else "postgres")
+
+
+def test_stored_results_of_directory_tasks_keep_no_email(
+    start_worker: Callable[..., Proc], client: Celery, session: Session, broker_url: str
+) -> None:
+    from tests.helpers import redis_client
+
+    start_worker(queues="pipeline")
+    email = f"person-{uuid.uuid4().hex[:8]}@example.org"
+    refused = client.send_task("voicepipe.directory.upsert_user", queue="pipeline",  # stored: a refusal
+                               kwargs={"id": "p1", "email": email, "is_platform_staff": True})
+    kept = client.send_task("voicepipe.directory.upsert_user", queue="pipeline", ignore_result=False,
+                            kwargs={"id": "p2", "email": email, "is_platform_staff": False})
+    with pytest.raises(Exception) as excinfo:
+        refused.get(timeout=30)
+    assert type(excinfo.value).__name__ == "PermissionDenied"
+    assert kept.get(timeout=30) is None
+    assert users(session)["p2"] == (email, False)
+
+    store = redis_client(broker_url)
+    metas = {key: store.get(key) for key in store.scan_iter("celery-task-meta-*")}
+    assert {key.decode().rsplit("-", 5)[0] for key in metas} == {"celery-task-meta"}
+    assert len(metas) == 2  # both outcomes are there to read...
+    assert all(b"PermissionDenied" in v or b'"SUCCESS"' in v for v in metas.values() if v)
+    for key in store.scan_iter("*"):  # ...and nothing Redis keeps holds the email
+        kind = store.type(key)
+        values = ([store.get(key)] if kind == b"string" else store.lrange(key, 0, -1) if kind == b"list"
+                  else list(store.hgetall(key).values()) if kind == b"hash"
+                  else list(store.smembers(key)) if kind == b"set"
+                  else [m for m, _ in store.zrange(key, 0, -1, withscores=True)] if kind == b"zset" else [])
+        assert not any(email.encode() in (v or b"") for v in values), key
