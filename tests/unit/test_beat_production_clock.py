@@ -142,5 +142,5 @@ def test_every_entry_expires_before_its_next_firing_and_goes_to_its_queue(
             # What beat actually put on the message, not only what the file says.
             expires = firing.options["expires"]
             assert 0 < expires < min(gaps), (name, expires, sorted(gaps))
-            assert firing.options["queue"] == "metrics", name
+            assert firing.options["queue"] == entry["options"]["queue"], name
         assert isinstance(entry["schedule"], crontab), name
