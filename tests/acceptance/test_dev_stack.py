@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import psutil
-from alembic.script import ScriptDirectory
 import pytest
+from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, func, select
 
 from models import MetricsSnapshot, PipelineEvent
@@ -44,9 +47,29 @@ def start_dev(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
         )
 
 
-def flower_workers(port: int) -> dict[str, object]:
+def flower_login(log: Path) -> tuple[str, str]:
+    """The user and password dev printed in Flower's URL (http://user:password@127.0.0.1:port)."""
+    match = re.search(r"Flower at http://([^:@\s]+):([^@\s]+)@127\.0\.0\.1:\d+", log.read_text())
+    assert match, log.read_text()[-2000:]
+    return match.group(1), match.group(2)
+
+
+def flower_status(port: int, credentials: str | None) -> int:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers")
+    if credentials is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/workers?refresh=1", timeout=5) as r:
+        with urllib.request.urlopen(request, timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+
+
+def flower_workers(port: int, credentials: str) -> dict[str, object]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers?refresh=1")
+    request.add_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as r:
             return dict(json.loads(r.read()))
     except OSError:
         return {}
@@ -57,7 +80,7 @@ def stop_dev(proc: subprocess.Popen[bytes], log: Path) -> None:
     assert children, "dev started no child processes"
     proc.send_signal(signal.SIGINT)
     assert proc.wait(60) == 0, log.read_text()[-3000:]
-    gone, alive = psutil.wait_procs(children, timeout=15)
+    _gone, alive = psutil.wait_procs(children, timeout=15)
     assert not alive, f"children still running after Ctrl-C: {alive}"
 
 
@@ -69,8 +92,14 @@ def test_dev_runs_the_whole_stack_shows_aggregations_and_stops_cleanly(short_tmp
     proc = start_dev(data_dir, port, log)
     try:
         wait_for(lambda: "Flower at" in log.read_text(), timeout=90, what="dev to start")
-        workers = wait_for(lambda: flower_workers(port), timeout=60, what="Flower to list the worker")
+        user, password = flower_login(log)
+        assert len(password) >= 16  # generated for the run
+        credentials = f"{user}:{password}"
+        workers = wait_for(lambda: flower_workers(port, credentials), timeout=60, what="Flower to list the worker")
         assert any(name.startswith("dev@") for name in workers)
+        # Anonymous calls, empty credentials and a wrong password are refused; no open CORS.
+        for wrong in (None, "", ":", f"{user}:", f"{user}:wrong"):
+            assert flower_status(port, wrong) == 401, wrong
         engine = create_engine(f"postgresql+psycopg://postgres@/postgres?host={data_dir / 'pg'}")
         with engine.connect() as conn:
             def snapshots() -> int:
@@ -93,6 +122,7 @@ def test_dev_runs_the_whole_stack_shows_aggregations_and_stops_cleanly(short_tmp
     proc = start_dev(data_dir, port, log2)
     try:
         wait_for(lambda: "Flower at" in log2.read_text(), timeout=90, what="dev to start again")
+        assert flower_login(log2) != (user, password)  # a new password every run
         engine = create_engine(f"postgresql+psycopg://postgres@/postgres?host={data_dir / 'pg'}")
         with engine.connect() as conn:
             assert conn.execute(select(func.count()).select_from(MetricsSnapshot)).scalar_one() >= before
@@ -101,10 +131,24 @@ def test_dev_runs_the_whole_stack_shows_aggregations_and_stops_cleanly(short_tmp
         stop_dev(proc, log2)
 
 
+@pytest.mark.parametrize("variable", ["DATABASE_URL", "BROKER_URL"])
+def test_dev_refuses_to_simulate_against_configured_servers_unless_asked(
+    short_tmp: Path, variable: str, pg_admin_url: str, broker_url: str
+) -> None:
+    env = user_env(short_tmp / f"refused-{variable}")
+    env[variable] = pg_admin_url if variable == "DATABASE_URL" else broker_url
+    result = subprocess.run([sys.executable, "-m", "voicepipe.cli", "dev"], check=False, env=env, cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert variable in result.stderr and "--no-simulate" in result.stderr
+    assert "@" not in result.stderr  # the URL itself is not echoed
+    assert not (short_tmp / f"refused-{variable}").exists()  # nothing was started or created
+
+
 def test_a_wrong_setting_stops_the_command_naming_the_variable(short_tmp: Path) -> None:
     env = user_env(short_tmp / "unused")
     env["VOICEPIPE_HOURLY_HORIZON_HOURS"] = "many"
-    result = subprocess.run([sys.executable, "-m", "voicepipe.cli", "migrate"], env=env, cwd=REPO_ROOT,
+    result = subprocess.run([sys.executable, "-m", "voicepipe.cli", "migrate"], check=False, env=env, cwd=REPO_ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "VOICEPIPE_HOURLY_HORIZON_HOURS" in result.stderr
@@ -118,7 +162,7 @@ def test_migrate_applies_migrations_to_database_url(pg_admin_url: str, short_tmp
     try:
         env = user_env(short_tmp / "unused")
         env["DATABASE_URL"] = with_database(pg_admin_url, name)
-        result = subprocess.run([sys.executable, "-m", "voicepipe.cli", "migrate"], env=env, cwd=REPO_ROOT,
+        result = subprocess.run([sys.executable, "-m", "voicepipe.cli", "migrate"], check=False, env=env, cwd=REPO_ROOT,
                                 capture_output=True, text=True, timeout=120)
         assert result.returncode == 0, result.stderr
         engine = create_engine(env["DATABASE_URL"])
