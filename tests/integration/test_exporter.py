@@ -202,3 +202,39 @@ def test_exporter_refuses_to_start_without_usable_credentials(
     assert "VOICEPIPE_EXPORTER_AUTH" in run.stderr
     if value:
         assert value not in run.stderr.replace("VOICEPIPE_EXPORTER_AUTH", "")  # never echoed
+
+
+def test_the_compose_exporter_command_serves_and_its_health_check_scrapes_it(
+    db_url: str, broker_url: str, service_data_dir: Path, tmp_path: Path,
+) -> None:
+    """docker-compose.yml's exporter service, its command and health check run as local processes."""
+    from tests.compose import env_example, healthcheck_command, local_command, services
+
+    service = services(dict(env_example(), VOICEPIPE_EXPORTER_AUTH=CREDENTIALS))["exporter"]
+    port = str(free_port())
+    env = service_env(db_url, broker_url, service_data_dir)
+    env.update({k: str(v) for k, v in service["environment"].items()})
+    heartbeat = tmp_path / "beat-volume" / "beat-heartbeat.json"  # beat's volume, as compose mounts it
+    env.update(DATABASE_URL=db_url, BROKER_URL=broker_url, VOICEPIPE_BEAT_HEARTBEAT_FILE=str(heartbeat))
+    command = [a.replace("9808", port) for a in local_command(service["command"], service_data_dir)]
+    check = [a.replace("9808", port) for a in healthcheck_command(service, service_data_dir)]
+
+    def healthy() -> bool:
+        done = subprocess.run(check, check=False, env=env, cwd=REPO_ROOT, capture_output=True, timeout=60)
+        return done.returncode == 0
+
+    assert not healthy()
+    proc = spawn(command, env, tmp_path / "compose-exporter.log")
+    try:
+        wait_for(lambda: proc.alive() and healthy(), timeout=60, interval=0.5, what="exporter healthy")
+        assert scrape(int(port), auth=None)[0] == 401
+        heartbeat.parent.mkdir()
+        now = time.time()
+        heartbeat.write_text(json.dumps({"pid": 1, "host": "beat", "started_at": now - 100,
+                                         "ticked_at": now - 30, "last_sent_at": now - 90}))
+        got = samples(scrape(int(port))[1])
+        assert 30 <= got[("voicepipe_beat_last_tick_age_seconds", ())] < 60
+        assert 90 <= got[("voicepipe_beat_last_send_age_seconds", ())] < 120
+    finally:
+        proc.stop()
+    assert not healthy()

@@ -92,11 +92,11 @@ def health_metrics(health: PipelineHealth) -> list[Metric]:
     out += [lag, due, failing, artifacts, stalled]
 
     depth = _gauge("voicepipe_queue_depth", ["queue"])
-    for queue, n in health.queues.items():
-        if n is not None:  # unreadable: absent, and voicepipe_broker_up says why
-            depth.add_metric([queue], n)
+    for queue, waiting in health.queues.items():
+        if waiting is not None:  # unreadable: absent, and voicepipe_broker_up says why
+            depth.add_metric([queue], waiting)
     broker_up = _gauge("voicepipe_broker_up")
-    broker_up.add_metric([], 0 if any(n is None for n in health.queues.values()) else 1)
+    broker_up.add_metric([], 0 if any(w is None for w in health.queues.values()) else 1)
     retries = CounterMetricFamily("voicepipe_retries", METRICS["voicepipe_retries"][1], labels=["outcome"])
     for outcome, n in health.retries.items():
         retries.add_metric([outcome], n)

@@ -71,7 +71,7 @@ class PipelineHealth:
     artifacts_stalled: int
     queues: dict[str, int | None]
     retries: dict[str, int]
-    dead_letters: int | None
+    dead_letters: int | None  # None: not read (kept optional for readers without the table)
     beat: BeatState
     newest_hour: datetime | None = None
     organizations: list[OrganizationHour] = field(default_factory=list)
