@@ -1,30 +1,37 @@
 """Retry steps 5 and 6 as committed, and who may be retried (domain.md "Retry operations").
 
-The retry is applied with voicepipe.retry.service.request_retry in a session of the
-test's own and committed; no worker runs, so what the tests read is the state the
-retry's transaction left, before any stage could run. The expected rows and
+Most tests apply the retry with voicepipe.retry.service.request_retry in a session
+of the test's own and commit; no worker runs, so what they read is the state the
+retry's transaction left, before any stage could run. One goes through the retry
+tasks on a real worker, on artifacts a real pipeline run left failed, with the
+pipeline queue not consumed. The expected rows and
 statuses are written here from domain.md, not taken from the product's tables.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from celery import Celery
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from models import Claim, EntityResolution, InsightDraft, PipelineEvent, Transcript
+from tests.helpers import Proc, redis_client, wait_for
 from tests.integration.pipeline_support import (
+    FAST,
     add_artifact,
     add_user,
     artifact,
     count,
+    ingest,
     row_ids,
     snapshot,
+    status_of,
 )
 from voicepipe.errors import RetryLimitExceeded, RetryNotAllowed
 from voicepipe.retry.service import request_retry
@@ -107,6 +114,38 @@ def test_right_after_commit_a_retry_deleted_derived_rows_from_its_stage_on_and_r
         assert count(reader, PipelineEvent, PipelineEvent.artifact_id == art_id,
                      PipelineEvent.event_type == "retry_initiated") == 1
 
+
+
+def test_through_the_retry_task_each_kind_resets_a_pipeline_built_artifact_and_only_queues_its_stage(
+    start_worker: Callable[..., Proc], client: Celery, session: Session, broker_url: str
+) -> None:
+    add_user(session, "staff-1")
+    # Five real artifacts that went through transcription, claims and entities, then failed.
+    broken = start_worker(queues="pipeline", VOICEPIPE_SIMULATOR_FAIL_STAGES="draft_generation", **FAST)
+    ids = {kind: ingest(client) for kind in ENTRY_STATUS}
+    wait_for(lambda: all(status_of(session, a) == "failed" for a in ids.values()), timeout=90,
+             what="the five artifacts to fail in draft_generation")
+    broken.stop()
+    before = {kind: {stage: row_ids(session, model, a) for stage, model in DERIVED_IN_ORDER}
+              for kind, a in ids.items()}
+    for rows in before.values():
+        assert len(rows["transcription"]) == 1 and rows["claims_extraction"]
+    queue = redis_client(broker_url)
+    assert queue.llen("pipeline") == 0
+
+    start_worker(queues="retry")  # the stage queue is not consumed: no stage can run
+    for kind, art_id in ids.items():
+        outcome = client.send_task(f"voicepipe.retry.{kind}", queue="retry", kwargs={
+            "artifact_id": str(art_id), "requested_by": "staff-1", "reason": "provider outage"}).get(timeout=30)
+        assert outcome["status"] == ENTRY_STATUS[kind]
+
+    for kind, art_id in ids.items():
+        for index, (stage, model) in enumerate(DERIVED_IN_ORDER):
+            want = before[kind][stage] if index < FIRST_DELETED[kind] else set()
+            assert row_ids(session, model, art_id) == want, (kind, stage)
+        assert artifact(session, art_id).status == ENTRY_STATUS[kind], kind
+    # Each retry queued its stage's task after its commit; none has run.
+    assert queue.llen("pipeline") == len(ids)
 
 def test_a_full_pipeline_retry_leaves_no_derived_row_of_the_artifact_and_keeps_other_artifacts_rows(
     session: Session, engine: Engine
