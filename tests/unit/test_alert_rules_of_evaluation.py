@@ -1,0 +1,98 @@
+"""The built-in checks' pure parts: thresholds from the environment, findings of one health reading,
+and the exporter's credential check."""
+
+from __future__ import annotations
+
+import base64
+import math
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from voicepipe.alerts.evaluate import health_findings
+from voicepipe.alerts.thresholds import Thresholds, load_thresholds
+from voicepipe.errors import SettingsError
+from voicepipe.observability.exporter import authorized, parse_credentials
+from voicepipe.observability.probe import BeatState, OrganizationHour, PipelineHealth
+
+NOW = datetime(2026, 3, 1, 10, 10, tzinfo=UTC)
+
+
+def healthy(**changes: object) -> PipelineHealth:
+    """A reading where nothing is wrong: hour 08:00 done at 09:30 (lag 70 min), one hour due."""
+    values: dict[str, object] = {
+        "now": NOW,
+        "newest_window": {"hourly": NOW.replace(hour=8, minute=0), "daily": datetime(2026, 2, 28, tzinfo=UTC)},
+        "windows_due": {("hourly", "missing"): 1, ("hourly", "stale"): 0, ("daily", "missing"): 0,
+                     ("daily", "stale"): 0},
+        "windows_failing": {"hourly": 0, "daily": 0},
+        "artifacts": {}, "artifacts_stalled": 0, "queues": {"metrics": 0, "pipeline": 5, "retry": 0},
+        "retries": {}, "dead_letters": 0, "beat": BeatState(3.0, 40.0, "heartbeat read"),
+        "newest_hour": NOW.replace(hour=8, minute=0), "organizations": [],
+    }
+    values.update(changes)
+    return PipelineHealth(**values)  # type: ignore[arg-type]
+
+
+def kinds(health: PipelineHealth, th: Thresholds | None = None) -> list[tuple[str, str | None]]:
+    return [(f.kind, f.organization_id) for f in health_findings(health, th or Thresholds())[0]]
+
+
+def test_a_healthy_reading_finds_nothing() -> None:
+    assert kinds(healthy()) == []
+
+
+def test_each_condition_is_found_past_its_threshold_only() -> None:
+    assert kinds(healthy(newest_window={"hourly": NOW - timedelta(hours=4, minutes=1), "daily": None})) == [
+        ("aggregation_lag_hourly", None), ("aggregation_lag_daily", None)]
+    assert kinds(healthy(windows_due={("hourly", "missing"): 2, ("hourly", "stale"): 1,
+                                      ("daily", "missing"): 1, ("daily", "stale"): 0})) == [
+        ("windows_due_hourly", None)]
+    assert kinds(healthy(windows_failing={"hourly": 0, "daily": 1})) == [("windows_failing", None)]
+    assert kinds(healthy(queues={"metrics": 0, "pipeline": 1001, "retry": 0})) == [("queue_depth", None)]
+    assert kinds(healthy(queues={"metrics": 0, "pipeline": 1000, "retry": 0})) == []
+    assert kinds(healthy(artifacts_stalled=11)) == [("stalled_artifacts", None)]
+    assert kinds(healthy(beat=BeatState(700.0, 700.0, "x"))) == [("beat_silent", None)]
+    assert kinds(healthy(beat=BeatState(None, None, "no beat heartbeat"))) == [("beat_silent", None)]
+    assert kinds(healthy(dead_letters=1)) == [("dead_letters", None)]
+
+
+def test_organization_rates_need_enough_finished_artifacts() -> None:
+    orgs = [
+        OrganizationHour("org-bad", 6, 0, 6, 1.0, 10_000, 0.0),
+        OrganizationHour("org-tiny", 2, 0, 2, 1.0, 10_000, 0.0),  # 2 finished < 5
+        OrganizationHour("org-slow", 9, 9, 0, 0.0, 301_000, 0.0),
+        OrganizationHour("org-fine", 9, 8, 1, 0.125, 60_000, 0.0),
+    ]
+    assert kinds(healthy(organizations=orgs)) == [("failure_rate", "org-bad"), ("latency_p95", "org-slow")]
+
+
+def test_an_unreadable_broker_leaves_queue_alerts_as_they_are() -> None:
+    found, evaluated = health_findings(healthy(queues={"metrics": None, "pipeline": None, "retry": None}),
+                                       Thresholds())
+    assert found == [] and "queue_depth" not in evaluated
+
+
+def test_thresholds_come_from_the_environment_and_bad_ones_name_themselves() -> None:
+    th = load_thresholds({"VOICEPIPE_ALERT_QUEUE_DEPTH": "5", "VOICEPIPE_ALERT_FAILURE_RATE": " 0.5 "})
+    assert th.queue_depth == 5 and th.failure_rate == 0.5 and th.stalled_artifacts == Thresholds().stalled_artifacts
+    for bad in ("abc", "-1", "nan"):
+        with pytest.raises(SettingsError, match="VOICEPIPE_ALERT_QUEUE_DEPTH"):
+            load_thresholds({"VOICEPIPE_ALERT_QUEUE_DEPTH": bad})
+    assert math.isinf(healthy(newest_window={"hourly": None, "daily": None}).window_lag_s("hourly"))
+
+
+def header(value: str) -> str:
+    return "Basic " + base64.b64encode(value.encode()).decode()
+
+
+def test_credentials_are_checked_exactly() -> None:
+    creds = parse_credentials({"VOICEPIPE_EXPORTER_AUTH": "prom:pw1,ops:pw2"})
+    assert creds == [("prom", "pw1"), ("ops", "pw2")]
+    assert authorized(header("prom:pw1"), creds) and authorized(header("ops:pw2"), creds)
+    for bad in (None, "", "Bearer x", "Basic !!!", header("prom:pw2"), header("prom:"), header(":"),
+                header("prom"), header("prom:pw1x")):
+        assert not authorized(bad, creds), bad
+    for value in ("", "prom", "prom:", ":pw", "prom:change-me"):
+        with pytest.raises(SettingsError, match="VOICEPIPE_EXPORTER_AUTH"):
+            parse_credentials({"VOICEPIPE_EXPORTER_AUTH": value})
