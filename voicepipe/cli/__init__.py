@@ -6,6 +6,7 @@
 - health.py: health checks used by docker-compose
 - deadletters.py: dead-letters list|replay|discard
 - staff.py: staff grant|revoke|audit
+- observability.py: exporter (Prometheus /metrics), alerts [ack|evaluate]
 """
 
 from __future__ import annotations
