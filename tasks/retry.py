@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task
 
 from models.session import session_scope
-from tasks._base import TRANSIENT_ERRORS, public_task, take
+from tasks._base import public_task, take
 from voicepipe.errors import REFUSALS
 from voicepipe.retry.refusals import record_refusal
 from voicepipe.retry.service import RETRY_STAGES, request_retry
@@ -39,8 +39,8 @@ def _record_refusal(stage: str, args: dict[str, Any], exc: Exception) -> None:
     try:
         with session_scope() as session:
             record_refusal(session, stage=stage, kwargs=args, error=exc)
-    except TRANSIENT_ERRORS:
-        # The refusal is still the answer; only its record is lost (the log line above has it).
+    except Exception:  # whatever stops the record, the caller still gets the named refusal
+        # Only the record is lost (the log line above has who, what and why).
         log.exception("could not record the refused retry stage=%s artifact_id=%s", stage, args.get("artifact_id"))
 
 

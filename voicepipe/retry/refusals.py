@@ -24,7 +24,8 @@ def _text(value: Any, limit: int) -> str | None:
     if value is None:
         return None
     text = value if isinstance(value, str) else repr(value)
-    return text.replace("\x00", "")[:limit]
+    # PostgreSQL text holds neither NUL nor lone surrogates: keep what can be stored.
+    return text.replace("\x00", "").encode("utf-8", "replace").decode("utf-8")[:limit]
 
 
 def record_refusal(
