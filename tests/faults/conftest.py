@@ -2,12 +2,31 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import is_amqp
 from tests.redis_server import OwnRedis
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "rabbitmq: needs RabbitMQ as the test broker (TEST_BROKER_URL=amqp://...)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """RabbitMQ-only tests are deselected (not skipped: CI fails on skips) on any other broker.
+
+    .ci/run runs the broker-dependent tests a second time with TEST_BROKER_URL=amqp://.
+    """
+    if is_amqp(os.environ.get("TEST_BROKER_URL", "")):
+        return
+    keep = [item for item in items if item.get_closest_marker("rabbitmq") is None]
+    if len(keep) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
 
 
 @pytest.fixture
