@@ -120,18 +120,22 @@ def test_a_late_event_ten_days_back_re_aggregates_its_hour_and_day_past_the_hori
     assert received(session, "org-late", "daily", midnight(day)) == 2
 
 
-def test_a_late_event_reaching_a_day_never_computed_is_caught_up_by_the_daily_run(
+def test_a_late_event_for_a_window_never_computed_outside_the_horizon_is_not_caught_up(
     start_worker: Callable[..., Proc], client: Celery, session: Session
 ) -> None:
+    # The horizon bounds catch-up of missing windows: only stale (computed) ones are refreshed.
     day = (now_utc() - 20 * DAY).date()
-    hour = midnight(day) + 15 * HOUR
     record_events(session, [{"event_type": "artifact_received", "organization_id": "org-old",
-                             "occurred_at": hour.isoformat()}])
+                             "occurred_at": (midnight(day) + 15 * HOUR).isoformat()}])
     session.commit()
+    assert marks(session) == [("hourly", midnight(day) + 15 * HOUR)]
     start_worker(queues="metrics", VOICEPIPE_DAILY_HORIZON_DAYS="1", VOICEPIPE_HOURLY_HORIZON_HOURS="1")
+    client.send_task("voicepipe.metrics.aggregate_hourly_due", queue="metrics")
     client.send_task("voicepipe.metrics.aggregate_daily_due", queue="metrics")
-    wait_for(lambda: received(session, "org-old", "daily", midnight(day)) == 1
-             and received(session, "org-old", "hourly", hour) == 1, timeout=60, what="the old day")
+    wait_for(lambda: marks(session) == [], timeout=60, what="the mark of a missing window to be dropped")
+    wait_for(lambda: count(session, MetricsSnapshot) > 0, timeout=60, what="the horizon's windows")
+    assert received(session, "org-old", "daily", midnight(day)) is None  # not the old ones
+    assert received(session, "org-old", "hourly", midnight(day) + 15 * HOUR) is None
 
 
 def test_only_marked_hours_join_the_horizon_so_the_cost_does_not_grow_with_their_age(

@@ -5,11 +5,12 @@ counter revisions differs from the source_revision it was computed from (a late
 event or a counter rebuild happened since). Both are decided at call time from the
 clock and the database, so a late, missed or doubled beat emission changes nothing.
 
-The horizon bounds the catch-up of *missing* windows only. Changes to windows older
-than the horizon are found by what changed, not by scanning: recording and rebuilds
-mark the closed hours whose counters they touch (voicepipe.late), and every marked
-hour, with its day, joins the horizon's windows here, however old, as long as its
-counters are kept (``recomputable_from``).
+The horizon bounds the catch-up of *missing* windows only (domain.md): a window never
+computed and older than the horizon is left to `voicepipe backfill`. Changes to
+computed windows older than the horizon are found by what changed, not by scanning:
+recording and rebuilds mark the closed hours whose counters they touch
+(voicepipe.late), and every marked hour, with its day, joins the horizon's windows
+here, however old, as long as its counters are kept (``recomputable_from``).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ class WindowState:
     # a day is late when one of its hours is marked.
     mark_revision: int | None = None
     late: bool = False
+    # Outside the horizon a window is listed only because it is marked: a missing one
+    # there is not caught up (the horizon bounds catch-up), a stale one is refreshed.
+    in_horizon: bool = True
 
     @property
     def missing(self) -> bool:
@@ -52,7 +56,7 @@ class WindowState:
 
     @property
     def due(self) -> bool:
-        return self.missing or self.stale
+        return (self.missing and self.in_horizon) or self.stale
 
 
 def marked_hours(session: Session, now: datetime) -> dict[datetime, int]:
@@ -77,7 +81,9 @@ def hour_states(session: Session, now: datetime, horizon_hours: int) -> list[Win
     current.update(counter_revisions_at(session, older))
     stored.update(stored_revisions_at(session, HOURLY, older))
     hours = sorted(set(in_horizon) | set(marks))
-    return [WindowState(h, stored.get(h), current.get(h, 0), marks.get(h)) for h in hours]
+    horizon = set(in_horizon)
+    return [WindowState(h, stored.get(h), current.get(h, 0), marks.get(h), in_horizon=h in horizon)
+            for h in hours]
 
 
 def day_states(session: Session, now: datetime, horizon_days: int) -> list[WindowState]:
@@ -94,7 +100,9 @@ def day_states(session: Session, now: datetime, horizon_days: int) -> list[Windo
         for hour, revision in counter_revisions(session, lo, hi).items():
             current[floor_day(hour)] = current.get(floor_day(hour), 0) + revision
         stored.update(stored_revisions(session, DAILY, lo, hi))
-    return [WindowState(d, stored.get(d), current.get(d, 0), late=d in marked_days) for d in days]
+    horizon = set(in_horizon)
+    return [WindowState(d, stored.get(d), current.get(d, 0), late=d in marked_days, in_horizon=d in horizon)
+            for d in days]
 
 
 def _runs(days: list[datetime]) -> list[tuple[datetime, datetime]]:
@@ -114,7 +122,7 @@ def due_hours(session: Session, now: datetime, horizon_hours: int) -> list[datet
 
 
 def due_days(session: Session, now: datetime, horizon_days: int) -> list[date]:
-    """Closed days missing in the horizon, or stale or late at any age, oldest first."""
+    """Closed days missing in the horizon, or stale at any age, oldest first."""
     return [s.start.date() for s in day_states(session, now, horizon_days) if s.due]
 
 
@@ -126,8 +134,8 @@ def stale_days(session: Session, now: datetime, horizon_days: int) -> list[date]
 @dataclass(frozen=True)
 class LatePlan:
     hours: list[datetime]  # due hours (horizon and marked)
-    # Stale days, refreshed now rather than at the next 01:30 run. Missing days (also
-    # old ones a late event reached) are the daily wrapper's: due_days lists them.
+    # Stale days, refreshed now rather than at the next 01:30 run. Missing days in
+    # the horizon are the daily wrapper's: due_days lists them.
     days: list[date]
     fresh_marks: list[tuple[datetime, int]]  # marks whose hour and day are both up to date
 
