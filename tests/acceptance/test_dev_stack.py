@@ -58,10 +58,13 @@ def flower_status(port: int, credentials: str | None) -> int:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/api/workers")
     if credentials is not None:
         request.add_header("Authorization", "Basic " + base64.b64encode(credentials.encode()).decode())
+    request.add_header("Origin", "http://elsewhere.example")
     try:
         with urllib.request.urlopen(request, timeout=5) as r:
+            assert r.headers.get("Access-Control-Allow-Origin") is None  # no open CORS
             return int(r.status)
     except urllib.error.HTTPError as exc:
+        assert exc.headers.get("Access-Control-Allow-Origin") is None  # no open CORS
         return int(exc.code)
 
 
@@ -100,6 +103,7 @@ def test_dev_runs_the_whole_stack_shows_aggregations_and_stops_cleanly(short_tmp
         # Anonymous calls, empty credentials and a wrong password are refused; no open CORS.
         for wrong in (None, "", ":", f"{user}:", f"{user}:wrong"):
             assert flower_status(port, wrong) == 401, wrong
+        assert flower_status(port, credentials) == 200
         engine = create_engine(f"postgresql+psycopg://postgres@/postgres?host={data_dir / 'pg'}")
         with engine.connect() as conn:
             def snapshots() -> int:
