@@ -123,6 +123,7 @@ def test_production_beat_fires_hourly_at_half_past_and_the_daily_tasks_at_0130_u
                                                        DAY3 + timedelta(hours=4, minutes=30)]
     assert times["voicepipe.maintenance.requeue_stalled"] == every(
         START + timedelta(minutes=5), END, timedelta(minutes=5))
+    assert times["voicepipe.alerts.evaluate"] == every(START + timedelta(minutes=5), END, timedelta(minutes=5))
     # Nothing else is sent (no default entry beside the contract's five).
     assert set(times) == {entry["task"] for entry in BEAT_SCHEDULE.values()}
 
