@@ -131,6 +131,7 @@ REFUSED: dict[str, st.SearchStrategy[dict[str, Any]]] = {
     "voicepipe.usage.aggregate_daily_due": NO_ARGUMENTS,
     "voicepipe.maintenance.cleanup": NO_ARGUMENTS,
     "voicepipe.maintenance.requeue_stalled": NO_ARGUMENTS,
+    "voicepipe.alerts.evaluate": NO_ARGUMENTS,
     "voicepipe.pipeline.ingest": st.one_of(
         mutated(INGEST, "organization_id", bad_id), mutated(INGEST, "source_channel", bad_id),
         mutated(INGEST, "coach_id", st.one_of(not_text, st.just(""))),
