@@ -204,3 +204,16 @@ def test_stored_results_of_directory_tasks_keep_no_email(
                   else list(store.smembers(key)) if kind == b"set"
                   else [m for m, _ in store.zrange(key, 0, -1, withscores=True)] if kind == b"zset" else [])
         assert not any(email.encode() in (v or b"") for v in values), key
+
+
+def test_simulate_grants_its_staff_user_only_for_the_run_and_revokes_it(
+    session: Session, db_url: str, broker_url: str, tmp_path: Path
+) -> None:
+    env = service_env(db_url, broker_url, tmp_path)
+    run = voicepipe(env, "simulate", "--artifacts", "1", "--organizations", "1", "--rate", "50", "--grant-staff")
+    assert run.returncode == 0, run.stderr
+    assert users(session)["sim-staff"][1] is False  # nothing left behind
+    assert [(u, by, p, old, new) for u, by, p, old, new, _ in audit(session)] == [
+        ("sim-staff", "voicepipe-simulate", "cli", False, True),
+        ("sim-staff", "voicepipe-simulate", "cli", True, False),
+    ]
