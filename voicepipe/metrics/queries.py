@@ -5,7 +5,9 @@
 - ``organization_breakdown``: every organization over a range, with its name, in one
   query; figures are re-derived from the summed additive parts (exact, no averaging
   of averages).
-- ``stage_breakdown``: per stage, from platform rows only, so nothing is counted twice.
+- ``stage_breakdown``: per stage, from platform rows only (or one organization's), so
+  nothing is counted twice.
+- ``range_figures``: every figure over a whole range, derived from the summed parts.
 """
 
 from __future__ import annotations
@@ -92,11 +94,16 @@ def organization_breakdown(
     return result
 
 
-def stage_breakdown(
-    session: Session, period_type: str, start: datetime, end: datetime
-) -> list[dict[str, Any]]:
-    """Per stage over [start, end): completed, failed, failure rate, mean latency (platform rows only)."""
+def range_parts(
+    session: Session, period_type: str, start: datetime, end: datetime, organization_id: str | None = None
+) -> dict[str, Any]:
+    """The additive parts of the platform rows (or one organization's) over [start, end), summed."""
     _check(period_type, start, end)
+    org_filter = (
+        MetricsSnapshot.organization_id.is_(None)
+        if organization_id is None
+        else MetricsSnapshot.organization_id == organization_id
+    )
     rows = cast(
         Sequence[Mapping[str, Any]],
         session.execute(
@@ -104,8 +111,26 @@ def stage_breakdown(
                 MetricsSnapshot.period_type == period_type,
                 MetricsSnapshot.period_start >= start,
                 MetricsSnapshot.period_start < end,
-                MetricsSnapshot.organization_id.is_(None),
+                org_filter,
             )
         ).mappings().all(),
     )
-    return stage_figures(sum_parts(rows))
+    return sum_parts(rows)
+
+
+def range_figures(
+    session: Session, period_type: str, start: datetime, end: datetime, organization_id: str | None = None
+) -> dict[str, Any]:
+    """Every snapshot figure over the whole range [start, end), derived from the summed parts
+    (platform rows, or one organization's): never an average of averages."""
+    return derive(range_parts(session, period_type, start, end, organization_id))
+
+
+def stage_breakdown(
+    session: Session, period_type: str, start: datetime, end: datetime, organization_id: str | None = None
+) -> list[dict[str, Any]]:
+    """Per stage over [start, end): completed, failed, failure rate, mean latency.
+
+    From platform rows only (or one organization's rows only), so nothing is counted twice.
+    """
+    return stage_figures(range_parts(session, period_type, start, end, organization_id))
