@@ -234,3 +234,21 @@ def test_a_beat_silent_longer_than_its_threshold_raises_its_alert(
     assert voicepipe(["alerts", "evaluate"], env).returncode == 0
     assert beat_alerts(env) == []
     assert [r["resolved_at"] is not None for r in listed(env, "--all") if r["kind"] == "beat_silent"] == [True]
+
+
+def test_resolved_alerts_past_retention_are_deleted_by_the_next_evaluation(session: Session, engine: Any,
+                                                                           broker_url: str, tmp_path: Path) -> None:
+    session.execute(text(
+        "INSERT INTO alerts (kind, message, opened_at, last_seen_at, resolved_at) VALUES "
+        "('queue_depth', 'old', now() - interval '100 days', now() - interval '100 days', now() - interval '91 days'),"
+        "('queue_depth', 'recent', now() - interval '10 days', now() - interval '10 days', now() - interval '9 days')"))
+    session.commit()
+    with Session(bind=engine) as s:
+        now = datetime.now(UTC)
+        health = collect(s, now, broker_url=broker_url, heartbeat=tmp_path / "none.json",
+                         hourly_horizon_hours=3, daily_horizon_days=2, stall_timeout_s=900)
+        evaluate(s, now, health, Thresholds())
+        s.commit()
+    session.rollback()
+    messages = set(session.scalars(text("SELECT message FROM alerts WHERE resolved_at IS NOT NULL")))
+    assert messages == {"recent"}

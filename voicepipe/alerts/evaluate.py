@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, tuple_, update
+from sqlalchemy import delete, func, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 # pg_advisory_xact_lock key: evaluations run one at a time (two beats, a manual run
 # and the beat's run), so "is it open?" and "open it" cannot interleave.
 _EVALUATION_LOCK = 0x76700A1E
+# Resolved alerts are history; each evaluation deletes (a bounded batch of) those older
+# than this, so a flapping condition cannot grow the table without end.
+RESOLVED_RETENTION = timedelta(days=90)
+_DELETE_BATCH = 1000
 
 KINDS: tuple[str, ...] = (
     "aggregation_lag_hourly", "aggregation_lag_daily", "windows_due_hourly", "windows_due_daily",
@@ -207,6 +211,8 @@ def store(session: Session, now: datetime, found: list[Finding], evaluated: set[
     ).all():
         report.resolved.append(int(alert_id))
         log.info("alert resolved id=%s kind=%s organization=%s", alert_id, kind, org)
+    old = select(Alert.id).where(Alert.resolved_at < now - RESOLVED_RETENTION).limit(_DELETE_BATCH)
+    session.execute(delete(Alert).where(Alert.id.in_(old.scalar_subquery())))
     return report
 
 
