@@ -238,3 +238,21 @@ def test_the_compose_exporter_command_serves_and_its_health_check_scrapes_it(
     finally:
         proc.stop()
     assert not healthy()
+
+
+def test_an_unreachable_database_or_broker_is_reported_not_a_failed_scrape(
+    exporter_env: dict[str, str], start_exporter: Callable[[dict[str, str]], int],
+) -> None:
+    closed = free_port()  # nothing listens there
+    no_db = start_exporter(dict(exporter_env, DATABASE_URL=f"postgresql+psycopg://postgres@127.0.0.1:{closed}/x"))
+    code, body, _ = scrape(no_db)
+    assert code == 200, body
+    got = samples(body)
+    assert got[("voicepipe_up", ())] == 0
+    assert not any(name.startswith("voicepipe_window") for name, _ in got)
+
+    no_broker = start_exporter(dict(exporter_env, BROKER_URL=f"redis://127.0.0.1:{closed}/0"))
+    got = samples(scrape(no_broker)[1])
+    assert got[("voicepipe_up", ())] == 1 and got[("voicepipe_broker_up", ())] == 0
+    assert not any(name == "voicepipe_queue_depth" for name, _ in got)
+    assert ("voicepipe_window_lag_seconds", (("period", "hourly"),)) in got
