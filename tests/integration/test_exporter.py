@@ -131,12 +131,15 @@ def test_scrape_after_an_hour_where_one_organization_fails_every_transcription(
     app.close()
 
     port = start_exporter(exporter_env)
-    before = time.time()
-    status_code, body, _ = scrape(port)
-    after = time.time()
-    assert status_code == 200, body
-    got = samples(body)
-    status = json.loads(voicepipe(["status", "--json"], exporter_env).stdout)
+    for _ in range(2):  # again if an hour boundary fell between the scrape and `voicepipe status`
+        before = time.time()
+        status_code, body, _ = scrape(port)
+        after = time.time()
+        assert status_code == 200, body
+        got = samples(body)
+        status = json.loads(voicepipe(["status", "--json"], exporter_env).stdout)
+        if int(before) // 3600 == int(time.time()) // 3600:
+            break
 
     def org(name: str, organization: str) -> float:
         return got[(name, (("organization", organization),))]
