@@ -198,7 +198,8 @@ def test_a_working_artifact_stalled_past_the_timeout_is_retryable_and_a_recent_o
 
 
 @pytest.mark.parametrize("statuses", [("transcribing", "transcription"), ("received", "transcription"),
-                                      ("transcribed", "claims_extraction")])
+                                      ("transcribed", "claims_extraction")],
+                         ids=["transcribing", "received", "transcribed"])
 def test_every_working_status_is_retryable_once_stalled(
     session: Session, engine: Engine, env_settings: pytest.MonkeyPatch, statuses: tuple[str, str]
 ) -> None:
