@@ -99,6 +99,9 @@ def count(session: Session, model: type, *where: Any) -> int:
 # The record of refused requests (who asked, why refused): written on purpose when a
 # retry is refused, so it is not part of "the state a refusal must not change".
 REFUSAL_RECORDS = ("retry_refusals",)
+# With RabbitMQ the workers store task results, refusals included, in the database
+# (Celery's tables, worker/config.py): the answer to the caller, not state it changed.
+RESULT_TABLES = ("celery_taskmeta", "celery_tasksetmeta")
 
 
 def snapshot(engine: Engine) -> dict[str, str]:
@@ -106,7 +109,7 @@ def snapshot(engine: Engine) -> dict[str, str]:
     with engine.connect() as conn:
         tables = [t for t in conn.execute(text(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename")).scalars().all()
-            if t not in REFUSAL_RECORDS]
+            if t not in REFUSAL_RECORDS + RESULT_TABLES]
         return {
             t: conn.execute(text(
                 f'SELECT count(*)::text || \':\' || coalesce(md5(string_agg(r::text, \',\' ORDER BY r::text)), \'\') '
