@@ -7,6 +7,7 @@
 - deadletters.py: dead-letters list|replay|discard
 - staff.py: staff grant|revoke|audit
 - observability.py: exporter (Prometheus /metrics), alerts [ack|evaluate]
+- dashboard.py: dashboard (the operators' web pages and /api JSON)
 """
 
 from __future__ import annotations
@@ -20,11 +21,20 @@ from voicepipe.errors import SettingsError, VoicepipeError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from voicepipe.cli import deadletters, health, metrics, observability, operations, stack, staff
+    from voicepipe.cli import (
+        dashboard,
+        deadletters,
+        health,
+        metrics,
+        observability,
+        operations,
+        stack,
+        staff,
+    )
 
     parser = argparse.ArgumentParser(prog="voicepipe", description="voicepipe workers and operations")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (stack, metrics, operations, health, deadletters, staff, observability):
+    for module in (stack, metrics, operations, health, deadletters, staff, observability, dashboard):
         module.register(sub)
     return parser
 

@@ -166,19 +166,22 @@ def read_health_now(now: Callable[[], datetime] | None = None) -> PipelineHealth
         return collect_now(session, (now or utcnow)())
 
 
-def parse_credentials(env: Mapping[str, str]) -> list[tuple[str, str]]:
-    """The user:password pairs of VOICEPIPE_EXPORTER_AUTH; SettingsError when unset or unusable."""
+def parse_credentials(
+    env: Mapping[str, str], variable: str = AUTH_VARIABLE, what: str = "the exporter"
+) -> list[tuple[str, str]]:
+    """The user:password pairs of VARIABLE (VOICEPIPE_EXPORTER_AUTH, or the dashboard's
+    VOICEPIPE_DASHBOARD_AUTH); SettingsError when unset or unusable."""
     from voicepipe.settings import basic_auth_problem  # the same rule as FLOWER_BASIC_AUTH
 
-    raw = env.get(AUTH_VARIABLE)
+    raw = env.get(variable)
     if raw is None or raw.strip() == "":
         raise SettingsError(
-            f"the exporter refuses to start without authentication: set {AUTH_VARIABLE}=user:password "
+            f"{what} refuses to start without authentication: set {variable}=user:password "
             "(several users separated by commas)"
         )
     problem = basic_auth_problem(raw.strip())
     if problem is not None:
-        raise SettingsError(f"{AUTH_VARIABLE} {problem} (its value is not shown: it holds a password)")
+        raise SettingsError(f"{variable} {problem} (its value is not shown: it holds a password)")
     return [(u, p) for u, _, p in (pair.partition(":") for pair in raw.strip().split(","))]
 
 

@@ -1,0 +1,400 @@
+"""`voicepipe dashboard` in a real browser (Debian's chromium through Playwright) over a real
+dashboard subprocess and a database filled by the simulator's history.
+
+The figures on the pages are compared with the product's query functions called here
+(the dashboard must not have a second formula), and the headline counts also with a
+count of the simulated events and AI calls themselves.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.orm import Session
+
+from tests.helpers import REPO_ROOT, service_env, spawn, wait_for
+from tests.redis_server import free_port
+from voicepipe.alerts.evaluate import evaluate, open_alerts
+from voicepipe.directory import upsert_organization
+from voicepipe.events.recording import record_events
+from voicepipe.metrics.daily import aggregate_day
+from voicepipe.metrics.hourly import aggregate_hour
+from voicepipe.metrics.queries import (
+    historical_snapshots,
+    organization_breakdown,
+    range_figures,
+    stage_breakdown,
+)
+from voicepipe.observability.probe import collect
+from voicepipe.pipeline.synthetic import synthetic_history
+from voicepipe.usage.queries import usage_for_organization
+from voicepipe.usage.recording import record_usage
+from voicepipe.usage.rollup import aggregate_usage_day
+
+CHROMIUM = "/usr/bin/chromium"
+USER, PASSWORD = "operator", "dashboard-test-password"
+CREDENTIALS = f"{USER}:{PASSWORD}"
+NAMES = {"club-north": "North Club", "club-south": "South Club"}  # club-east has no name: "Unknown"
+ORGS = ["club-north", "club-south", "club-east"]
+HISTORY_HOURS = 100
+USAGE_DAYS = 12
+SCREENSHOT = REPO_ROOT / "docs" / "dashboard.png"
+ENDPOINTS = (
+    "/", "/organizations/club-north", "/api/platform/series?period=hourly", "/api/platform/stages?period=daily",
+    "/api/organizations", "/api/organizations/club-north", "/api/organizations/club-north/series",
+    "/api/organizations/club-north/stages", "/api/organizations/club-north/usage", "/api/alerts",
+    "/api/aggregation", "/nowhere",
+)
+
+
+@dataclass
+class Filled:
+    now: datetime
+    events: list[dict[str, Any]]
+    usage: list[dict[str, Any]]
+
+
+def get(port: int, path: str, auth: str | None = None) -> tuple[int, bytes, dict[str, str]]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    if auth is not None:
+        request.add_header("Authorization", "Basic " + base64.b64encode(auth.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=20) as response:
+            return response.status, response.read(), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read(), dict(exc.headers)
+
+
+def fill(engine: Any, now: datetime) -> Filled:
+    """The simulator's history of HISTORY_HOURS hours, aggregated as beat would, AI calls rolled up."""
+    events = synthetic_history(seed=13, organizations=ORGS, hours=HISTORY_HOURS, now=now, staff_user="staff-1")
+    rng = random.Random(13)
+    usage = [
+        {"id": str(uuid.UUID(int=rng.getrandbits(128))), "organization_id": "club-north",
+         "occurred_at": (now - timedelta(days=d, seconds=rng.uniform(0, 86_000))).isoformat(),
+         "coach_id": f"coach-{rng.randrange(6)}", "player_id": f"player-{rng.randrange(15)}" if rng.random() < 0.7 else None,
+         "operation": rng.choice(["parent_summary", "voice_note_transcription", "claims_extraction"]),
+         "model": "gpt-test", "input_tokens": (inp := rng.randint(100, 3000)), "cached_tokens": rng.randint(0, inp),
+         "output_tokens": rng.randint(20, 600), "cost": round(rng.uniform(0.0001, 0.03), 6)}
+        for d in range(USAGE_DAYS) for _ in range(25)
+    ]
+    usage = [u for u in usage if datetime.fromisoformat(u["occurred_at"]) <= now]
+    with Session(engine) as s:
+        for org, name in NAMES.items():
+            upsert_organization(s, id=org, name=name)
+        for i in range(0, len(events), 5000):
+            record_events(s, events[i:i + 5000], now=now)
+        record_usage(s, usage)
+        s.commit()
+        hour = now.replace(minute=0, second=0, microsecond=0)
+        for h in range(HISTORY_HOURS + 2, 0, -1):
+            aggregate_hour(s, hour - timedelta(hours=h))
+            s.commit()
+        for d in range(HISTORY_HOURS // 24 + 1, 0, -1):
+            aggregate_day(s, now.date() - timedelta(days=d))
+            s.commit()
+        for d in range(USAGE_DAYS, 0, -1):
+            aggregate_usage_day(s, now.date() - timedelta(days=d))
+            s.commit()
+        # Real alerts from a real evaluation (days outside the history are missing: windows_due_daily).
+        evaluate(s, now, health(s, now))
+        s.commit()
+    return Filled(now, events, usage)
+
+
+def health(s: Session, now: datetime) -> Any:
+    from voicepipe.observability.probe import heartbeat_file
+    from voicepipe.settings import get_settings
+
+    settings = get_settings()
+    return collect(s, now, broker_url=None, heartbeat=heartbeat_file(),
+                   hourly_horizon_hours=settings.hourly_horizon_hours,
+                   daily_horizon_days=settings.daily_horizon_days, stall_timeout_s=settings.stall_timeout_seconds)
+
+
+@pytest.fixture
+def dashboard(db_url: str, broker_url: str, service_data_dir: Path, tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[int, Filled]]:
+    engine = create_engine(db_url)
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    # Beat is alive (a fresh heartbeat) for this test's evaluation and the dashboard alike.
+    heartbeat = tmp_path / "beat-heartbeat.json"
+    stamp = now.timestamp()
+    heartbeat.write_text(json.dumps({"started_at": stamp, "ticked_at": stamp, "last_sent_at": stamp}))
+    monkeypatch.setenv("VOICEPIPE_BEAT_HEARTBEAT_FILE", str(heartbeat))
+    filled = fill(engine, now)
+    engine.dispose()
+    port = free_port()
+    env = service_env(db_url, broker_url, service_data_dir, VOICEPIPE_DASHBOARD_AUTH=CREDENTIALS,
+                      VOICEPIPE_FAKE_NOW=now.isoformat(), VOICEPIPE_BEAT_HEARTBEAT_FILE=str(heartbeat))
+    proc = spawn([sys.executable, "-m", "voicepipe.cli", "dashboard", "--port", str(port)], env,
+                 tmp_path / "dashboard.log", name="dashboard")
+
+    def up() -> bool:
+        if not proc.alive():
+            raise AssertionError(f"dashboard exited:\n{proc.log()[-3000:]}")
+        try:
+            return get(port, "/")[0] == 401
+        except OSError:
+            return False
+
+    try:
+        wait_for(up, timeout=30, what="the dashboard to listen")
+        yield port, filled
+    finally:
+        proc.stop()
+
+
+def _ts(text: str) -> datetime:
+    return datetime.fromisoformat(text).astimezone(UTC)
+
+
+def _value(raw: Any) -> str:
+    return "" if raw is None else str(raw)
+
+
+def _number(text: str) -> float:
+    """A shown figure's number: '1,234', '12.5 %', '3.2 s', '$0.1234'."""
+    return float(text.replace("$", "").replace(",", "").replace("%", "").replace(" s", "").strip())
+
+
+def check_figures(page: Any, scope: str, expected: dict[str, Any]) -> int:
+    """Every figure shown in SCOPE equals EXPECTED (exact value attribute; shown text within its rounding)."""
+    shown = page.locator(f"{scope} .figure").evaluate_all(
+        "els => els.map(e => [e.dataset.figure, e.dataset.value, e.textContent])")
+    assert {key for key, _, _ in shown} == set(expected), scope
+    for key, raw, text in shown:
+        want = expected[key]
+        if isinstance(want, Decimal):
+            assert Decimal(raw) == want, (scope, key)
+            assert abs(_number(text) - float(want)) <= 0.00005 + 1e-12, (scope, key, text)
+        else:
+            assert float(raw) == pytest.approx(float(want), rel=1e-12, abs=1e-12), (scope, key)
+            if key.endswith("_rate"):
+                assert abs(_number(text) - float(want) * 100) <= 0.05 + 1e-9, (scope, key, text)
+            elif "latency" in key:
+                assert abs(_number(text) - float(want) / 1000) <= 0.05 + 1e-9, (scope, key, text)
+            else:
+                assert _number(text) == float(want), (scope, key, text)
+    return len(shown)
+
+
+FIGURES = (
+    "artifacts_received", "artifacts_completed", "artifacts_failed", "overall_failure_rate",
+    "transcription_failure_rate", "claims_extraction_failure_rate", "entity_resolution_failure_rate",
+    "draft_generation_failure_rate", "avg_end_to_end_latency", "p95_end_to_end_latency", "total_ai_cost",
+    "avg_cost_per_artifact",
+)
+CHART_SERIES = {
+    "artifacts": ("artifacts_received", "artifacts_completed", "artifacts_failed"),
+    "failure-rates": ("overall_failure_rate", "transcription_failure_rate", "claims_extraction_failure_rate",
+                      "entity_resolution_failure_rate", "draft_generation_failure_rate"),
+    "latency": ("avg_end_to_end_latency", "p95_end_to_end_latency"),
+    "cost": ("total_ai_cost",),
+}
+
+
+def spans(now: datetime) -> dict[str, tuple[datetime, datetime]]:
+    hour = now.replace(minute=0, second=0, microsecond=0)
+    day = hour.replace(hour=0)
+    return {"hourly": (hour - timedelta(hours=72), hour), "daily": (day - timedelta(days=30), day)}
+
+
+def check_series(page: Any, s: Session, now: datetime, prefix: str, org: str | None) -> None:
+    """Charts drawn with one point per snapshot of historical_snapshots, tiles equal range_figures,
+    stage tables equal stage_breakdown."""
+    for period, (start, end) in spans(now).items():
+        rows = historical_snapshots(s, period, start, end, org)
+        assert rows, (period, org)
+        for chart, keys in CHART_SERIES.items():
+            svg = page.locator(f"svg#{prefix}-{period}-{chart}")
+            assert svg.count() == 1
+            for key in keys:
+                points = svg.locator(f'circle.point[data-series="{key}"]').evaluate_all(
+                    "els => els.map(e => [e.dataset.x, e.dataset.value])")
+                assert [(_ts(x), float(v)) for x, v in points] == [
+                    (r.period_start.astimezone(UTC), float(getattr(r, key))) for r in rows], (period, chart, key)
+            if len(rows) > 1:
+                assert svg.locator("polyline.line").count() == len(keys)
+        totals = range_figures(s, period, start, end, org)
+        assert check_figures(page, f"#totals-{period}", {k: totals[k] for k in FIGURES}) == len(FIGURES)
+        for st in stage_breakdown(s, period, start, end, org):
+            row = f'#stages-table-{period} tr[data-stage="{st["stage"]}"]'
+            check_figures(page, row, {k: st[k] for k in ("completed", "failed", "failure_rate", "avg_latency")})
+            bar = page.locator(f'svg#stages-{period} rect.bar[data-label="{st["stage"]}"]')
+            assert float(bar.get_attribute("data-value") or "nan") == st["failure_rate"]
+
+
+def organization_rows(page: Any) -> list[tuple[str, str]]:
+    return [tuple(r) for r in page.locator("#organizations tr[data-organization-id]").evaluate_all(
+        "els => els.map(e => [e.dataset.organizationId, e.querySelector('td a').textContent])")]
+
+
+def test_dashboard_in_a_browser_shows_the_query_functions_figures(
+    dashboard: tuple[int, Filled], engine: Any
+) -> None:
+    from playwright.sync_api import sync_playwright
+
+    assert shutil.which(CHROMIUM) or Path(CHROMIUM).exists(), "Debian's chromium is missing (.ci/run installs it)"
+    port, filled = dashboard
+    now, base = filled.now, f"http://127.0.0.1:{port}"
+
+    # Anonymous or wrongly authenticated requests get 401 and a Basic challenge, on every path.
+    for path in ENDPOINTS:
+        for auth in (None, f"{USER}:wrong-password", f"someone:{PASSWORD}", ":"):
+            code, _, headers = get(port, path, auth)
+            assert code == 401, (path, auth)
+            assert headers.get("www-authenticate", headers.get("WWW-Authenticate", "")).startswith("Basic ")
+
+    with sync_playwright() as pw, Session(engine) as s:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox", "--disable-gpu"])
+        try:
+            # Chromium without credentials gives up on the challenge (ERR_INVALID_AUTH_CREDENTIALS):
+            # the browser's own request context shows the status.
+            anonymous = browser.new_context()
+            assert anonymous.request.get(base + "/").status == 401
+            assert anonymous.request.get(base + "/api/organizations").status == 401
+            anonymous.close()
+
+            context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD},
+                                          viewport={"width": 1360, "height": 1000})
+            page = context.new_page()
+            assert page.goto(base + "/").status == 200  # type: ignore[union-attr]
+
+            # Independent of the product: received artifacts of the last 72 closed hours, counted in the history.
+            start, end = spans(now)["hourly"]
+            counted = sum(1 for e in filled.events if e["event_type"] == "artifact_received"
+                          and start <= _ts(e["occurred_at"]) < end)
+            shown = page.locator('#totals-hourly .figure[data-figure="artifacts_received"]').get_attribute("data-value")
+            assert counted > 100 and int(shown or "-1") == counted
+
+            check_series(page, s, now, "platform", None)
+
+            # Open alerts as open_alerts lists them; lag and due windows as probe.collect reads them.
+            assert [int(x) for x in page.locator("#alerts .alert").evaluate_all(
+                "els => els.map(e => e.dataset.alertId)")] == [a.id for a in open_alerts(s)]
+            assert page.locator("#alerts .alert").count() >= 1
+            h = health(s, now)
+            for period in ("hourly", "daily"):
+                row = f'#aggregation tr[data-period="{period}"]'
+                assert page.locator(f'{row} [data-figure="missing"]').get_attribute("data-value") == str(
+                    h.windows_due[(period, "missing")])
+                assert page.locator(f'{row} [data-figure="stale"]').get_attribute("data-value") == str(
+                    h.windows_due[(period, "stale")])
+                assert float(page.locator(f'{row} [data-figure="lag_seconds"]').get_attribute("data-value")
+                             or "nan") == h.window_lag_s(period)
+
+            # The organization table: organization_breakdown's rows and order, names, "Unknown".
+            lo, hi = spans(now)["daily"]
+            breakdown = organization_breakdown(s, "daily", lo, hi)
+            assert organization_rows(page) == [(f.organization_id, f.name) for f in breakdown]
+            assert dict(organization_rows(page))["club-east"] == "Unknown"
+            for f in breakdown:
+                check_figures(page, f'#organizations tr[data-organization-id="{f.organization_id}"]',
+                              {"windows": f.windows, **{k: f.metrics[k] for k in (
+                                  "artifacts_received", "artifacts_completed", "artifacts_failed",
+                                  "overall_failure_rate", "avg_end_to_end_latency", "p95_end_to_end_latency",
+                                  "total_ai_cost")}})
+            # Sortable: clicking a header re-orders by that column, clicking again reverses it.
+            page.click('#organizations th a[data-sort="overall_failure_rate"]')
+            by_rate = sorted(breakdown, key=lambda f: f.metrics["overall_failure_rate"], reverse=True)
+            assert [o for o, _ in organization_rows(page)] == [f.organization_id for f in by_rate]
+            page.click('#organizations th a[data-sort="overall_failure_rate"]')
+            assert [o for o, _ in organization_rows(page)] == [
+                f.organization_id for f in sorted(breakdown, key=lambda f: f.metrics["overall_failure_rate"])]
+            page.click('#organizations th a[data-sort="name"]')
+            assert [n for _, n in organization_rows(page)] == sorted(f.name for f in breakdown)
+            page.goto(base + "/")
+            page.screenshot(path=str(SCREENSHOT), clip={"x": 0, "y": 0, "width": 1360, "height": 1000})
+
+            # The JSON the page is drawn from, with the same auth.
+            api = context.request.get(base + "/api/platform/series?period=hourly").json()
+            rows = historical_snapshots(s, "hourly", start, end)
+            assert [(_ts(w["period_start"]), w["artifacts_received"], Decimal(w["total_ai_cost"]))
+                    for w in api["windows"]] == [(r.period_start.astimezone(UTC), r.artifacts_received,
+                                                  r.total_ai_cost) for r in rows]
+
+            # One organization's page, reached from the table.
+            page.click('#organizations tr[data-organization-id="club-north"] td a')
+            page.wait_for_url("**/organizations/club-north")
+            assert page.locator("h1#organization").inner_text().startswith("North Club")
+            check_series(page, s, now, "org", "club-north")
+
+            # AI usage over the default range (30 days: rollups, the last two days raw) ...
+            first, last = now.date() - timedelta(days=29), now.date()
+            check_usage(page, s, now, first, last)
+            assert int(page.locator('#usage-totals [data-figure="calls"]').get_attribute("data-value") or -1) == len(
+                filled.usage)  # independent: every simulated call is in the range
+            assert Decimal(page.locator('#usage-totals [data-figure="cost"]').get_attribute("data-value") or "0") == sum(
+                (Decimal(str(u["cost"])) for u in filled.usage), Decimal(0))
+            # ... and over a chosen range, through the page's form.
+            chosen = (now.date() - timedelta(days=5), now.date() - timedelta(days=3))
+            page.fill('input[name="start"]', chosen[0].isoformat())
+            page.fill('input[name="end"]', chosen[1].isoformat())
+            page.click('form.range button[type="submit"]')
+            page.wait_for_url(f"**start={chosen[0].isoformat()}**")
+            check_usage(page, s, now, *chosen)
+            in_range = [u for u in filled.usage if chosen[0] <= _ts(u["occurred_at"]).date() <= chosen[1]]
+            assert int(page.locator('#usage-totals [data-figure="calls"]').get_attribute("data-value") or -1) == len(
+                in_range)
+
+            # Bad input is a named 400 and a missing organization a named 404.
+            bad = context.request.get(base + "/api/organizations/club-north/usage?start=2026-13-01")
+            assert bad.status == 400 and bad.json()["error"] == "InvalidInput"
+            assert context.request.get(base + "/api/organizations?sort=nonsense").json()["error"] == "InvalidInput"
+            missing = context.request.get(base + "/api/organizations/no-such-club/series")
+            assert missing.status == 404 and missing.json()["error"] == "OrganizationNotFound"
+            context.close()
+        finally:
+            browser.close()
+    assert SCREENSHOT.stat().st_size < 300_000
+
+
+def check_usage(page: Any, s: Session, now: datetime, first: date, last: date) -> None:
+    summary = usage_for_organization(s, "club-north", first, last, now=now)
+    t = summary.totals
+    check_figures(page, "#usage-totals", {"cost": t.cost, "calls": t.calls, "input_tokens": t.input_tokens,
+                                          "cached_tokens": t.cached_tokens, "output_tokens": t.output_tokens,
+                                          "cache_hit_rate": summary.cache_hit_rate})
+    assert [k for k in page.locator("#usage-by-operation tr[data-key]").evaluate_all(
+        "els => els.map(e => e.dataset.key)")] == list(summary.by_operation)
+    for op, totals in summary.by_operation.items():
+        check_figures(page, f'#usage-by-operation tr[data-key="{op}"]', {
+            "cost": totals.cost, "calls": totals.calls, "input_tokens": totals.input_tokens,
+            "output_tokens": totals.output_tokens})
+        bar = page.locator(f'svg#usage-by-operation rect.bar[data-label="{op}"]')
+        assert float(bar.get_attribute("data-value") or "nan") == float(totals.cost)
+    for table, top in (("coaches", summary.top_coaches), ("players", summary.top_players)):
+        assert [k for k in page.locator(f"#usage-top-{table} tr[data-key]").evaluate_all(
+            "els => els.map(e => e.dataset.key)")] == [k for k, _ in top]
+        for key, totals in top:
+            check_figures(page, f'#usage-top-{table} tr[data-key="{key}"]', {"cost": totals.cost, "calls": totals.calls})
+
+
+def test_dashboard_refuses_to_start_without_credentials(db_url: str, broker_url: str, service_data_dir: Path) -> None:
+    """Unset, empty, malformed or placeholder credentials: exit 2 naming the variable, never its value."""
+    for value in (None, "", "operator", "operator:", ":secret-value", "operator:change-me",
+                  "operator:secret-value,other"):
+        extra = {} if value is None else {"VOICEPIPE_DASHBOARD_AUTH": value}
+        env = service_env(db_url, broker_url, service_data_dir, **extra)
+        result = subprocess.run([sys.executable, "-m", "voicepipe.cli", "dashboard", "--port", str(free_port())],
+                                env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == 2, (value, result.stderr)
+        assert "VOICEPIPE_DASHBOARD_AUTH" in result.stderr
+        assert "secret-value" not in result.stderr
