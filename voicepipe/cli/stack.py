@@ -16,6 +16,7 @@ from voicepipe.settings import get_settings
 
 CHILD_STOP_TIMEOUT_S = 20
 DEV_FLOWER_USER = "dev"
+DEV_DASHBOARD_PORT = 8050
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -24,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="run the whole stack locally: database, broker, migrations, worker, beat, Flower, simulator",
     )
     dev.add_argument("--flower-port", type=int, default=5555)
+    dev.add_argument("--dashboard-port", type=int, default=None,
+                     help=f"the dashboard's port (default {DEV_DASHBOARD_PORT}, or a free one when that is taken)")
     dev.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")
     dev.add_argument("--no-simulate", action="store_true", help="do not run the simulated producer")
     dev.add_argument(
@@ -135,8 +138,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
     env.pop("FLOWER_UNAUTHENTICATED_API", None)
     flower_auth = settings.flower_basic_auth or f"{DEV_FLOWER_USER}:{secrets.token_urlsafe(18)}"
     env["FLOWER_BASIC_AUTH"] = flower_auth
+    # The dashboard asks for credentials too: its own variable if set, else Flower's (generated) ones.
+    dashboard_auth = (os.environ.get("VOICEPIPE_DASHBOARD_AUTH") or "").strip() or flower_auth
+    env["VOICEPIPE_DASHBOARD_AUTH"] = dashboard_auth
+    from voicepipe.observability.exporter import parse_credentials
+
+    parse_credentials(env, "VOICEPIPE_DASHBOARD_AUTH", "the dashboard")  # refuse before starting anything
     # Stage work at 5 % of its realistic duration so artifacts flow through in seconds.
     env.setdefault("VOICEPIPE_SIMULATOR_TIME_SCALE", "0.05")
+    dashboard_port = args.dashboard_port if args.dashboard_port is not None else _dashboard_port()
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
     celery = [sys.executable, "-m", "celery", "-A", "worker"]
@@ -145,6 +155,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
                             "-n", "dev@%h", "-l", "INFO"],
         "beat": celery + ["beat", "-s", str(data_dir / "celerybeat-schedule"), "-l", "INFO"],
         "flower": celery + ["flower", f"--port={args.flower_port}", "--address=127.0.0.1"],
+        "dashboard": [sys.executable, "-m", "voicepipe.cli", "dashboard", "--port", str(dashboard_port)],
     }
     if not args.no_simulate:
         children["simulator"] = [sys.executable, "-m", "voicepipe.cli", "simulate", "--artifacts", "0",
@@ -178,6 +189,15 @@ def cmd_dev(args: argparse.Namespace) -> int:
             user, password = flower_auth.split(":", 1)
             print(f"voicepipe dev: Flower at http://{user}:{password}@127.0.0.1:{args.flower_port} "
                   f"(user {user}, password {password}, generated for this run)", flush=True)
+        if dashboard_auth != flower_auth or settings.flower_basic_auth:
+            user = dashboard_auth.split(",", 1)[0].split(":", 1)[0]
+            source = "VOICEPIPE_DASHBOARD_AUTH" if dashboard_auth != flower_auth else "FLOWER_BASIC_AUTH"
+            print(f"voicepipe dev: dashboard at http://127.0.0.1:{dashboard_port}/ "
+                  f"(user {user}, password from {source})", flush=True)
+        else:
+            user, password = dashboard_auth.split(":", 1)
+            print(f"voicepipe dev: dashboard at http://{user}:{password}@127.0.0.1:{dashboard_port}/ "
+                  f"(user {user}, Flower's generated password)", flush=True)
         print("voicepipe dev: press Ctrl-C to stop everything", flush=True)
         while not stopping:
             for name, proc in procs.items():
@@ -195,9 +215,23 @@ def cmd_dev(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dashboard_port() -> int:
+    """DEV_DASHBOARD_PORT when it is free, else any free port (two dev stacks on one machine)."""
+    import socket
+
+    for port in (DEV_DASHBOARD_PORT, 0):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise SettingsError("no free TCP port for the dashboard")
+
+
 def _stop_children(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     # Producers first, then beat (no new work), then the worker (finishes its task), Flower last.
-    order = ["simulator", "beat", "worker", "flower"]
+    order = ["simulator", "beat", "worker", "flower", "dashboard"]
     for name in order:
         proc = procs.get(name)
         if proc is not None and proc.poll() is None:
