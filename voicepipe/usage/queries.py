@@ -58,37 +58,34 @@ def _top(items: dict[str, UsageTotals], n: int) -> list[tuple[str, UsageTotals]]
     return sorted(items.items(), key=lambda kv: (-kv[1].cost, -kv[1].calls, kv[0]))[:n]
 
 
-_ROLLUP_TOTALS = text(
-    "SELECT coalesce(sum(total_cost), 0), coalesce(sum(total_calls), 0), "
+# One statement for the totals and the three breakdowns (a round trip each cost more
+# than the sums): each breakdown is summed by PostgreSQL straight from the jsonb, since
+# parsing 30 days x hundreds of players in Python cost tens of milliseconds per load.
+_ROLLUPS = text(
+    "WITH r AS (SELECT * FROM ai_usage_daily_aggregates "
+    "WHERE organization_id = :org AND day >= :first AND day <= :last) "
+    "SELECT 'totals', NULL, coalesce(sum(total_cost), 0), coalesce(sum(total_calls), 0), "
     "coalesce(sum(total_input_tokens), 0), coalesce(sum(total_cached_tokens), 0), "
-    "coalesce(sum(total_output_tokens), 0) FROM ai_usage_daily_aggregates "
-    "WHERE organization_id = :org AND day >= :first AND day <= :last"
-)
-# One statement per breakdown, summed by PostgreSQL straight from the jsonb: parsing
-# 30 days x hundreds of players in Python cost tens of milliseconds per dashboard load.
-_ROLLUP_BREAKDOWN = {
-    column: text(
-        "SELECT b.key, sum((b.value->>'cost')::numeric), sum((b.value->>'calls')::bigint), "
-        "sum((b.value->>'input_tokens')::bigint), sum((b.value->>'cached_tokens')::bigint), "
-        "sum((b.value->>'output_tokens')::bigint) "
-        f"FROM ai_usage_daily_aggregates a CROSS JOIN LATERAL jsonb_each(a.{column}) AS b "
-        "WHERE a.organization_id = :org AND a.day >= :first AND a.day <= :last GROUP BY b.key"
+    "coalesce(sum(total_output_tokens), 0) FROM r"
+    + "".join(
+        f" UNION ALL SELECT '{column}', b.key, sum((b.value->>'cost')::numeric), "
+        "sum((b.value->>'calls')::bigint), sum((b.value->>'input_tokens')::bigint), "
+        "sum((b.value->>'cached_tokens')::bigint), sum((b.value->>'output_tokens')::bigint) "
+        f"FROM r CROSS JOIN LATERAL jsonb_each(r.{column}) AS b GROUP BY b.key"
+        for column in ("by_operation", "by_coach", "by_player")
     )
-    for column in ("by_operation", "by_coach", "by_player")
-}
+)
 
 
 def _rollups(session: Session, organization_id: str, first: date, last: date, into: UsageGroup) -> None:
+    targets = {"by_operation": into.by_operation, "by_coach": into.by_coach, "by_player": into.by_player}
     params = {"org": organization_id, "first": first, "last": last}
-    cost, calls, inp, cached, out = session.execute(_ROLLUP_TOTALS, params).one()
-    into.totals.add(UsageTotals(Decimal(cost), int(calls), int(inp), int(cached), int(out)))
-    for column, target in (
-        ("by_operation", into.by_operation),
-        ("by_coach", into.by_coach),
-        ("by_player", into.by_player),
-    ):
-        for key, cost, calls, inp, cached, out in session.execute(_ROLLUP_BREAKDOWN[column], params):
-            target[key].add(UsageTotals(Decimal(cost), int(calls), int(inp), int(cached), int(out)))
+    for part, key, cost, calls, inp, cached, out in session.execute(_ROLLUPS, params):
+        totals = UsageTotals(Decimal(cost), int(calls), int(inp), int(cached), int(out))
+        if part == "totals":
+            into.totals.add(totals)
+        else:
+            targets[part][key].add(totals)
 
 
 def _raw(session: Session, organization_id: str, first: date, last: date, into: UsageGroup) -> None:
