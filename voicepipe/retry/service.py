@@ -10,12 +10,13 @@ completes (retry_succeeded) or fails (retry_failed) the artifact.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import TextClause, func, select, text
 from sqlalchemy.orm import Session
 
 from models.artifacts import Artifact, RetryRequest
@@ -182,11 +183,10 @@ def request_retry(
     if art.status != entry:
         events.append(status_event(art, entry, stage_column, f"retry|{attempt}", now, retryAttempt=attempt))
 
-    # 5. Derived data from the retried stage on (full pipeline: all of it).
+    # 5. Derived data from the retried stage on (full pipeline: all of it), in one
+    # statement (a data-modifying CTE per table): one round trip instead of four.
     start = STAGE_ORDER.index(first_stage(stage))
-    for later in STAGE_ORDER[start:]:
-        model = DERIVED[later]
-        session.execute(delete(model).where(model.artifact_id == art_id))
+    session.execute(_delete_derived_sql(STAGE_ORDER[start:]), {"artifact_id": art_id})
 
     # 6. Back to the stage's entry status, waiting for its (fresh) task.
     art.status = entry
@@ -207,6 +207,13 @@ def request_retry(
     log.info("retry accepted artifact_id=%s stage=%s attempt=%d requested_by=%s reason=%r request_id=%s",
              art_id, stage, attempt, user_id, why, req_id)
     return _outcome(request, duplicate=False)
+
+
+@functools.cache
+def _delete_derived_sql(stages: tuple[str, ...]) -> TextClause:
+    tables = [DERIVED[stage].__tablename__ for stage in stages]
+    ctes = ", ".join(f"d{i} AS (DELETE FROM {t} WHERE artifact_id = :artifact_id)" for i, t in enumerate(tables))
+    return text(f"WITH {ctes} SELECT 1")
 
 
 def _check_retryable(art: Artifact, stage: str, now: Any, stall_timeout_s: int) -> None:
