@@ -182,8 +182,66 @@ def test_env_example_documents_every_variable_with_placeholders_only() -> None:
 def test_the_image_installs_the_package_and_runs_as_a_non_root_user() -> None:
     dockerfile = (REPO_ROOT / "Dockerfile").read_text()
     lines = [line.strip() for line in dockerfile.splitlines() if line.strip() and not line.startswith("#")]
-    assert lines[0] == "FROM python:3.11-slim"
-    assert any(line.startswith("RUN pip install .") for line in lines)
+    # The base image is pinned to a patch release and a Debian release, never a moving tag.
+    assert lines[0] == "FROM python:3.11.7-slim-bookworm"
+    assert any(line.startswith("RUN pip install -c constraints.txt .") for line in lines)
     users = [line.split()[1] for line in lines if line.startswith("USER ")]
     assert users and users[-1] not in ("root", "0")
     assert "ENV VOICEPIPE_DATA_DIR=/var/lib/voicepipe" in lines
+
+
+# Issue 15: reproducible images, VOICEPIPE_LOG_LEVEL everywhere, Flower persistence.
+PINNED_TAG = re.compile(r"^[a-z0-9./_-]+:(?!latest$)v?\d+\.\d+(\.\d+)?([-.][a-z0-9]+)*$")
+
+
+def test_every_service_image_is_pinned_to_a_release_never_latest() -> None:
+    for name, service in raw()["services"].items():
+        image = service.get("image")
+        if image is None or image == "voicepipe:local":  # built from the Dockerfile
+            continue
+        assert PINNED_TAG.match(image), f"{name}: image {image!r} is not pinned to a major.minor[.patch] tag"
+        assert not image.endswith(":latest"), name
+    assert raw()["x-voicepipe"]["image"] == "voicepipe:local"
+
+
+def _requirement_name(spec: str) -> str:
+    return re.split(r"[<>=!~\[; ]", spec, maxsplit=1)[0].strip().lower().replace("_", "-")
+
+
+def test_constraints_pin_every_dependency_exactly() -> None:
+    import tomllib
+
+    pins: dict[str, str] = {}
+    for line in (REPO_ROOT / "constraints.txt").read_text().splitlines():
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, sep, version = line.partition("==")
+        assert sep and version.strip(), f"not an exact pin: {line!r}"
+        pins[name.strip().lower().replace("_", "-")] = version.strip()
+    assert "voicepipe" not in pins  # the project itself is built from the source tree
+    project = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"],
+              *project["optional-dependencies"]["embedded"]]
+    missing = {_requirement_name(spec) for spec in wanted if not spec.startswith("voicepipe")} - set(pins)
+    assert not missing, f"constraints.txt lacks {sorted(missing)}: regenerate it (README, Reproducible images)"
+    # Transitive dependencies too (celery's, kombu's ...), not only the direct ones.
+    assert {"amqp", "billiard", "vine", "tornado"} <= set(pins)
+
+
+@pytest.mark.parametrize("name", ["worker-metrics", "worker-pipeline", "worker-retry", "beat"])
+def test_workers_and_beat_log_at_voicepipe_log_level(name: str) -> None:
+    assert option(raw()["services"][name]["command"], "-l") == "${VOICEPIPE_LOG_LEVEL:-INFO}"
+    quiet = services({**env_example(), "VOICEPIPE_LOG_LEVEL": "WARNING"})
+    assert option(quiet[name]["command"], "-l") == "WARNING"
+
+
+def test_flowers_log_at_voicepipe_log_level_and_the_operators_flower_persists_on_a_volume() -> None:
+    svc = services({**env_example(), "VOICEPIPE_LOG_LEVEL": "ERROR"})
+    for name in ("flower", "flower-admin"):
+        assert "--logging=ERROR" in svc[name]["command"], name
+    flower = svc["flower"]
+    assert "--persistent=true" in flower["command"]
+    db = next(arg.split("=", 1)[1] for arg in flower["command"] if arg.startswith("--db="))
+    mounts = {v.split(":")[1]: v.split(":")[0] for v in flower["volumes"]}
+    assert any(db.startswith(target + "/") for target in mounts), (db, mounts)
+    assert set(mounts.values()) <= set(raw()["volumes"])  # named volumes, kept across restarts
