@@ -7,11 +7,10 @@ import json
 import sys
 from datetime import date, datetime, timedelta
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-QUEUE_NAMES = ("metrics", "pipeline", "retry")
-# kombu's Redis transport keeps prioritised messages in "<queue>\x06\x16<priority>" lists.
-_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+from voicepipe.observability.queues import QUEUE_NAMES, queue_depths
+
+__all__ = ["QUEUE_NAMES", "queue_depths", "register"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -83,47 +82,6 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------- status
-
-
-def queue_depths(broker_url: str) -> dict[str, int | None]:
-    """Messages waiting in each queue; None when the broker cannot be read."""
-    try:
-        if broker_url.startswith(("redis://", "rediss://", "redis+socket://")):
-            client = _redis(broker_url)
-            try:
-                return {q: sum(int(client.llen(q + s)) for s in _PRIORITY_SUFFIXES) for q in QUEUE_NAMES}
-            finally:
-                client.close()
-        return _amqp_depths(broker_url)
-    except Exception as exc:  # noqa: BLE001 - status reports an unreachable broker, it does not crash
-        print(f"warning: cannot read queue depths from the broker: {exc}", file=sys.stderr)
-        return {q: None for q in QUEUE_NAMES}
-
-
-def _redis(url: str) -> Any:
-    import redis
-
-    if url.startswith("redis+socket://"):
-        parts = urlsplit(url)
-        query = parse_qs(parts.query)
-        db = int((query.get("virtual_host") or query.get("db") or ["0"])[0] or 0)
-        return redis.Redis(unix_socket_path=parts.path, db=db, socket_timeout=5)
-    return redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
-
-
-def _amqp_depths(url: str) -> dict[str, int | None]:
-    from kombu import Connection
-
-    depths: dict[str, int | None] = {}
-    with Connection(url, connect_timeout=5) as conn:
-        channel = conn.channel()
-        for queue in QUEUE_NAMES:
-            try:
-                depths[queue] = int(channel.queue_declare(queue=queue, passive=True).message_count)
-            except Exception:  # noqa: BLE001 - an undeclared queue has no messages to report
-                depths[queue] = None
-                channel = conn.channel()
-    return depths
 
 
 def collect_status(now: datetime, broker_url: str | None) -> dict[str, Any]:

@@ -200,7 +200,7 @@ def collect(
     stall_timeout_s: int,
 ) -> PipelineHealth:
     """Read every figure of the pipeline's health as of NOW."""
-    from voicepipe.cli.metrics import QUEUE_NAMES, queue_depths
+    from voicepipe.observability.queues import QUEUE_NAMES, queue_depths
 
     newest_hour, organizations = newest_hour_organizations(session)
     return PipelineHealth(
