@@ -131,6 +131,23 @@ def test_same_message_without_ids_delivered_twice_records_once(
     assert "duplicate event ignored" in worker.log()
 
 
+def test_a_batch_above_the_limit_is_refused_by_name_and_never_parked(
+    db_url: str, broker_url: str, client: Any, session: Session, start_worker: Callable[..., Proc],
+) -> None:
+    start_worker(queues="pipeline", VOICEPIPE_MAX_BATCH_SIZE="3")
+    too_big = client.send_task("voicepipe.events.record_batch", queue="pipeline",  # type: ignore[attr-defined]
+                               kwargs={"events": [event(n) for n in range(4)]})
+    with pytest.raises(Exception) as excinfo:  # the producer sees the remote error by its name only
+        too_big.get(timeout=60)
+    assert type(excinfo.value).__name__ == "InvalidInput"
+    assert "events: at most 3 items per batch" in str(excinfo.value)
+    fits = [event(n) for n in range(10, 13)]
+    client.send_task("voicepipe.events.record_batch", queue="pipeline", kwargs={"events": fits})  # type: ignore[attr-defined]
+    wait_for(lambda: recorded(session)[0] == 3, timeout=60, what="the batch of three recorded")
+    assert recorded(session) == (3, 3, 3)
+    assert letters(session) == []
+
+
 def test_message_that_kills_its_worker_is_parked_after_the_delivery_limit_and_the_queue_flows(
     db_url: str, broker_url: str, client: Any, session: Session, start_worker: Callable[..., Proc],
     service_data_dir: Path, tmp_path: Path,
