@@ -84,12 +84,15 @@ def public_task(
     ignore_result: bool = True,
     retry_transient: bool = True,
     parks: bool = False,
+    strategy: str | None = None,
 ) -> Callable[[Callable[..., Any]], Task]:
     """Declare a task with its contract name and queue; keyword arguments only.
 
     parks=True (write tasks): a message whose transient retries run out, that hits its
     time limit, fails unexpectedly, or is delivered more than VOICEPIPE_DELIVERY_LIMIT
     times is parked in dead_letters instead of dropped. Refusals are answers, never parked.
+    strategy: how the worker's consumer dispatches the task's messages (Celery's Task.Strategy;
+    tasks/_batching.py records single-event messages in batches).
     """
     if name not in TASK_QUEUES:
         raise KeyError(f"{name} has no route in worker/routes.py")
@@ -118,6 +121,7 @@ def public_task(
             # Refusals are expected outcomes: FAILURE state, no traceback, no retry.
             # A parked message is one too: its dead letter holds the error.
             throws=(*REFUSALS, DeadLettered),
+            **({"Strategy": strategy} if strategy else {}),
         )(run)
 
     return decorate

@@ -14,15 +14,22 @@ from voicepipe.usage.recording import record_usage
 log = logging.getLogger(__name__)
 
 
-@public_task("voicepipe.events.record", time_limit=60, parks=True)
-def record(**event: Any) -> None:
-    """Record one pipeline event and its counters (a repeated event_id is a no-op)."""
+# One event (or AI call) per message, as producers send them: the worker records them in
+# batches, one transaction each (tasks/_batching.py); this function is the per-message
+# path (redeliveries, retries, refusals, a batch that failed).
+BATCHED = "tasks._batching:batched"
+
+
+@public_task("voicepipe.events.record", time_limit=60, parks=True, strategy=BATCHED)
+def record(**event: Any) -> bool:
+    """Record one pipeline event and its counters; True if new (a repeated event_id is a no-op)."""
     # Without an event_id, the id comes from the task id: a redelivery records nothing twice.
     event = with_id(event, "event_id", current_task_id(), 0)
     with session_scope() as session:
         new = record_event(session, event)
     if not new:
         log.info("duplicate event ignored event_id=%s", event.get("event_id"))
+    return new
 
 
 @public_task("voicepipe.events.record_batch", time_limit=120, parks=True)
@@ -40,7 +47,7 @@ def record_batch(**kwargs: Any) -> dict[str, int]:
     return {"inserted": result.inserted, "duplicates": result.duplicates}
 
 
-@public_task("voicepipe.usage.record", time_limit=60, parks=True)
+@public_task("voicepipe.usage.record", time_limit=60, parks=True, strategy=BATCHED)
 def record_usage_call(**call: Any) -> None:
     """Record one AI call (a repeated id is a no-op)."""
     with session_scope() as session:

@@ -49,6 +49,9 @@ CounterKey = tuple[str | None, datetime]
 class RecordResult:
     inserted: int
     duplicates: int
+    # The ids this call stored (the others were already there): single-event messages
+    # recorded in one batch each answer whether their own event was new.
+    inserted_ids: frozenset[Any] = frozenset()
 
 
 def parse_events(raws: Sequence[Any], *, now: datetime | None = None) -> list[Event]:
@@ -99,7 +102,8 @@ def record_parsed(session: Session, events: Sequence[Event]) -> RecordResult:
     add_to_counters(session, grouped)
     # Counters of a closed hour changed: its snapshot (if any) and its day are stale.
     late.mark(session, late.HOURLY, late.closed_before((hour for _, hour in grouped), utcnow(), HOUR))
-    return RecordResult(inserted=len(inserted_ids), duplicates=len(events) - len(inserted_ids))
+    return RecordResult(inserted=len(inserted_ids), duplicates=len(events) - len(inserted_ids),
+                        inserted_ids=frozenset(inserted_ids))
 
 
 EVENT_COLUMNS: tuple[str, ...] = (
