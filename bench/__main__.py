@@ -10,7 +10,7 @@ import warnings
 from bench.harness import Result, bench_env, machine, table, write_json
 
 # Recording first: it and its baseline then both write into empty tables.
-BENCHES = ("recording", "aggregation", "daily", "retries", "dashboard", "exporter")
+BENCHES = ("recording", "aggregation", "daily", "retries", "dashboard", "exporter", "pages", "scale")
 
 
 def main() -> int:

@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
-from tests.helpers import REPO_ROOT, service_env, spawn, wait_for
+from tests.helpers import REPO_ROOT, Proc, service_env, spawn, wait_for
 from tests.redis_server import free_port
 from voicepipe.alerts.evaluate import evaluate, open_alerts
 from voicepipe.directory import upsert_organization
@@ -140,11 +140,20 @@ def dashboard(db_url: str, broker_url: str, service_data_dir: Path, tmp_path: Pa
     monkeypatch.setenv("VOICEPIPE_BEAT_HEARTBEAT_FILE", str(heartbeat))
     filled = fill(engine, now)
     engine.dispose()
-    port = free_port()
     env = service_env(db_url, broker_url, service_data_dir, VOICEPIPE_DASHBOARD_AUTH=CREDENTIALS,
                       VOICEPIPE_FAKE_NOW=now.isoformat(), VOICEPIPE_BEAT_HEARTBEAT_FILE=str(heartbeat))
-    proc = spawn([sys.executable, "-m", "voicepipe.cli", "dashboard", "--port", str(port)], env,
-                 tmp_path / "dashboard.log", name="dashboard")
+    proc, port = start_dashboard(env, tmp_path / "dashboard.log")
+    try:
+        yield port, filled
+    finally:
+        proc.stop()
+
+
+def start_dashboard(env: dict[str, str], log: Path) -> tuple[Proc, int]:
+    """`voicepipe dashboard` as a real subprocess, once it answers (401 without credentials)."""
+    port = free_port()
+    proc = spawn([sys.executable, "-m", "voicepipe.cli", "dashboard", "--port", str(port)], env, log,
+                 name="dashboard")
 
     def up() -> bool:
         if not proc.alive():
@@ -156,9 +165,10 @@ def dashboard(db_url: str, broker_url: str, service_data_dir: Path, tmp_path: Pa
 
     try:
         wait_for(up, timeout=30, what="the dashboard to listen")
-        yield port, filled
-    finally:
+    except BaseException:
         proc.stop()
+        raise
+    return proc, port
 
 
 def _ts(text: str) -> datetime:
@@ -398,3 +408,54 @@ def test_dashboard_refuses_to_start_without_credentials(db_url: str, broker_url:
         assert result.returncode == 2, (value, result.stderr)
         assert "VOICEPIPE_DASHBOARD_AUTH" in result.stderr
         assert "secret-value" not in result.stderr
+
+
+def test_a_recomputed_window_or_a_new_name_shows_at_once(
+    db_url: str, broker_url: str, service_data_dir: Path, tmp_path: Path, engine: Any
+) -> None:
+    """The dashboard reuses organization breakdowns only while nothing they read has changed."""
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    day = now.date() - timedelta(days=2)
+    at = datetime(day.year, day.month, day.day, 10, 15, tzinfo=UTC)
+
+    def received(org: str, n: int, offset: int) -> list[dict[str, Any]]:
+        return [{"event_id": str(uuid.UUID(int=offset + i)), "event_type": "artifact_received",
+                 "organization_id": org, "occurred_at": (at + timedelta(seconds=i)).isoformat()}
+                for i in range(n)]
+
+    def aggregate(s: Session) -> None:
+        hour = at.replace(minute=0)
+        aggregate_hour(s, hour)
+        aggregate_day(s, day)
+        s.commit()
+
+    with Session(engine) as s:
+        upsert_organization(s, id="club-a", name="A Club")
+        record_events(s, received("club-a", 3, 1) + received("club-b", 5, 100), now=now)
+        aggregate(s)
+    env = service_env(db_url, broker_url, service_data_dir, VOICEPIPE_DASHBOARD_AUTH=CREDENTIALS,
+                      VOICEPIPE_FAKE_NOW=now.isoformat())
+    proc, port = start_dashboard(env, tmp_path / "dashboard.log")
+
+    def table() -> list[tuple[str, str, int]]:
+        code, body, _ = get(port, "/api/organizations?period=daily", CREDENTIALS)
+        assert code == 200, body
+        return [(r["organization_id"], r["name"], r["artifacts_received"])
+                for r in json.loads(body)["organizations"]]
+
+    def expected(s: Session) -> list[tuple[str, str, int]]:
+        lo, hi = spans(now)["daily"]
+        return [(f.organization_id, f.name, f.metrics["artifacts_received"])
+                for f in organization_breakdown(s, "daily", lo, hi)]
+
+    try:
+        with Session(engine) as s:
+            assert table() == expected(s) == [("club-b", "Unknown", 5), ("club-a", "A Club", 3)]
+            # A late event re-aggregated into the day, and a name from the directory: the next request shows both.
+            record_events(s, received("club-a", 4, 1000), now=now)
+            upsert_organization(s, id="club-b", name="B Club")
+            s.commit()
+            aggregate(s)
+            assert table() == expected(s) == [("club-a", "A Club", 7), ("club-b", "B Club", 5)]
+    finally:
+        proc.stop()
