@@ -25,7 +25,7 @@ _url_override: str | None = None
 
 
 def database_url() -> str:
-    """The configured database URL, or the embedded server's when DATABASE_URL is unset."""
+    """The configured database URL, or the embedded server's when unset and allowed (VOICEPIPE_EMBEDDED=1)."""
     if _url_override is not None:
         return _url_override
     from voicepipe.settings import get_settings
@@ -33,8 +33,9 @@ def database_url() -> str:
     settings = get_settings()
     if settings.database_url:
         return normalize_url(settings.database_url)
-    from voicepipe.embedded import postgres_url
+    from voicepipe.embedded import postgres_url, require_allowed
 
+    require_allowed("DATABASE_URL")
     return postgres_url(settings.data_dir)
 
 

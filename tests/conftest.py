@@ -118,6 +118,25 @@ def broker_base_url(short_tmp: Path) -> Iterator[str]:
     embedded.stop(data)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def app_broker(request: pytest.FixtureRequest) -> Iterator[None]:
+    """The in-process Celery app (worker.app) uses the test broker when BROKER_URL is unset.
+
+    worker.app refuses an unset BROKER_URL (no implicit embedded server), and tests that
+    read its configuration or publish in-process need one.
+    """
+    from voicepipe.settings import reset_settings
+
+    if os.environ.get("BROKER_URL"):
+        yield
+        return
+    os.environ["BROKER_URL"] = request.getfixturevalue("broker_base_url")
+    reset_settings()
+    yield
+    os.environ.pop("BROKER_URL", None)
+    reset_settings()
+
+
 @pytest.fixture
 def broker_url(broker_base_url: str) -> Iterator[str]:
     """The test broker, emptied before the test (RabbitMQ: a fresh vhost, deleted after)."""

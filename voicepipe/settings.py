@@ -59,6 +59,9 @@ class Settings:
     lock_timeout_ms: int = 10_000
     delivery_limit: int = 5
     max_batch_size: int = 5_000
+    # VOICEPIPE_EMBEDDED=1: start embedded servers for unset DATABASE_URL/BROKER_URL
+    # (`voicepipe dev` does so itself); otherwise an unset URL is refused.
+    embedded: bool = False
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
@@ -160,6 +163,15 @@ def _stages(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     return stages
 
 
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise SettingsError(f"{name} must be 1 or 0, got {raw!r}")
+
+
 def _fake_now(env: Mapping[str, str], name: str) -> datetime | None:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
@@ -224,6 +236,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lock_timeout_ms=_int(env, "VOICEPIPE_LOCK_TIMEOUT_MS", 10_000, minimum=1),
         delivery_limit=_int(env, "VOICEPIPE_DELIVERY_LIMIT", 5, minimum=1),
         max_batch_size=_int(env, "VOICEPIPE_MAX_BATCH_SIZE", 5_000, minimum=1),
+        embedded=_flag(env, "VOICEPIPE_EMBEDDED"),
     )
 
 

@@ -1,7 +1,8 @@
 """The Celery app: `celery -A worker worker|beat|flower`.
 
-Configuration is resolved lazily (on first use), from environment variables; when
-BROKER_URL is unset the embedded Redis under VOICEPIPE_DATA_DIR is used.
+Configuration is resolved lazily (on first use), from environment variables; an
+unset BROKER_URL is refused naming it, unless VOICEPIPE_EMBEDDED=1 asks for the
+embedded Redis under VOICEPIPE_DATA_DIR.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ from celery import Celery
 
 from worker.routes import TASK_MODULES
 
-app = Celery("voicepipe", include=list(TASK_MODULES))
-
 
 def broker_url() -> str:
     from voicepipe.settings import get_settings
@@ -21,8 +20,9 @@ def broker_url() -> str:
     settings = get_settings()
     if settings.broker_url:
         return settings.broker_url
-    from voicepipe.embedded import redis_url
+    from voicepipe.embedded import redis_url, require_allowed
 
+    require_allowed("BROKER_URL")  # refused unless VOICEPIPE_EMBEDDED=1 (`voicepipe dev` passes URLs)
     return redis_url(settings.data_dir)
 
 
@@ -36,7 +36,15 @@ def _configure(sender: Celery, **_: Any) -> None:
     )
 
 
-app.on_configure.connect(_configure, weak=False)
+class _App(Celery):
+    def on_configure(self) -> None:  # type: ignore[override]
+        # A method, not Celery's on_configure signal: a signal receiver's error is only
+        # logged and the app would go on with Celery's default broker (amqp://localhost);
+        # a method's SettingsError (an unset BROKER_URL) stops the command, naming it.
+        _configure(self)
+
+
+app = _App("voicepipe", include=list(TASK_MODULES))
 
 import worker.signals  # noqa: E402,F401  (engine lifecycle hooks)
 from voicepipe.flower_guard import install as _install_flower_guard  # noqa: E402

@@ -1,10 +1,15 @@
-"""Worker process lifecycle: a fresh database engine per process, disposed on exit."""
+"""Worker process lifecycle: a fresh database engine per process, disposed on exit; log level."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    worker_process_init,
+    worker_process_shutdown,
+)
 
 from models.session import dispose_engine
 
@@ -23,3 +28,17 @@ def _fresh_engine(**_: Any) -> None:
 @worker_process_shutdown.connect
 def _dispose_engine(**_: Any) -> None:
     dispose_engine()
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _log_level(logger: Any = None, **_: Any) -> None:
+    # VOICEPIPE_LOG_LEVEL, when set, decides for worker and beat alike (over `-l`, whose
+    # default is WARNING): one variable sets the level of every voicepipe process.
+    import logging
+    import os
+
+    from voicepipe.settings import get_settings
+
+    if logger is not None and os.environ.get("VOICEPIPE_LOG_LEVEL", "").strip():
+        logger.setLevel(getattr(logging, get_settings().log_level))

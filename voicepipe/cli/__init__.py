@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(level=_log_level(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
     for noisy in ("alembic.runtime.plugins", "pgserver"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
@@ -58,6 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _log_level() -> str:
+    """VOICEPIPE_LOG_LEVEL (INFO by default); a bad value is reported by main's settings check."""
+    from voicepipe.settings import get_settings
+
+    try:
+        return get_settings().log_level
+    except SettingsError:
+        return "INFO"
 
 
 if __name__ == "__main__":

@@ -166,8 +166,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = get_settings()
     broker: str | None = settings.broker_url
     if broker is None:
-        from voicepipe.embedded import redis_url
+        from voicepipe.embedded import redis_url, require_allowed
 
+        require_allowed("BROKER_URL")
         broker = redis_url(settings.data_dir)
     status = collect_status(utcnow(), broker)
     print(json.dumps(status, indent=2) if args.json else render(status))

@@ -152,9 +152,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     celery = [sys.executable, "-m", "celery", "-A", "worker"]
     children: dict[str, list[str]] = {
         "worker": celery + ["worker", "-Q", "metrics,pipeline,retry", "-c", str(args.concurrency),
-                            "-n", "dev@%h", "-l", "INFO"],
-        "beat": celery + ["beat", "-s", str(data_dir / "celerybeat-schedule"), "-l", "INFO"],
-        "flower": celery + ["flower", f"--port={args.flower_port}", "--address=127.0.0.1"],
+                            "-n", "dev@%h", "-l", settings.log_level],
+        "beat": celery + ["beat", "-s", str(data_dir / "celerybeat-schedule"), "-l", settings.log_level],
+        "flower": celery + ["flower", f"--port={args.flower_port}", "--address=127.0.0.1",
+                            f"--logging={settings.log_level}"],
         "dashboard": [sys.executable, "-m", "voicepipe.cli", "dashboard", "--port", str(dashboard_port)],
     }
     if not args.no_simulate:

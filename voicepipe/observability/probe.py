@@ -240,8 +240,9 @@ def collect_now(session: Session, now: datetime) -> PipelineHealth:
     settings = get_settings()
     broker = settings.broker_url
     if broker is None:
-        from voicepipe.embedded import redis_url
+        from voicepipe.embedded import redis_url, require_allowed
 
+        require_allowed("BROKER_URL")
         broker = redis_url(settings.data_dir)
     return collect(
         session, now, broker_url=broker, heartbeat=heartbeat_file(),
