@@ -18,6 +18,7 @@ from datetime import datetime
 from decimal import Decimal
 from functools import partial
 from typing import Any
+from urllib.parse import quote
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
@@ -256,7 +257,7 @@ def api_organization_usage(request: Request) -> Response:
 # --- pages ---
 
 def _series_sections(s: Session, now: datetime, org: str | None) -> list[dict[str, Any]]:
-    base = "/api/platform" if org is None else f"/api/organizations/{org}"
+    base = "/api/platform" if org is None else f"/api/organizations/{quote(org, safe='')}"
     sections = []
     for period, title in ((HOURLY, f"Last {data.HOURLY_WINDOWS} hours, hourly"),
                           (DAILY, f"Last {data.DAILY_WINDOWS} days, daily")):
@@ -320,13 +321,14 @@ def organization_page(request: Request) -> Response:
         info = data.organization(s, org)
         first, last = data.usage_range(q.get("start"), q.get("end"), now)
         usage = data.usage(s, org, first, last, now)
+        usage_api = f"/api/organizations/{quote(org, safe='')}/usage?start={first.isoformat()}&end={last.isoformat()}"
         return {
             "now": now, "org": info, "sections": _series_sections(s, now, org), "usage": usage,
-            "usage_api": f"/api/organizations/{org}/usage?start={first.isoformat()}&end={last.isoformat()}",
+            "usage_api": usage_api,
             "usage_bars": charts.bar_chart(
                 "usage-by-operation", [(op, float(t["cost"])) for op, t in usage["by_operation"].items()],
                 lambda v: f"${v:,.4f}",
-                f"/api/organizations/{org}/usage?start={first.isoformat()}&end={last.isoformat()}"),
+                usage_api),
             "alerts": [a for a in data.alerts(s)["alerts"] if a["organization_id"] == org],
         }
 
