@@ -40,6 +40,8 @@ from typing import Any
 from billiard.einfo import ExceptionInfo
 from billiard.exceptions import WorkerLostError
 from celery import states
+from celery.app.trace import LOG_SUCCESS
+from celery.app.trace import logger as trace_logger
 from celery.utils.functional import noop
 from celery.worker.request import Request
 from celery.worker.state import task_ready
@@ -133,7 +135,9 @@ class _Batcher:
         batch, self.buffer = self.buffer[:FLUSH_EVERY], self.buffer[FLUSH_EVERY:]
         self.in_flight += 1
         started = time.monotonic()
+        log_success = trace_logger.isEnabledFor(logging.INFO)
         items = [(req.id, req.kwargs, req.ignore_result) for req in batch]
+        log.info("batch dispatched task=%s size=%d buffered=%d", self.task.name, len(batch), len(self.buffer))
 
         def accepted(pid: int, time_accepted: float) -> None:
             for req in batch:
@@ -150,6 +154,9 @@ class _Batcher:
                 task_ready(req, successful=True)
                 req.acknowledge()
                 req.send_event("task-succeeded", result=repr(answer), runtime=runtime)
+                if log_success:  # Celery's own line for a task that succeeded, as on the per-message path
+                    trace_logger.info(LOG_SUCCESS, {"id": req.id, "name": req.name, "return_value": repr(answer),
+                                                    "runtime": runtime})
             self.tick()
 
         def failed(exc_info: ExceptionInfo) -> None:
@@ -212,6 +219,8 @@ def run_batch(task_name: str, items: list[tuple[str, dict[str, Any], bool]]) -> 
             answers.append(RUN_ALONE)  # refused alone, with its named error stored
             continue
         answers.append(outcome)
+        if outcome is False:
+            log.info("duplicate event ignored event_id=%s task_id=%s", raws[len(answers) - 1].get(key), task_id)
         if not ignore_result:
             try:
                 app.backend.store_result(task_id, outcome, states.SUCCESS)

@@ -1,0 +1,142 @@
+"""Single-event messages recorded in batches (tasks/_batching.py): kill -9 mid-batch loses and doubles nothing.
+
+Three moments of one batch, each with a real worker on the test broker (Redis: the
+short-visibility app brings back what the dead worker held; RabbitMQ: at once):
+- the whole worker killed while its batch waits inside its transaction (nothing committed);
+- the whole worker killed after its batch committed and before any message was
+  acknowledged (the main process is frozen with SIGSTOP while the batch commits);
+- only the pool process running the batch killed (the worker lives on and requeues it).
+The messages come back redelivered and take the per-message path. The set of events
+committed is compared with the set sent: half carry their own event_id, half get the
+id derived from their message's task id, computed here from the fixed namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from models import EventCounter, PipelineEvent
+from tests.faults.support import (
+    SHORT_VISIBILITY_APP,
+    lock_waiters,
+    production_producer,
+    start_worker_proc,
+)
+from tests.helpers import RECENT, Proc, is_amqp, wait_for
+
+pytestmark = pytest.mark.slow
+
+N = 600
+# tasks/_ids.py's namespace, fixed forever: an event sent without an id is stored under
+# uuid5(NAMESPACE, "<task id>/0"), the same for every delivery of its message.
+NAMESPACE = uuid.UUID("0d6f4c1e-8a53-5b5e-9b7a-6f0c2f1e9a10")
+DISPATCHED = re.compile(r"batch dispatched task=voicepipe\.events\.record size=(\d+)")
+
+
+def committed(session: Session) -> tuple[set[str], int, int]:
+    """(event ids stored, event rows, artifact_received counted in the counters)."""
+    session.rollback()
+    ids = {str(i) for i in session.scalars(select(PipelineEvent.id))}
+    rows = int(session.scalar(select(func.count()).select_from(PipelineEvent)) or 0)
+    counted = int(session.scalar(select(func.coalesce(func.sum(EventCounter.n_artifact_received), 0))) or 0)
+    return ids, rows, counted
+
+
+@pytest.fixture
+def locked_events(db_url: str) -> Iterator[Connection]:
+    """A connection holding an ACCESS EXCLUSIVE lock on pipeline_events until the test commits it."""
+    engine = create_engine(db_url)
+    conn = engine.connect()
+    conn.execute(text("LOCK TABLE pipeline_events IN ACCESS EXCLUSIVE MODE"))
+    yield conn
+    conn.rollback()
+    conn.close()
+    engine.dispose()
+
+
+@pytest.mark.parametrize("moment", ["worker-killed-before-commit", "worker-killed-after-commit-before-ack",
+                                    "pool-process-killed"])
+def test_kill_9_mid_batch_records_every_event_exactly_once(
+    moment: str, db_url: str, broker_url: str, session: Session, tmp_path: Path, locked_events: Connection
+) -> None:
+    app = "worker" if is_amqp(broker_url) else SHORT_VISIBILITY_APP
+    # The batch waits on the held lock instead of failing fast, so it is killed inside its transaction.
+    env = {"VOICEPIPE_LOCK_TIMEOUT_MS": "120000", "VP_TEST_VISIBILITY_TIMEOUT_S": "3"}
+    hour = RECENT + timedelta(hours=9)
+    expected: set[str] = set()
+    client = production_producer(broker_url)
+    try:
+        for n in range(N):
+            body: dict[str, Any] = {"event_type": "artifact_received", "organization_id": f"org-{n % 5}",
+                                    "occurred_at": (hour + timedelta(seconds=n)).isoformat()}
+            task_id = str(uuid.uuid4())
+            if n % 2:
+                body["event_id"] = str(uuid.uuid4())
+                expected.add(body["event_id"])
+            else:
+                expected.add(str(uuid.uuid5(NAMESPACE, f"{task_id}/0")))
+            client.send_task("voicepipe.events.record", kwargs=body, queue="pipeline", task_id=task_id,
+                             ignore_result=True)
+    finally:
+        client.close()
+    # Queued before the worker starts: it finds them all at once.
+    first = start_worker_proc(db_url, broker_url, tmp_path, "killed", queues="pipeline", concurrency=1, app=app,
+                              env=env)
+    engine = create_engine(db_url)
+    second: Proc | None = None
+    try:
+        wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="the batch blocked on the lock")
+        sizes = [int(s) for s in DISPATCHED.findall(first.log())]
+        # One batch of several messages is in its transaction; the rest are held unacknowledged.
+        assert len(sizes) == 1 and sizes[0] >= 2, sizes
+        (pool_process,) = psutil.Process(first.popen.pid).children()
+        if moment == "worker-killed-before-commit":
+            first.kill()  # kill -9 the whole worker: main process and pool, nothing acknowledged
+            first.popen.wait(10)
+            locked_events.rollback()
+            assert committed(session)[1] == 0
+        elif moment == "worker-killed-after-commit-before-ack":
+            os.kill(first.popen.pid, signal.SIGSTOP)  # the main process, which acknowledges, is frozen
+            locked_events.rollback()
+            wait_for(lambda: committed(session)[1] == sizes[0], timeout=60, what="the batch committed")
+            time.sleep(0.5)
+            first.kill()
+            first.popen.wait(10)
+        else:
+            pool_process.kill()  # SIGKILL the pool process only; the worker requeues its batch
+            locked_events.rollback()
+        if moment != "pool-process-killed":
+            second = start_worker_proc(db_url, broker_url, tmp_path, "after", queues="pipeline", concurrency=1,
+                                       app=app, env=env)
+        wait_for(lambda: committed(session)[1] >= N, timeout=120, interval=0.5, what=f"all {N} events recorded")
+        time.sleep(4)  # a late redelivery (visibility timeout 3 s) would show up as a double now
+        ids, rows, counted = committed(session)
+        assert ids == expected
+        assert rows == counted == N
+        after = (second or first).log()
+        assert "redelivered message task=voicepipe.events.record" in after  # they came back, one by one
+        if moment == "worker-killed-after-commit-before-ack":
+            assert "duplicate event ignored" in after  # the committed batch came back and wrote nothing
+        if moment == "pool-process-killed":
+            assert "pool process lost with a batch" in first.log()
+    finally:
+        engine.dispose()
+        if second is not None:
+            second.stop()
+        if first.alive():
+            os.killpg(first.popen.pid, signal.SIGCONT)
+            first.stop()
