@@ -22,7 +22,7 @@ DEV_DASHBOARD_PORT = 8050
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     dev = sub.add_parser(
         "dev",
-        help="run the whole stack locally: database, broker, migrations, worker, beat, Flower, simulator",
+        help="run the whole stack locally: database, broker, migrations, worker, beat, Flower, dashboard, simulator",
     )
     dev.add_argument("--flower-port", type=int, default=5555)
     dev.add_argument("--dashboard-port", type=int, default=None,
