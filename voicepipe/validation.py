@@ -50,10 +50,11 @@ def check_uuid(value: Any, field: str, *, optional: bool = False) -> uuid.UUID |
         return value
     if not isinstance(value, str):
         raise InvalidInput.field(field, f"expected a UUID string, got {type(value).__name__}")
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        raise InvalidInput.field(field, f"not a UUID: {value[:64]!r}") from None
+    # The canonical text only (8-4-4-4-12 hex digits): uuid.UUID also takes braces, "urn:uuid:",
+    # hyphens anywhere and underscores, which the published schema (voicepipe/contract.py) does not.
+    if _UUID.fullmatch(value) is None:
+        raise InvalidInput.field(field, f"not a UUID (8-4-4-4-12 hex digits): {value[:64]!r}")
+    return uuid.UUID(value)
 
 
 # RFC 3339 date-time (T, t or a space between date and time; Z, z or an offset),
@@ -66,6 +67,7 @@ _RFC3339 = re.compile(
     re.ASCII,
 )
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
+_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 
 
 def _parse_rfc3339(text: str, field: str) -> datetime:

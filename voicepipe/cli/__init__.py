@@ -8,6 +8,7 @@
 - staff.py: staff grant|revoke|audit
 - observability.py: exporter (Prometheus /metrics), alerts [ack|evaluate]
 - dashboard.py: dashboard (the operators' web pages and /api JSON)
+- contract.py: contract --write|--check (contract/tasks/*.schema.json)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from voicepipe.errors import SettingsError, VoicepipeError
 
 def build_parser() -> argparse.ArgumentParser:
     from voicepipe.cli import (
+        contract,
         dashboard,
         deadletters,
         health,
@@ -34,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="voicepipe", description="voicepipe workers and operations")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for module in (stack, metrics, operations, health, deadletters, staff, observability, dashboard):
+    for module in (stack, metrics, operations, health, deadletters, staff, observability, dashboard,
+                   contract):
         module.register(sub)
     return parser
 

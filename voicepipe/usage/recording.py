@@ -50,8 +50,8 @@ def parse_usage(raw: Any, *, now: datetime) -> dict[str, Any]:
         raise InvalidInput.field("usage", f"expected an object, got {type(raw).__name__}")
     reject_unknown(raw, USAGE_FIELDS, "an AI usage record")
     occurred = raw.get("occurred_at")
-    input_tokens = check_int(raw.get("input_tokens", 0), "input_tokens", hi=MAX_TOKENS)
-    cached_tokens = check_int(raw.get("cached_tokens", 0), "cached_tokens", hi=MAX_TOKENS)
+    input_tokens = check_int(raw.get("input_tokens", 0), "input_tokens", hi=MAX_TOKENS, optional=False)
+    cached_tokens = check_int(raw.get("cached_tokens", 0), "cached_tokens", hi=MAX_TOKENS, optional=False)
     assert input_tokens is not None and cached_tokens is not None
     if cached_tokens > input_tokens:
         raise InvalidInput.field("cached_tokens", "cannot exceed input_tokens")
@@ -67,7 +67,8 @@ def parse_usage(raw: Any, *, now: datetime) -> dict[str, Any]:
         "model": check_text(raw.get("model"), "model", max_len=255),
         "input_tokens": input_tokens,
         "cached_tokens": cached_tokens,
-        "output_tokens": check_int(raw.get("output_tokens", 0), "output_tokens", hi=MAX_TOKENS),
+        "output_tokens": check_int(raw.get("output_tokens", 0), "output_tokens", hi=MAX_TOKENS,
+                                   optional=False),
         "cost": Decimal(str(cost)),
     }
 

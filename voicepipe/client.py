@@ -1,0 +1,120 @@
+"""A small typed producer for voicepipe's tasks: it needs only Celery and the broker URL.
+
+    from voicepipe.client import Producer
+
+    with Producer("redis://broker:6379/0") as vp:
+        vp.send_event({"event_type": "artifact_received", "organization_id": "org-1"})
+        vp.send_usage({"organization_id": "org-1", "operation": "transcribe",
+                       "model": "whisper-1", "cost": 0.002})
+        outcome = vp.retry("full_pipeline", artifact_id, requested_by="staff-1").get(timeout=30)
+
+Nothing here imports the worker, the models or the database driver: a producer
+service installs voicepipe (or copies this file) beside Celery. The arguments are
+those of contract/tasks/*.schema.json; the worker validates them again and refuses
+bad ones with InvalidInput (stored as the task's error when results are kept).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any, Literal, Self
+
+from celery import Celery
+from celery.result import AsyncResult
+
+# The public task names and their queues: worker/routes.py's TASK_QUEUES, copied so that
+# a producer needs no worker import (tests/unit/test_task_schemas.py pins them equal).
+TASK_QUEUES: dict[str, str] = {
+    "voicepipe.metrics.aggregate_hourly_due": "metrics",
+    "voicepipe.metrics.aggregate_hour": "metrics",
+    "voicepipe.metrics.aggregate_daily_due": "metrics",
+    "voicepipe.metrics.aggregate_day": "metrics",
+    "voicepipe.usage.aggregate_daily_due": "metrics",
+    "voicepipe.usage.aggregate_day": "metrics",
+    "voicepipe.maintenance.cleanup": "metrics",
+    "voicepipe.maintenance.requeue_stalled": "metrics",
+    "voicepipe.pipeline.ingest": "pipeline",
+    "voicepipe.pipeline.transcribe": "pipeline",
+    "voicepipe.pipeline.extract_claims": "pipeline",
+    "voicepipe.pipeline.resolve_entities": "pipeline",
+    "voicepipe.pipeline.generate_drafts": "pipeline",
+    "voicepipe.retry.transcription": "retry",
+    "voicepipe.retry.claims_extraction": "retry",
+    "voicepipe.retry.entity_resolution": "retry",
+    "voicepipe.retry.draft_generation": "retry",
+    "voicepipe.retry.full_pipeline": "retry",
+    "voicepipe.events.record": "pipeline",
+    "voicepipe.usage.record": "pipeline",
+    "voicepipe.directory.upsert_organization": "pipeline",
+    "voicepipe.directory.upsert_user": "pipeline",
+    "voicepipe.events.record_batch": "pipeline",
+    "voicepipe.usage.record_batch": "pipeline",
+    "voicepipe.alerts.evaluate": "metrics",
+}
+
+RetryStage = Literal["transcription", "claims_extraction", "entity_resolution", "draft_generation",
+                     "full_pipeline"]
+
+
+class Producer:
+    """Sends voicepipe tasks by name to their queues (JSON only).
+
+    ``result_backend``: where the worker stores outcomes (with Redis, the broker itself,
+    the default; with RabbitMQ, the workers' ``db+postgresql://...`` if you read results).
+    """
+
+    def __init__(self, broker_url: str, *, result_backend: str | None = None, timeout_s: float = 5.0) -> None:
+        amqp = broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
+        backend = result_backend or (None if amqp else broker_url)
+        self.app = Celery("voicepipe-producer", broker=broker_url, backend=backend, set_as_current=False)
+        self.app.conf.update(
+            task_serializer="json",
+            accept_content=["json"],
+            result_accept_content=["json"],
+            broker_connection_timeout=timeout_s,
+            broker_transport_options={"socket_timeout": timeout_s, "socket_connect_timeout": timeout_s,
+                                      **({"confirm_publish": True} if amqp else {})},
+        )
+
+    def send(self, task: str, kwargs: Mapping[str, Any] | None = None, **options: Any) -> AsyncResult:
+        """Send any public task by name to its queue; an unknown name is refused here."""
+        if task not in TASK_QUEUES:
+            raise ValueError(f"not a public voicepipe task: {task!r}")
+        return self.app.send_task(task, kwargs=dict(kwargs or {}), queue=TASK_QUEUES[task], **options)
+
+    def send_event(self, event: Mapping[str, Any]) -> AsyncResult:
+        """One pipeline event (contract/tasks/voicepipe.events.record.schema.json)."""
+        return self.send("voicepipe.events.record", event)
+
+    def send_events(self, events: Sequence[Mapping[str, Any]]) -> AsyncResult:
+        """A batch of events, recorded in one transaction; the result is {inserted, duplicates}."""
+        return self.send("voicepipe.events.record_batch", {"events": [dict(e) for e in events]})
+
+    def send_usage(self, call: Mapping[str, Any]) -> AsyncResult:
+        """One AI call (contract/tasks/voicepipe.usage.record.schema.json)."""
+        return self.send("voicepipe.usage.record", call)
+
+    def send_usage_batch(self, calls: Sequence[Mapping[str, Any]]) -> AsyncResult:
+        """A batch of AI calls; the result is how many were new."""
+        return self.send("voicepipe.usage.record_batch", {"records": [dict(c) for c in calls]})
+
+    def retry(self, stage: RetryStage, artifact_id: str, *, requested_by: str, reason: str | None = None,
+              request_id: str | None = None) -> AsyncResult:
+        """Ask for a retry as platform staff; the result is the outcome or the named refusal."""
+        kwargs: dict[str, Any] = {"artifact_id": artifact_id, "requested_by": requested_by}
+        if reason is not None:
+            kwargs["reason"] = reason
+        if request_id is not None:
+            kwargs["request_id"] = request_id
+        return self.send(f"voicepipe.retry.{stage}", kwargs)
+
+    def close(self) -> None:
+        self.app.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()

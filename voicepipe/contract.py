@@ -1,0 +1,312 @@
+"""The task contract as JSON Schema: one schema per public task, built from the validators' tables.
+
+Every bound below is the constant the validators use (voicepipe/validation.py,
+voicepipe/events/schema.py, voicepipe/usage/recording.py, voicepipe/retry/service.py,
+voicepipe/pipeline/stages.py, voicepipe/directory.py), and the argument names are the
+ones the tasks take; tests/unit/test_task_schemas.py feeds the schemas and the tasks'
+validation the same good and bad arguments (hypothesis cases included) and
+tests/integration/test_task_schemas_worker.py does so through a real worker.
+
+What a static schema cannot say is written in each schema's ``x-not-expressed``
+(times relative to now, cross-field rules, a setting's value): the task still refuses
+those with InvalidInput. `voicepipe contract --write` writes contract/tasks/*.schema.json;
+`voicepipe contract --check` (run by .ci/run) fails when the files are not current.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from voicepipe.domain import EVENT_TYPES, METADATA_INTS, METADATA_NUMBERS, METADATA_TEXTS, STAGES
+from voicepipe.events.recording import MAX_BATCH
+from voicepipe.events.schema import MAX_COST_USD, MAX_DURATION_MS, MAX_END_TO_END_MS
+from voicepipe.retry.service import MAX_REASON, RETRY_STAGES
+from voicepipe.settings import Settings
+from voicepipe.usage.recording import MAX_TOKENS
+from voicepipe.validation import MAX_ID, MAX_TEXT, MAX_TS, MIN_TS
+
+DRAFT = "https://json-schema.org/draft/2020-12/schema"
+SCHEMA_DIR = Path("contract") / "tasks"
+# check_int's default upper bound (a PostgreSQL integer).
+MAX_INT32 = 2**31 - 1
+# The batch limit a deployment runs with by default (VOICEPIPE_MAX_BATCH_SIZE).
+DEFAULT_MAX_BATCH_SIZE: int = Settings.__dataclass_fields__["max_batch_size"].default
+STAGE_TASK_FIELDS = ("artifact_id",)
+
+# --------------------------------------------------------------- regular expressions
+# ASCII digits only ([0-9], never \d: a JSON Schema validator may read \d as any Unicode
+# digit); \s around the value because the validators strip() it first.
+_D = "[0-9]"
+_MONTH_DAY = (
+    f"(?:(?:0[13578]|1[02])-(?:0[1-9]|[12]{_D}|3[01])|(?:0[469]|11)-(?:0[1-9]|[12]{_D}|30)"
+    f"|02-(?:0[1-9]|1{_D}|2[0-8]))"
+)
+# check_timestamp: MIN_TS <= t < MAX_TS, i.e. the years 2000..2099 (leap years: every 4th).
+assert (MIN_TS.year, MAX_TS.year) == (2000, 2100)
+_TS_DATE = f"(?:20{_D}{{2}}-{_MONTH_DAY}|20(?:[02468][048]|[13579][26])-02-29)"
+_TIME = f"(?:[01]{_D}|2[0-3]):[0-5]{_D}(?::[0-5]{_D}(?:\\.{_D}+)?)?"
+_OFFSET = f"(?:[Zz]|[+-](?:[01]{_D}|2[0-3]):[0-5]{_D})"
+# voicepipe.validation._RFC3339 with the offset required (a naive time is refused).
+TIMESTAMP_PATTERN = f"^\\s*{_TS_DATE}[Tt ]{_TIME}{_OFFSET}\\s*$"
+# parse_hour: an hour start; the schema asks for whole-hour offsets (see x-not-expressed).
+HOUR_PATTERN = (
+    f"^\\s*{_TS_DATE}[Tt ](?:[01]{_D}|2[0-3]):00(?::00(?:\\.0+)?)?(?:[Zz]|[+-](?:[01]{_D}|2[0-3]):00)\\s*$"
+)
+# parse_day: YYYY-MM-DD, any year date.fromisoformat takes (0001..9999), real calendar days.
+_LEAP_YEAR = f"(?:{_D}{{2}}(?:0[48]|[2468][048]|[13579][26])|(?:0[48]|[2468][048]|[13579][26])00)"
+DAY_PATTERN = f"^\\s*(?:(?!0000){_D}{{4}}-{_MONTH_DAY}|{_LEAP_YEAR}-02-29)\\s*$"
+# The canonical UUID text (8-4-4-4-12 hex digits, any case), as check_uuid takes it.
+UUID_PATTERN = "^[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}$"
+# check_text / check_id: PostgreSQL text cannot hold NUL; a required text has a non-blank character.
+_NO_NUL: dict[str, Any] = {"not": {"pattern": "\u0000"}}
+_NOT_BLANK = "\\S"
+
+TIME_BOUNDS_EVENT = ("occurred_at: not older than counter retention (VOICEPIPE_RETENTION_COUNTERS_DAYS) and "
+                     "not in the future beyond VOICEPIPE_MAX_CLOCK_SKEW_SECONDS (relative to now)")
+TIME_BOUNDS_USAGE = ("occurred_at: not older than the AI usage log's retention (VOICEPIPE_RETENTION_AI_USAGE_DAYS) "
+                     "and not in the future beyond VOICEPIPE_MAX_CLOCK_SKEW_SECONDS (relative to now)")
+YEAR_EDGES = ("timestamps are taken from 2000-01-01T00:00Z up to (not including) 2100-01-01T00:00Z as instants: "
+              "a time on 2000-01-01 or 2099-12-31 may fall outside once its offset is applied")
+NESTED_JSON = ("metadata: values nested in it hold no NUL character, integers within +-(2^63-1), "
+               "at most 16 levels deep")
+
+
+# --------------------------------------------------------------- field schemas
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [{"type": "null"}, schema]}
+
+
+def text(max_len: int = MAX_TEXT, *, optional: bool = False) -> dict[str, Any]:
+    """check_text: a string of at most max_len characters, no NUL; required ones not blank."""
+    if optional:
+        return _nullable({"type": "string", "maxLength": max_len, **_NO_NUL})
+    return {"type": "string", "maxLength": max_len, "pattern": _NOT_BLANK, **_NO_NUL}
+
+
+def ident(*, optional: bool = False) -> dict[str, Any]:
+    """check_id: a text id of the platform (never blank, even when optional)."""
+    schema = {"type": "string", "maxLength": MAX_ID, "pattern": _NOT_BLANK, **_NO_NUL}
+    return _nullable(schema) if optional else schema
+
+
+def uuid(*, optional: bool = False) -> dict[str, Any]:
+    # The lengths too: Python's re (which some validators use) lets "$" match before a final newline.
+    schema = {"type": "string", "minLength": 36, "maxLength": 36, "pattern": UUID_PATTERN}
+    return _nullable(schema) if optional else schema
+
+
+def timestamp(*, optional: bool = False) -> dict[str, Any]:
+    schema = {"type": "string", "pattern": TIMESTAMP_PATTERN,
+              "description": "RFC 3339 date and time with a UTC offset (Z or +HH:MM)"}
+    return _nullable(schema) if optional else schema
+
+
+def number(hi: float, *, optional: bool = True) -> dict[str, Any]:
+    schema = {"type": "number", "minimum": 0, "maximum": hi}
+    return _nullable(schema) if optional else schema
+
+
+def integer(hi: int = MAX_INT32, *, optional: bool = True) -> dict[str, Any]:
+    # JSON Schema's integer takes 3.0 as check_int does (JSON producers may send it).
+    schema = {"type": "integer", "minimum": 0, "maximum": hi}
+    return _nullable(schema) if optional else schema
+
+
+def _object(properties: dict[str, dict[str, Any]], required: tuple[str, ...] = (), **extra: Any) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(required),
+            "additionalProperties": False, **extra}
+
+
+# --------------------------------------------------------------- payloads
+def _metadata_number_max(key: str) -> float:
+    # voicepipe/events/schema.py _parse_metadata's bounds.
+    return 1.0 if key == "confidenceScore" else MAX_COST_USD if key == "aiCost" else 1e9
+
+
+def event() -> dict[str, Any]:
+    """voicepipe.events.schema.parse_event (EVENT_FIELDS)."""
+    metadata = {
+        "type": "object",
+        "properties": {
+            **{key: integer() for key in METADATA_INTS},
+            **{key: number(_metadata_number_max(key)) for key in METADATA_NUMBERS},
+            **{key: text(255, optional=True) for key in METADATA_TEXTS},
+        },
+        "additionalProperties": True,
+    }
+    return _object(
+        {
+            "event_id": uuid(optional=True),
+            "event_type": {"type": "string", "enum": list(EVENT_TYPES)},
+            "artifact_id": uuid(optional=True),
+            "organization_id": ident(optional=True),
+            "coach_id": ident(optional=True),
+            "stage": _nullable({"type": "string", "enum": list(STAGES)}),
+            "occurred_at": timestamp(optional=True),
+            # artifact_completed carries received-to-completed (up to ten years); others 30 days.
+            "duration_ms": number(MAX_END_TO_END_MS),
+            "error_code": text(255, optional=True),
+            "error_message": text(optional=True),
+            "metadata": _nullable(metadata),
+        },
+        ("event_type",),
+        allOf=[{
+            "if": {"properties": {"event_type": {"not": {"const": "artifact_completed"}}}},
+            "then": {"properties": {"duration_ms": {"maximum": MAX_DURATION_MS}}},
+        }],
+    )
+
+
+def usage() -> dict[str, Any]:
+    """voicepipe.usage.recording.parse_usage (USAGE_FIELDS)."""
+    return _object(
+        {
+            "id": uuid(optional=True),
+            "occurred_at": timestamp(optional=True),
+            "organization_id": ident(),
+            "coach_id": ident(optional=True),
+            "player_id": ident(optional=True),
+            "operation": text(255),
+            "model": text(255),
+            "input_tokens": integer(MAX_TOKENS, optional=False),
+            "cached_tokens": integer(MAX_TOKENS, optional=False),
+            "output_tokens": integer(MAX_TOKENS, optional=False),
+            "cost": number(1_000_000.0, optional=False),
+        },
+        ("organization_id", "operation", "model", "cost"),
+    )
+
+
+# --------------------------------------------------------------- tasks
+def _task(name: str, queue: str, description: str, body: dict[str, Any],
+          not_expressed: tuple[str, ...] = ()) -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "$schema": DRAFT,
+        "$id": f"https://voicepipe.invalid/contract/tasks/{name}.schema.json",
+        "title": name,
+        "description": description + " Keyword arguments of the task (send_task kwargs).",
+        "x-queue": queue,
+        **body,
+    }
+    if not_expressed:
+        schema["x-not-expressed"] = list(not_expressed)
+    return schema
+
+
+def _no_arguments() -> dict[str, Any]:
+    return _object({})
+
+
+def task_schemas() -> dict[str, dict[str, Any]]:
+    """Every public task's schema, by task name (the names and queues of worker/routes.py)."""
+    from voicepipe.client import TASK_QUEUES
+
+    batch_limit = (f"the list holds at most VOICEPIPE_MAX_BATCH_SIZE items (default "
+                   f"{DEFAULT_MAX_BATCH_SIZE}, written here as maxItems)")
+    describe: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
+        "voicepipe.metrics.aggregate_hourly_due": ("The hourly beat wrapper.", _no_arguments(), ()),
+        "voicepipe.metrics.aggregate_daily_due": ("The daily beat wrapper.", _no_arguments(), ()),
+        "voicepipe.usage.aggregate_daily_due": ("The AI usage beat wrapper.", _no_arguments(), ()),
+        "voicepipe.maintenance.cleanup": ("Retention cleanup.", _no_arguments(), ()),
+        "voicepipe.maintenance.requeue_stalled": ("Re-queue stalled artifacts.", _no_arguments(), ()),
+        "voicepipe.alerts.evaluate": ("Evaluate the health checks into alerts.", _no_arguments(), ()),
+        "voicepipe.metrics.aggregate_hour": (
+            "Aggregate one closed UTC hour.",
+            _object({"window_start": {"type": "string", "pattern": HOUR_PATTERN,
+                                      "description": "the hour's start, RFC 3339 with an offset"}},
+                    ("window_start",)),
+            (YEAR_EDGES, ("window_start: an hour start written with a half-hour offset (10:30+05:30) "
+                          "is taken by the task; the schema asks for whole-hour offsets")),
+        ),
+        "voicepipe.metrics.aggregate_day": (
+            "Aggregate one UTC day.", _object({"day": {"type": "string", "pattern": DAY_PATTERN}}, ("day",)), ()),
+        "voicepipe.usage.aggregate_day": (
+            "Roll up one UTC day of AI usage.",
+            _object({"day": {"type": "string", "pattern": DAY_PATTERN}}, ("day",)), ()),
+        "voicepipe.pipeline.ingest": (
+            "Create an artifact for a voice note.",
+            _object({"organization_id": ident(), "coach_id": ident(optional=True), "source_channel": ident(),
+                     "media_ref": text(2000, optional=True), "artifact_id": uuid(optional=True)},
+                    ("organization_id", "coach_id", "source_channel")),
+            (),
+        ),
+        **{name: ("Run one pipeline stage of an artifact.",
+                  _object({"artifact_id": uuid()}, STAGE_TASK_FIELDS), ())
+           for name in ("voicepipe.pipeline.transcribe", "voicepipe.pipeline.extract_claims",
+                        "voicepipe.pipeline.resolve_entities", "voicepipe.pipeline.generate_drafts")},
+        **{f"voicepipe.retry.{stage}": (
+            f"Retry an artifact's {stage.replace('_', ' ')} (platform staff only).",
+            _object({"artifact_id": uuid(), "requested_by": ident(), "reason": text(MAX_REASON, optional=True),
+                     "request_id": ident(optional=True)}, ("artifact_id", "requested_by")),
+            ("requested_by: must be platform staff (PermissionDenied otherwise, not InvalidInput)",),
+        ) for stage in RETRY_STAGES},
+        "voicepipe.events.record": ("Record one pipeline event.", event(),
+                                    (TIME_BOUNDS_EVENT, YEAR_EDGES, NESTED_JSON)),
+        "voicepipe.events.record_batch": (
+            "Record a batch of pipeline events in one transaction.",
+            _object({"events": {"type": "array", "items": event(),
+                                "maxItems": min(MAX_BATCH, DEFAULT_MAX_BATCH_SIZE)}}, ("events",)),
+            (batch_limit, TIME_BOUNDS_EVENT, YEAR_EDGES, NESTED_JSON),
+        ),
+        "voicepipe.usage.record": ("Record one AI call.", usage(),
+                                   (TIME_BOUNDS_USAGE, YEAR_EDGES, "cached_tokens: at most input_tokens")),
+        "voicepipe.usage.record_batch": (
+            "Record a batch of AI calls in one transaction.",
+            _object({"records": {"type": "array", "items": usage(), "maxItems": DEFAULT_MAX_BATCH_SIZE}},
+                    ("records",)),
+            (batch_limit, TIME_BOUNDS_USAGE, YEAR_EDGES, "cached_tokens: at most input_tokens"),
+        ),
+        "voicepipe.directory.upsert_organization": (
+            "Create or rename an organization.", _object({"id": ident(), "name": text()}, ("id", "name")), ()),
+        "voicepipe.directory.upsert_user": (
+            "Create or update a user.",
+            _object({"id": ident(), "email": text(), "is_platform_staff": {"type": "boolean"},
+                     "signature": _nullable({"type": "string"})}, ("id", "email", "is_platform_staff")),
+            (("signature: HMAC-SHA256 hex of the canonical JSON of the other arguments with "
+              "VOICEPIPE_DIRECTORY_SECRET; without a secret configured a signature is refused (PermissionDenied)"),),
+        ),
+    }
+    missing = set(TASK_QUEUES) ^ set(describe)
+    assert not missing, f"tasks without a schema or schemas without a task: {sorted(missing)}"
+    return {name: _task(name, TASK_QUEUES[name], *describe[name]) for name in sorted(describe)}
+
+
+def render(schema: dict[str, Any]) -> str:
+    return json.dumps(schema, indent=2, ensure_ascii=True) + "\n"
+
+
+def expected_files() -> dict[str, str]:
+    """File name (under contract/tasks/) -> content."""
+    return {f"{name}.schema.json": render(schema) for name, schema in task_schemas().items()}
+
+
+def write(root: Path) -> list[str]:
+    """Write every schema under root/contract/tasks (removing stale ones); the names written."""
+    folder = root / SCHEMA_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    files = expected_files()
+    for stale in folder.glob("*.schema.json"):
+        if stale.name not in files:
+            stale.unlink()
+    for file_name, content in files.items():
+        (folder / file_name).write_text(content)
+    return sorted(files)
+
+
+def differences(root: Path) -> list[str]:
+    """What differs between the files under root/contract/tasks and the validators' schemas."""
+    folder = root / SCHEMA_DIR
+    files = expected_files()
+    problems = []
+    present = {p.name for p in folder.glob("*.schema.json")} if folder.is_dir() else set()
+    for file_name in sorted(present - set(files)):
+        problems.append(f"{SCHEMA_DIR / file_name}: no such public task (stale file)")
+    for file_name, content in sorted(files.items()):
+        path = folder / file_name
+        if not path.exists():
+            problems.append(f"{SCHEMA_DIR / file_name}: missing")
+        elif path.read_text() != content:
+            problems.append(f"{SCHEMA_DIR / file_name}: out of date")
+    return problems
