@@ -60,6 +60,10 @@ RetryStage = Literal["transcription", "claims_extraction", "entity_resolution", 
 class Producer:
     """Sends voicepipe tasks by name to their queues (JSON only).
 
+    Every send returns an AsyncResult. Recording tasks keep no return value, but a refusal
+    (InvalidInput naming the field) is stored, so ``.get()`` raises it; retries keep their
+    outcome too.
+
     ``result_backend``: where the worker stores outcomes (with Redis, the broker itself,
     the default; with RabbitMQ, the workers' ``db+postgresql://...`` if you read results).
     """
@@ -88,7 +92,7 @@ class Producer:
         return self.send("voicepipe.events.record", event)
 
     def send_events(self, events: Sequence[Mapping[str, Any]]) -> AsyncResult:
-        """A batch of events, recorded in one transaction; the result is {inserted, duplicates}."""
+        """A batch of events, recorded in one transaction (all or none)."""
         return self.send("voicepipe.events.record_batch", {"events": [dict(e) for e in events]})
 
     def send_usage(self, call: Mapping[str, Any]) -> AsyncResult:
@@ -96,7 +100,7 @@ class Producer:
         return self.send("voicepipe.usage.record", call)
 
     def send_usage_batch(self, calls: Sequence[Mapping[str, Any]]) -> AsyncResult:
-        """A batch of AI calls; the result is how many were new."""
+        """A batch of AI calls, recorded in one transaction (all or none)."""
         return self.send("voicepipe.usage.record_batch", {"records": [dict(c) for c in calls]})
 
     def retry(self, stage: RetryStage, artifact_id: str, *, requested_by: str, reason: str | None = None,

@@ -37,7 +37,7 @@ def servers_under(path: Path) -> list[psutil.Process]:
 
 def test_celery_inspect_ping_with_nothing_configured_fails_fast_naming_broker_url(tmp_path: Path) -> None:
     started = time.monotonic()
-    done = subprocess.run([*celery_cmd("inspect", "ping"), "-t", "5"], cwd=tmp_path, env=bare_env(),
+    done = subprocess.run([*celery_cmd("inspect", "ping"), "-t", "5"], check=False, cwd=tmp_path, env=bare_env(),
                           capture_output=True, text=True, timeout=60)
     elapsed = time.monotonic() - started
     assert done.returncode != 0, done.stdout + done.stderr
@@ -50,10 +50,10 @@ def test_celery_inspect_ping_with_nothing_configured_fails_fast_naming_broker_ur
 
 
 def test_a_worker_and_the_cli_with_nothing_configured_refuse_naming_the_variable(tmp_path: Path) -> None:
-    worker = subprocess.run(celery_cmd("worker", "-Q", "metrics"), cwd=tmp_path, env=bare_env(),
+    worker = subprocess.run(celery_cmd("worker", "-Q", "metrics"), check=False, cwd=tmp_path, env=bare_env(),
                             capture_output=True, text=True, timeout=60)
     assert worker.returncode != 0 and "BROKER_URL is not set" in worker.stderr, worker.stderr[-2000:]
-    migrate = subprocess.run([sys.executable, "-m", "voicepipe.cli", "migrate"], cwd=tmp_path, env=bare_env(),
+    migrate = subprocess.run([sys.executable, "-m", "voicepipe.cli", "migrate"], check=False, cwd=tmp_path, env=bare_env(),
                              capture_output=True, text=True, timeout=60)
     assert migrate.returncode == 2, migrate.stderr
     assert "configuration error: DATABASE_URL is not set" in migrate.stderr
@@ -63,7 +63,7 @@ def test_a_worker_and_the_cli_with_nothing_configured_refuse_naming_the_variable
 def test_voicepipe_embedded_1_asks_for_the_embedded_broker(short_tmp: Path) -> None:
     data = short_tmp / f"emb-{uuid.uuid4().hex[:6]}"
     try:
-        done = subprocess.run([*celery_cmd("inspect", "ping"), "-t", "1"], cwd=short_tmp,
+        done = subprocess.run([*celery_cmd("inspect", "ping"), "-t", "1"], check=False, cwd=short_tmp,
                               env=bare_env(VOICEPIPE_EMBEDDED="1", VOICEPIPE_DATA_DIR=str(data)),
                               capture_output=True, text=True, timeout=60)
         # Connected to the embedded Redis it started; no worker there to answer.
@@ -77,7 +77,7 @@ def test_voicepipe_embedded_1_asks_for_the_embedded_broker(short_tmp: Path) -> N
 def test_the_cli_logs_at_voicepipe_log_level(db_url: str, broker_url: str, service_data_dir: Path) -> None:
     def migrate(level: str) -> str:
         env = service_env(db_url, broker_url, service_data_dir, VOICEPIPE_LOG_LEVEL=level)
-        done = subprocess.run([sys.executable, "-m", "voicepipe.cli", "migrate"], env=env,
+        done = subprocess.run([sys.executable, "-m", "voicepipe.cli", "migrate"], check=False, env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr
         return done.stderr
