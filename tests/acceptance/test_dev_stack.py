@@ -24,6 +24,9 @@ from models import MetricsSnapshot, PipelineEvent
 from tests.helpers import REPO_ROOT, wait_for
 from voicepipe.migrate import alembic_config
 
+WORKER_ACTIVITY = re.compile(
+    r"^worker +\| (?P<line>.*Task voicepipe\.[a-z_.]+\[[0-9a-f-]{36}\] succeeded.*)$", re.MULTILINE)
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -92,8 +95,15 @@ def test_dev_runs_the_whole_stack_shows_aggregations_and_stops_cleanly(short_tmp
     data_dir = short_tmp / "devstack"
     port = free_port()
     log = short_tmp / "dev.log"
+    started = time.monotonic()
     proc = start_dev(data_dir, port, log)
     try:
+        # A newcomer sees the worker at work on dev's own output within a minute, its lines
+        # prefixed with the process name (and no colour codes: this output is not a terminal).
+        wait_for(lambda: WORKER_ACTIVITY.search(log.read_text()), timeout=60, what="worker activity on dev's output")
+        assert time.monotonic() - started < 60
+        assert re.search(r"^(beat|simulator) +\| ", log.read_text(), re.MULTILINE)
+        assert "\x1b[" not in log.read_text()
         wait_for(lambda: "Flower at" in log.read_text(), timeout=90, what="dev to start")
         user, password = flower_login(log)
         assert len(password) >= 16  # generated for the run
@@ -120,6 +130,10 @@ def test_dev_runs_the_whole_stack_shows_aggregations_and_stops_cleanly(short_tmp
         if proc.poll() is None:
             stop_dev(proc, log)
     assert "voicepipe dev: stopped" in log.read_text()
+    # The files are kept as before: each child's lines, unprefixed, in VOICEPIPE_DATA_DIR/logs.
+    worker_log = (data_dir / "logs" / "worker.log").read_text()
+    shown = WORKER_ACTIVITY.search(log.read_text())
+    assert shown and shown.group("line") in worker_log and "worker |" not in worker_log
 
     # A second start reuses the data: the same database, with what the first run wrote.
     log2 = short_tmp / "dev2.log"

@@ -165,6 +165,9 @@ def cmd_dev(args: argparse.Namespace) -> int:
             # Embedded database only: the simulated staff user may retry, for this run.
             children["simulator"].append("--grant-staff")
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    from voicepipe.cli.output import Prefixer
+
+    output = Prefixer(list(children))
     stopping = False
 
     def stop_all(*_: object) -> None:
@@ -175,11 +178,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop_all)
     try:
         for name, cmd in children.items():
-            log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
             procs[name] = subprocess.Popen(
-                cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
             )
+            assert procs[name].stdout is not None
+            # The terminal shows every child's lines, prefixed and coloured; the log file keeps them.
+            output.pump(name, procs[name].stdout, logs / f"{name}.log")
             print(f"voicepipe dev: started {name} (pid {procs[name].pid}, log {logs / (name + '.log')})",
                   flush=True)
         if settings.flower_basic_auth:
@@ -210,6 +215,7 @@ def cmd_dev(args: argparse.Namespace) -> int:
             time.sleep(0.5)
     finally:
         _stop_children(procs)
+        output.join()
         if started_embedded:
             embedded.stop(data_dir)
         print("voicepipe dev: stopped", flush=True)
