@@ -23,7 +23,7 @@ from voicepipe.domain import EVENT_TYPES, METADATA_INTS, METADATA_NUMBERS, METAD
 from voicepipe.events.recording import MAX_BATCH
 from voicepipe.events.schema import MAX_COST_USD, MAX_DURATION_MS, MAX_END_TO_END_MS
 from voicepipe.retry.service import MAX_REASON, RETRY_STAGES
-from voicepipe.settings import Settings
+from voicepipe.settings import load_settings
 from voicepipe.usage.recording import MAX_TOKENS
 from voicepipe.validation import MAX_ID, MAX_TEXT, MAX_TS, MIN_TS
 
@@ -32,7 +32,7 @@ SCHEMA_DIR = Path("contract") / "tasks"
 # check_int's default upper bound (a PostgreSQL integer).
 MAX_INT32 = 2**31 - 1
 # The batch limit a deployment runs with by default (VOICEPIPE_MAX_BATCH_SIZE).
-DEFAULT_MAX_BATCH_SIZE: int = Settings.__dataclass_fields__["max_batch_size"].default
+DEFAULT_MAX_BATCH_SIZE: int = load_settings({}).max_batch_size  # the default, not this environment's
 STAGE_TASK_FIELDS = ("artifact_id",)
 
 # --------------------------------------------------------------- regular expressions

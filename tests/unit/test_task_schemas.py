@@ -291,13 +291,15 @@ def times(draw: st.DrawFn, *, lo: timedelta, hi: timedelta, hours: bool = False,
     return text
 
 
+# Lone surrogates cannot travel as JSON text to a worker; NUL is refused (tested separately).
+STORABLE_CHARS = st.characters(exclude_categories=["Cs"], exclude_characters="\x00")
 JSON_LEAF = st.one_of(st.none(), st.booleans(), st.integers(-(2**53), 2**53),
                       st.floats(allow_nan=False, allow_infinity=False),
-                      st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
+                      st.text(alphabet=STORABLE_CHARS,
                               max_size=5))
 BAD_NUMBERS = st.one_of(st.integers(-5, -1), st.floats(max_value=-0.001, allow_nan=False, allow_infinity=False),
                         st.booleans(), st.text(max_size=3), st.lists(st.integers(), max_size=1))
-GOOD_TEXTS = st.one_of(st.none(), st.text(alphabet=st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
+GOOD_TEXTS = st.one_of(st.none(), st.text(alphabet=STORABLE_CHARS,
                                           max_size=6), st.just("x" * 255))
 BAD_TEXTS = st.one_of(st.just("x" * 256), st.just("a\x00"), st.integers(), st.booleans())
 

@@ -178,13 +178,13 @@ def cmd_dev(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, stop_all)
     try:
         for name, cmd in children.items():
-            procs[name] = subprocess.Popen(
+            child = procs[name] = subprocess.Popen(
                 cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches us only; we stop children in order
             )
-            assert procs[name].stdout is not None
+            assert child.stdout is not None
             # The terminal shows every child's lines, prefixed and coloured; the log file keeps them.
-            output.pump(name, procs[name].stdout, logs / f"{name}.log")
+            output.pump(name, child.stdout, logs / f"{name}.log")
             print(f"voicepipe dev: started {name} (pid {procs[name].pid}, log {logs / (name + '.log')})",
                   flush=True)
         if settings.flower_basic_auth:
