@@ -4,46 +4,55 @@ An event whose coach_id is
 - `poison-pill` kills its pool process outright (os._exit, as the OOM killer would);
 - `slow-pill` sleeps past the soft time limit (SoftTimeLimitExceeded in the task);
 - `stubborn-pill` sleeps and swallows the soft limit, so the hard limit kills the process.
-With VP_TEST_SHORT_LIMITS=1, voicepipe.events.record's limits are soft 2 s / hard 4 s
-(production: 55 / 60 s), so the time-limit tests take seconds. Every other setting and
-every other event are production's.
+The poison sits where every recording path meets (record_parsed: single messages, the
+worker's batches of them, record_batch), so it acts wherever the event is recorded.
+With VP_TEST_SHORT_LIMITS=1 the time limits of voicepipe.events.record, record_batch
+and the worker's batches of single messages are soft 2 s / hard 4 s (production: 55/60,
+90/120 and 90/120 s), so the time-limit tests take seconds. Everything else is production's.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
-import tasks.events
+import tasks._batching
+import tasks.events  # registers the tasks whose limits are shortened below
+import voicepipe.events.messages
+import voicepipe.events.recording
 from worker import app
 
-_record_event = tasks.events.record_event
+_record_parsed = voicepipe.events.recording.record_parsed
 
 
-def _poisoned(session: Any, event: Any) -> bool:
-    coach = event.get("coach_id") if isinstance(event, dict) else None
-    if coach == "poison-pill":
+def _poisoned(session: Any, events: Sequence[Any], *args: Any, **kwargs: Any) -> Any:
+    coaches = {getattr(event, "coach_id", None) for event in events}
+    if "poison-pill" in coaches:
         os._exit(9)
-    if coach == "slow-pill":
+    if "slow-pill" in coaches:
         time.sleep(60)
-    if coach == "stubborn-pill":
+    if "stubborn-pill" in coaches:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
                 time.sleep(60)
             except SoftTimeLimitExceeded:
                 continue
-    return bool(_record_event(session, event))
+    return _record_parsed(session, events, *args, **kwargs)
 
 
-tasks.events.record_event = _poisoned  # type: ignore[assignment]
+voicepipe.events.recording.record_parsed = _poisoned  # type: ignore[assignment]
+voicepipe.events.messages.record_parsed = _poisoned  # type: ignore[attr-defined]
 
 if os.environ.get("VP_TEST_SHORT_LIMITS") == "1":
-    record = app.tasks["voicepipe.events.record"]
-    record.soft_time_limit = 2
-    record.time_limit = 4
+    for name in ("voicepipe.events.record", "voicepipe.events.record_batch"):
+        app.tasks[name].soft_time_limit = 2
+        app.tasks[name].time_limit = 4
+    tasks._batching.BATCH_SOFT_TIME_LIMIT_S = 2  # type: ignore[attr-defined]
+    tasks._batching.BATCH_TIME_LIMIT_S = 4  # type: ignore[attr-defined]
 
 __all__ = ["app"]

@@ -193,6 +193,34 @@ def test_message_past_its_time_limit_is_parked(
     assert [str(i) for i in session.scalars(select(PipelineEvent.id))] == [after["event_id"]]
 
 
+def test_a_blocked_task_fails_fast_below_its_soft_limit_as_transient_and_is_parked(
+    db_url: str, broker_url: str, client: Any, session: Session, start_worker: Callable[..., Proc],
+    service_data_dir: Path, tmp_path: Path,
+) -> None:
+    """Soft limit 2 s: statements and lock waits end at 1 s, a transient error, not a time limit."""
+    _poison_worker(db_url, broker_url, service_data_dir, tmp_path, start_worker, VP_TEST_SHORT_LIMITS="1",
+                   VOICEPIPE_TASK_MAX_RETRIES="0", VOICEPIPE_LOCK_TIMEOUT_MS="60000")
+    blocked = event(0)
+    holder_engine = create_engine(db_url)
+    holder = holder_engine.connect()
+    try:
+        holder.execute(text("LOCK TABLE pipeline_events IN ACCESS EXCLUSIVE MODE"))
+        # record_batch: always the per-message path (single `record` messages may be batched
+        # by the worker, tasks/_batching.py, under the batch job's own limits).
+        task_id = client.send_task("voicepipe.events.record_batch", kwargs={"events": [blocked]},  # type: ignore[attr-defined]
+                                   queue="pipeline").id
+        wait_for(lambda: len(letters(session)) == 1, timeout=60, interval=0.2, what="the blocked message parked")
+    finally:
+        holder.rollback()
+        holder.close()
+        holder_engine.dispose()
+    [letter] = letters(session)
+    assert (letter.task_id, letter.reason, letter.attempts) == (task_id, "retries_exhausted", 1)
+    # The lock wait was cut by the transaction's timeouts (1 s), long before the 4 s hard limit.
+    assert "lock timeout" in letter.error or "statement timeout" in letter.error, letter.error
+    assert (letter.last_failed_at - letter.first_failed_at).total_seconds() < 1
+
+
 def _poison_worker(db_url: str, broker_url: str, data_dir: Path, tmp_path: Path,
                    start_worker: Callable[..., Proc], **env: str) -> Proc:
     """A worker of the poison app (tests/faults/poison_app.py), stopped by start_worker's teardown."""
