@@ -14,6 +14,7 @@ import psutil
 
 from tests.helpers import RECENT, Proc, celery_cmd, producer, service_env, wait_for
 from voicepipe import embedded
+from voicepipe.observability.queues import queue_depths
 
 
 def bare_env(**extra: str) -> dict[str, str]:
@@ -112,3 +113,27 @@ def test_a_worker_logs_at_voicepipe_log_level(
     log = quiet.log()
     # The fixture starts workers with `-l INFO`; the variable wins: no "Task ... received/succeeded".
     assert "succeeded in" not in log and "INFO/" not in log, log[-2000:]
+
+
+def test_beat_logs_at_voicepipe_log_level(broker_url: str, db_url: str, service_data_dir: Path, tmp_path: Path) -> None:
+    from tests.helpers import spawn
+
+    logs = {}
+    for level in ("INFO", "WARNING"):
+        env = service_env(db_url, broker_url, service_data_dir, VOICEPIPE_LOG_LEVEL=level,
+                          VOICEPIPE_BEAT_INTERVAL_SECONDS="1")
+        beat = spawn(celery_cmd("beat", "-s", str(tmp_path / f"schedule-{level}"), "-l", "INFO"), env,
+                     tmp_path / f"beat-{level}.log")
+        try:
+            if level == "INFO":
+                wait_for(lambda b=beat: "Sending due task" in b.log(), timeout=60, what="beat at INFO")
+            else:
+                before = queue_depths(broker_url)["metrics"] or 0
+                time.sleep(5)  # emissions at one a second, none of them logged
+                assert beat.alive(), beat.log()[-2000:]
+                assert (queue_depths(broker_url)["metrics"] or 0) > before  # yet beat did send
+        finally:
+            beat.stop()
+        logs[level] = beat.log()
+    assert "Scheduler: Sending due task" in logs["INFO"]
+    assert "Sending due task" not in logs["WARNING"] and "INFO/" not in logs["WARNING"], logs["WARNING"][-2000:]
