@@ -172,7 +172,8 @@ def run(env: Env) -> list[Result]:
         # Right after the daily run (or a late window) the breakdown is recomputed: a window of
         # the range changes before every request here.
         touch = text("UPDATE aggregation_windows SET computed_at = clock_timestamp() WHERE period_type = 'daily' "
-                     "AND period_start = (SELECT max(period_start) FROM aggregation_windows WHERE period_type = 'daily')")
+                     "AND period_start = "
+                     "(SELECT max(period_start) FROM aggregation_windows WHERE period_type = 'daily')")
         cold = []
         for _ in range(5 if env.quick else 15):
             with env.engine.begin() as conn:

@@ -108,7 +108,7 @@ def run_after_commit(session: Session) -> None:
     for callback in callbacks:
         try:
             callback()
-        except Exception:  # noqa: BLE001 - the commit stands; the sweeper repairs a lost publish
+        except Exception:
             log.exception("after-commit callback failed", extra={"callback": repr(callback)})
 
 

@@ -116,7 +116,8 @@ def replay(session: Session, send: Send, *, ids: Sequence[int] = (), all_parked:
         raise InvalidInput.field("replay", "give either --id ID or --all")
     if all_parked:
         letters = list(session.scalars(
-            select(DeadLetter).where(DeadLetter.status == PARKED).order_by(DeadLetter.id).with_for_update(skip_locked=True)))
+            select(DeadLetter).where(DeadLetter.status == PARKED).order_by(DeadLetter.id)
+            .with_for_update(skip_locked=True)))
     else:
         letters = []
         for letter_id in ids:

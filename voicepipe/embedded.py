@@ -124,7 +124,7 @@ def stop(data_dir: Path) -> None:
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                from pgserver._commands import pg_ctl
+                from pgserver._commands import pg_ctl  # type: ignore[attr-defined]  # generated at import
         except ImportError:  # pragma: no cover
             return
         logging.getLogger("pgserver").setLevel(logging.WARNING)
@@ -132,7 +132,7 @@ def stop(data_dir: Path) -> None:
         user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
         try:
             pg_ctl(["-m", "fast", "-w", "stop"], pgdata=pgdata, user=user)
-        except Exception as exc:  # noqa: BLE001 - report and keep going with shutdown
+        except Exception as exc:
             log.warning("embedded postgres stop failed: %s", exc)
 
 

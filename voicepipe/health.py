@@ -91,7 +91,7 @@ def check_broker(timeout: float = 5.0) -> Health:
             client = getattr(channel, "client", None)
             if client is not None and hasattr(client, "ping"):
                 client.ping()  # Redis: a round trip, not only an open socket
-        except Exception as exc:  # noqa: BLE001 - any failure is the answer
+        except Exception as exc:
             return Health(False, f"broker {safe} unreachable: {type(exc).__name__}: {exc}")
     return Health(True, f"broker {safe} answers")
 
@@ -114,7 +114,7 @@ def check_db() -> Health:
         with engine.connect() as conn:
             conn.execute(text("SELECT 1"))
             current = set(MigrationContext.configure(conn).get_current_heads())
-    except Exception as exc:  # noqa: BLE001 - any failure is the answer
+    except Exception as exc:
         return Health(False, f"database {safe} unreachable: {type(exc).__name__}: {exc}".splitlines()[0])
     finally:
         engine.dispose()

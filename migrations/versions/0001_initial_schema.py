@@ -1,7 +1,7 @@
 """initial schema: every table of the contract, counters and bookkeeping
 
 Revision ID: 0001
-Revises: 
+Revises:
 Create Date: 2026-11-23 13:32:55.749136
 """
 

@@ -42,7 +42,8 @@ ARTIFACT = "7d3b5a3e-4f0e-4c55-9d55-0a6f0d7c1b21"  # replaced by the seeded arti
 
 # Values no field of their kind accepts.
 not_text = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(),
-                     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+                     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                                          max_size=2))
 bad_id = st.one_of(not_text, st.just(""), st.just("   "), st.text(min_size=256, max_size=260).filter(str.strip))
 
 

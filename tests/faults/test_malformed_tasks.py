@@ -32,7 +32,8 @@ ORGANIZATION: dict[str, Any] = {"id": "org-1", "name": "Club"}
 USER: dict[str, Any] = {"id": "staff-1", "email": "staff@example.org", "is_platform_staff": False}
 
 not_text = st.one_of(st.integers(), st.floats(allow_nan=False), st.booleans(), st.none(),
-                     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+                     st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(),
+                                                                          max_size=2))
 bad_number = st.one_of(st.floats(max_value=-1e-6, allow_nan=False, allow_infinity=False), st.text(max_size=4),
                        st.sampled_from([True, [1], {"a": 1}]))
 unknown_key = st.text(st.characters(categories=["Ll"]), min_size=3, max_size=12)

@@ -71,7 +71,7 @@ class RetryProducer(threading.Thread):
                             kwargs={k: v for k, v in request.items() if k != "stage"})
                         self.task_of[request["request_id"]] = sent.id
                         break
-                    except Exception as exc:  # noqa: BLE001 - a real producer sends again, same request_id
+                    except Exception as exc:
                         self.failures.append(type(exc).__name__)
                         time.sleep(0.2)
                 self.accepted[request["request_id"]] = request
@@ -122,7 +122,7 @@ def test_redis_killed_while_retries_are_sent_leaves_no_artifact_stuck_and_no_ret
             # What beat does every five minutes: sweep for stalled artifacts.
             try:
                 sweeper.send_task("voicepipe.maintenance.requeue_stalled", queue="metrics", ignore_result=True)
-            except Exception as exc:  # noqa: BLE001 - the sweep's own send may meet the restart; next round
+            except Exception as exc:
                 sweep_failures.append(type(exc).__name__)
             return False
 

@@ -133,10 +133,13 @@ def expected(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "avg_claim_confidence": mean(meta("confidenceScore", "claims_extracted")),
         "auto_resolution_rate": _div(n("entity_resolution_completed"), outcomes),
         "disambiguation_rate": _div(n("entity_needs_disambiguation"), outcomes),
-        "transcription_failure_rate": _div(n("transcription_failed"), n("transcription_completed", "transcription_failed")),
-        "claims_extraction_failure_rate": _div(n("claims_extraction_failed"), n("claims_extracted", "claims_extraction_failed")),
+        "transcription_failure_rate": _div(n("transcription_failed"), n("transcription_completed",
+                                                                        "transcription_failed")),
+        "claims_extraction_failure_rate": _div(n("claims_extraction_failed"), n("claims_extracted",
+                                                                                "claims_extraction_failed")),
         "entity_resolution_failure_rate": _div(n("entity_resolution_failed"), outcomes + n("entity_resolution_failed")),
-        "draft_generation_failure_rate": _div(n("draft_generation_failed"), n("drafts_generated", "draft_generation_failed")),
+        "draft_generation_failure_rate": _div(n("draft_generation_failed"), n("drafts_generated",
+                                                                              "draft_generation_failed")),
         "overall_failure_rate": _div(failed, completed + failed),
         "total_claims_extracted": sum(meta("claimCount", "claims_extracted")),
         "total_entities_resolved": sum(meta("entityCount", *OUTCOMES)),
@@ -165,7 +168,8 @@ def assert_row_matches(row: Any, want: dict[str, Any], where: str) -> None:
 
 def group_events(
     events: Iterable[dict[str, Any]],
-) -> tuple[dict[tuple[str | None, datetime], list[dict[str, Any]]], dict[tuple[str | None, date], list[dict[str, Any]]]]:
+) -> tuple[dict[tuple[str | None, datetime], list[dict[str, Any]]], dict[tuple[str | None, date], list[dict[str,
+                                                                                                            Any]]]]:
     """(organization or None for platform, hour/day) -> events; platform gets every event."""
     hourly: dict[tuple[str | None, datetime], list[dict[str, Any]]] = defaultdict(list)
     daily: dict[tuple[str | None, date], list[dict[str, Any]]] = defaultdict(list)

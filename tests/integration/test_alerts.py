@@ -104,7 +104,7 @@ def test_two_evaluations_racing_in_threads_open_one_alert(
                 barrier.wait(timeout=30)  # both have read the health and now race to store it
                 evaluate(s, now, health, thresholds)
                 s.commit()
-        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=one) for _ in range(2)]

@@ -88,7 +88,8 @@ def fill(engine: Any, now: datetime) -> Filled:
     usage = [
         {"id": str(uuid.UUID(int=rng.getrandbits(128))), "organization_id": "club-north",
          "occurred_at": (now - timedelta(days=d, seconds=rng.uniform(0, 86_000))).isoformat(),
-         "coach_id": f"coach-{rng.randrange(6)}", "player_id": f"player-{rng.randrange(15)}" if rng.random() < 0.7 else None,
+         "coach_id": f"coach-{rng.randrange(6)}",
+         "player_id": f"player-{rng.randrange(15)}" if rng.random() < 0.7 else None,
          "operation": rng.choice(["parent_summary", "voice_note_transcription", "claims_extraction"]),
          "model": "gpt-test", "input_tokens": (inp := rng.randint(100, 3000)), "cached_tokens": rng.randint(0, inp),
          "output_tokens": rng.randint(20, 600), "cost": round(rng.uniform(0.0001, 0.03), 6)}
@@ -350,8 +351,8 @@ def test_dashboard_in_a_browser_shows_the_query_functions_figures(
             check_usage(page, s, now, first, last)
             assert int(page.locator('#usage-totals [data-figure="calls"]').get_attribute("data-value") or -1) == len(
                 filled.usage)  # independent: every simulated call is in the range
-            assert Decimal(page.locator('#usage-totals [data-figure="cost"]').get_attribute("data-value") or "0") == sum(
-                (Decimal(str(u["cost"])) for u in filled.usage), Decimal(0))
+            shown_cost = page.locator('#usage-totals [data-figure="cost"]').get_attribute("data-value")
+            assert Decimal(shown_cost or "0") == sum((Decimal(str(u["cost"])) for u in filled.usage), Decimal(0))
             # ... and over a chosen range, through the page's form.
             chosen = (now.date() - timedelta(days=5), now.date() - timedelta(days=3))
             page.fill('input[name="start"]', chosen[0].isoformat())
@@ -393,7 +394,8 @@ def check_usage(page: Any, s: Session, now: datetime, first: date, last: date) -
         assert [k for k in page.locator(f"#usage-top-{table} tr[data-key]").evaluate_all(
             "els => els.map(e => e.dataset.key)")] == [k for k, _ in top]
         for key, totals in top:
-            check_figures(page, f'#usage-top-{table} tr[data-key="{key}"]', {"cost": totals.cost, "calls": totals.calls})
+            check_figures(page, f'#usage-top-{table} tr[data-key="{key}"]', {"cost": totals.cost,
+                                                                             "calls": totals.calls})
 
 
 def test_dashboard_refuses_to_start_without_credentials(db_url: str, broker_url: str, service_data_dir: Path) -> None:

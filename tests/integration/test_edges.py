@@ -429,7 +429,7 @@ def test_one_request_id_on_two_artifacts_at_once_is_a_named_refusal(session: Ses
                               request_id="req-1")
                 s2.commit()
                 outcome["error"] = None
-            except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            except BaseException as exc:
                 outcome["error"] = exc
 
     thread = threading.Thread(target=other)

@@ -84,7 +84,8 @@ def test_platform_row_exists_for_an_hour_without_events_and_counts_events_withou
 
     record_events(session, [
         {"event_type": "artifact_received", "occurred_at": (hour + timedelta(minutes=1)).isoformat()},
-        {"event_type": "artifact_received", "organization_id": "o1", "occurred_at": (hour + timedelta(minutes=2)).isoformat()},
+        {"event_type": "artifact_received", "organization_id": "o1",
+         "occurred_at": (hour + timedelta(minutes=2)).isoformat()},
     ])
     aggregate_hour(session, hour)
     session.commit()
@@ -129,7 +130,7 @@ def test_concurrent_runs_of_one_window_serialize_and_leave_one_row_each(engine: 
                 else:
                     aggregate_day(s, day)
                 s.commit()
-        except BaseException as exc:  # noqa: BLE001 - surfaced below
+        except BaseException as exc:
             errors.append(exc)
 
     threads = [threading.Thread(target=run, args=(k,)) for k in ("hour", "hour", "day", "day")]
@@ -161,7 +162,8 @@ def test_a_late_event_makes_its_hour_and_day_stale_and_shows_up_after_rerun(sess
     now = midnight(day) + timedelta(days=1, hours=2)
     aggregate_day(session, day)
     session.commit()
-    assert due_hours(session, now, 26) == [midnight(day) + timedelta(days=1), midnight(day) + timedelta(days=1, hours=1)]
+    next_day = midnight(day) + timedelta(days=1)
+    assert due_hours(session, now, 26) == [next_day, next_day + timedelta(hours=1)]
     late_hour = midnight(day) + timedelta(hours=7)
     record_events(session, [{"event_type": "artifact_received", "organization_id": "late-org",
                              "occurred_at": (late_hour + timedelta(minutes=59)).isoformat()}])
@@ -233,13 +235,18 @@ def test_queries_read_platform_rows_or_one_organization_and_name_unknown_organiz
     day = recent_day(2)
     start = midnight(day)
     record_events(session, [
-        {"event_type": "artifact_received", "organization_id": "named", "occurred_at": (start + timedelta(hours=1)).isoformat()},
-        {"event_type": "artifact_received", "organization_id": "named", "occurred_at": (start + timedelta(hours=2)).isoformat()},
-        {"event_type": "artifact_received", "organization_id": "anon", "occurred_at": (start + timedelta(hours=2)).isoformat()},
+        {"event_type": "artifact_received", "organization_id": "named",
+         "occurred_at": (start + timedelta(hours=1)).isoformat()},
+        {"event_type": "artifact_received", "organization_id": "named",
+         "occurred_at": (start + timedelta(hours=2)).isoformat()},
+        {"event_type": "artifact_received", "organization_id": "anon",
+         "occurred_at": (start + timedelta(hours=2)).isoformat()},
         {"event_type": "transcription_completed", "organization_id": "anon", "duration_ms": 1000,
          "occurred_at": (start + timedelta(hours=2)).isoformat()},
-        {"event_type": "transcription_failed", "organization_id": "named", "occurred_at": (start + timedelta(hours=3)).isoformat()},
-        {"event_type": "transcription_completed", "duration_ms": 3000, "occurred_at": (start + timedelta(hours=3)).isoformat()},
+        {"event_type": "transcription_failed", "organization_id": "named",
+         "occurred_at": (start + timedelta(hours=3)).isoformat()},
+        {"event_type": "transcription_completed", "duration_ms": 3000,
+         "occurred_at": (start + timedelta(hours=3)).isoformat()},
     ])
     session.add(Organization(id="named", name="Named FC"))
     session.commit()

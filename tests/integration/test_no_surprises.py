@@ -54,7 +54,8 @@ def test_a_worker_and_the_cli_with_nothing_configured_refuse_naming_the_variable
     worker = subprocess.run(celery_cmd("worker", "-Q", "metrics"), check=False, cwd=tmp_path, env=bare_env(),
                             capture_output=True, text=True, timeout=60)
     assert worker.returncode != 0 and "BROKER_URL is not set" in worker.stderr, worker.stderr[-2000:]
-    migrate = subprocess.run([sys.executable, "-m", "voicepipe.cli", "migrate"], check=False, cwd=tmp_path, env=bare_env(),
+    migrate = subprocess.run([sys.executable, "-m", "voicepipe.cli", "migrate"], check=False, cwd=tmp_path,
+                             env=bare_env(),
                              capture_output=True, text=True, timeout=60)
     assert migrate.returncode == 2, migrate.stderr
     assert "configuration error: DATABASE_URL is not set" in migrate.stderr

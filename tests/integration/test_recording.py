@@ -31,7 +31,8 @@ SELECT organization_id, date_trunc('hour', occurred_at AT TIME ZONE 'UTC') AS ho
        coalesce(sum(duration_ms) FILTER (WHERE event_type IN
            ('entity_resolution_completed', 'entity_needs_disambiguation')), 0) AS el_sum,
        count(duration_ms) FILTER (WHERE event_type = 'artifact_completed') AS e2e_n,
-       coalesce(sum((metadata->>'confidenceScore')::float8) FILTER (WHERE event_type = 'claims_extracted'), 0) AS cc_sum,
+       coalesce(sum((metadata->>'confidenceScore')::float8)
+                FILTER (WHERE event_type = 'claims_extracted'), 0) AS cc_sum,
        coalesce(sum((metadata->>'claimCount')::int) FILTER (WHERE event_type = 'claims_extracted'), 0) AS claims,
        coalesce(sum((metadata->>'entityCount')::int) FILTER (WHERE event_type IN
            ('entity_resolution_completed', 'entity_needs_disambiguation')), 0) AS entities,

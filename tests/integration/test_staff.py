@@ -38,7 +38,7 @@ def upsert(client: Celery, **kwargs: Any) -> Any:
                               ignore_result=False)
     try:
         result.get(timeout=30)
-    except Exception as exc:  # noqa: BLE001 - the test reads the named error
+    except Exception as exc:
         return exc
     return None
 
@@ -48,7 +48,7 @@ def retry(client: Celery, artifact: uuid.UUID, user: str) -> Any:
                               kwargs={"artifact_id": str(artifact), "requested_by": user, "reason": "test"})
     try:
         return result.get(timeout=30)
-    except Exception as exc:  # noqa: BLE001 - the test reads the named error
+    except Exception as exc:
         return exc
 
 

@@ -140,7 +140,8 @@ def test_the_node_example_drives_a_real_worker(
     assert npm, "Node.js 18+ and npm are needed for the Node example (CI installs nodejs)"
     subprocess.run([npm, "ci", "--no-audit", "--no-fund", "--silent"], cwd=example, check=True, timeout=300)
     started = time.monotonic()
-    done = subprocess.run(["node", "producer.js"], check=False, cwd=example, capture_output=True, text=True, timeout=120,
+    done = subprocess.run(["node", "producer.js"], check=False, cwd=example, capture_output=True, text=True,
+                          timeout=120,
                           env={"PATH": "/usr/bin:/bin:/usr/local/bin", "BROKER_URL": broker_url,
                                "VOICEPIPE_EXAMPLE_ORG": "org-node", "VOICEPIPE_EXAMPLE_USER": "not-staff"})
     assert done.returncode == 0, done.stderr

@@ -132,7 +132,8 @@ def test_the_range_query_returns_the_same_fields_from_rollups_and_from_raw_rows(
     assert long.cache_hit_rate == want["cached_tokens"] / want["input_tokens"]
     assert {k: as_numbers(v) for k, v in long.by_operation.items()} == by(mine, "operation")
     coaches = by(mine, "coach_id")
-    assert [k for k, _ in long.top_coaches] == sorted(coaches, key=lambda k: (-coaches[k]["cost"], -coaches[k]["calls"], k))
+    assert [k for k, _ in long.top_coaches] == sorted(coaches, key=lambda k: (-coaches[k]["cost"],
+                                                                              -coaches[k]["calls"], k))
     assert {k: as_numbers(v) for k, v in long.top_players} == by(mine, "player_id")
 
     week_end = first + timedelta(days=6)

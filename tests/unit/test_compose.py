@@ -14,7 +14,8 @@ from tests.compose import ENV_EXAMPLE, env_example, raw, services
 from tests.helpers import REPO_ROOT
 from worker.routes import QUEUES
 
-APP_SERVICES = {"migrate", "worker-metrics", "worker-pipeline", "worker-retry", "beat", "flower", "exporter", "flower-admin"}
+APP_SERVICES = {"migrate", "worker-metrics", "worker-pipeline", "worker-retry", "beat", "flower", "exporter",
+                "flower-admin"}
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH|KEY", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?[-?][^}]*)?\}")
 

@@ -37,14 +37,14 @@ def test_a_row_with_an_empty_histogram_gets_every_bucket() -> None:
     row[ALL_PARTS.index(HISTOGRAM_PART)] = []
     parts = parts_of_row(row)
     assert parts[HISTOGRAM_PART] == histogram.empty()
-    assert parts == sum_parts([dict(zip(ALL_PARTS, row))])
+    assert parts == sum_parts([dict(zip(ALL_PARTS, row, strict=True))])
 
 
 def test_summing_rows_column_by_column_matches_sum_parts() -> None:
     rng = random.Random(7)
     rows = [counter_row(rng) for _ in range(200)]
     fast = sum_part_rows(rows)
-    slow = sum_parts([dict(zip(ALL_PARTS, row)) for row in rows])
+    slow = sum_parts([dict(zip(ALL_PARTS, row, strict=True)) for row in rows])
     assert set(fast) == set(slow)
     for name in (*INT_PARTS, *DECIMAL_PARTS, HISTOGRAM_PART):
         assert fast[name] == slow[name], name

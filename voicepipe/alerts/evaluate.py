@@ -99,7 +99,8 @@ def health_findings(health: PipelineHealth, th: Thresholds) -> tuple[list[Findin
     if failing > th.windows_failing:
         found.append(Finding(
             "windows_failing", None,
-            f"{failing} windows failing to aggregate ({', '.join(f'{p} {n}' for p, n in health.windows_failing.items())}); "
+            f"{failing} windows failing to aggregate "
+            f"({', '.join(f'{p} {n}' for p, n in health.windows_failing.items())}); "
             "see `voicepipe status`", failing, th.windows_failing))
     hour = health.newest_hour.isoformat() if health.newest_hour else "?"
     for org in health.organizations:

@@ -359,7 +359,7 @@ def refresh_breakdowns(stop: threading.Event) -> None:
             try:
                 _read(partial(_breakdown_of_span, period=period))
                 last_error = ""
-            except Exception as exc:  # noqa: BLE001 - the next round retries; requests compute on their own
+            except Exception as exc:
                 error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 if error != last_error:  # once per outage, not every REFRESH_S
                     log.warning("breakdown refresh failed period=%s: %s", period, error)

@@ -128,7 +128,7 @@ def sum_part_rows(rows: Sequence[Sequence[Any]]) -> Parts:
     platform row of an hour sums 1,001 counter rows. Float parts use math.fsum, the
     correctly rounded sum, so the result does not depend on the order of the rows.
     """
-    columns: dict[str, Sequence[Any]] = dict(zip(ALL_PARTS, zip(*rows)))
+    columns: dict[str, Sequence[Any]] = dict(zip(ALL_PARTS, zip(*rows, strict=True), strict=True))
     total = empty_parts()
     for name in INT_PARTS:
         total[name] = sum(columns.get(name, ()))

@@ -50,7 +50,8 @@ class Cutoffs:
 def cutoffs(now: datetime, settings: Settings | None = None) -> Cutoffs:
     s = settings or get_settings()
     midnight = floor_day(now)
-    days = lambda n: midnight - timedelta(days=n)
+    def days(n: int) -> datetime:
+        return midnight - timedelta(days=n)
     return Cutoffs(
         events=days(s.retention_events_days),
         counters=days(s.retention_counters_days),

@@ -64,7 +64,8 @@ def p95(parts: Mapping[str, Any]) -> float:
 
 def derive(parts: Mapping[str, Any]) -> dict[str, Any]:
     """Every SnapshotMetrics column, from one window's (or any set's) additive parts."""
-    n = lambda event_type: int(parts[f"n_{event_type}"])
+    def n(event_type: str) -> int:
+        return int(parts[f"n_{event_type}"])
     outcomes = n("entity_resolution_completed") + n("entity_needs_disambiguation")
     received = n("artifact_received")
     completed = n("artifact_completed")

@@ -57,7 +57,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "voicepipe_organization_artifacts_received": (
         "gauge", "Artifacts received by the organization in the newest hourly snapshot"),
     "voicepipe_organization_failure_rate": (
-        "gauge", "Overall failure rate (failed / (completed + failed)) of the organization in the newest hourly snapshot"),
+        "gauge",
+        "Overall failure rate (failed / (completed + failed)) of the organization in the newest hourly snapshot"),
     "voicepipe_organization_artifacts_finished": (
         "gauge", "Artifacts completed or failed by the organization in the newest hourly snapshot"),
     "voicepipe_organization_p95_latency_seconds": (
@@ -142,7 +143,7 @@ class PipelineCollector(Collector):
         up = _gauge("voicepipe_up")
         try:
             health = self._read()
-        except Exception as exc:  # noqa: BLE001 - a scrape reports the outage, it does not crash
+        except Exception as exc:
             log.warning("scrape could not read the pipeline's health: %s: %s", type(exc).__name__,
                         str(exc).splitlines()[0] if str(exc) else "")
             up.add_metric([], 0)

@@ -109,7 +109,7 @@ def _artifact_life(
         attempt += 1
         first = STAGE_ORDER.index(stage)
         at += timedelta(minutes=rng.uniform(3, 40))
-        entry = "transcribing" if stage == "transcription" else "transcribed" if stage == "claims_extraction" else "processing"
+        entry = {"transcription": "transcribing", "claims_extraction": "transcribed"}.get(stage, "processing")
         rec.add(at, "retry_initiated", stage=stage,
                 metadata=meta(attempt, requestedBy=staff_user, reason="provider error", retryStage=stage), **common)
         rec.add(at, "artifact_status_changed", stage=stage,

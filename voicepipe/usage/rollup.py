@@ -159,7 +159,8 @@ def aggregate_usage_day(session: Session, day: date) -> int:
         )
     if rows:
         stmt = pg_insert(AiUsageDailyAggregate)
-        updates: dict[str, Any] = {name: stmt.excluded[name] for name in rows[0] if name not in ("day", "organization_id")}
+        updates: dict[str, Any] = {name: stmt.excluded[name] for name in rows[0] if name not in ("day",
+                                                                                                 "organization_id")}
         updates["computed_at"] = func.now()
         # executemany: compiled once, batched by SQLAlchemy's insertmanyvalues.
         session.connection().execute(stmt.on_conflict_do_update(constraint=ROLLUP_KEY, set_=updates), rows)
