@@ -44,8 +44,10 @@ from celery.app.trace import LOG_SUCCESS
 from celery.app.trace import logger as trace_logger
 from celery.utils.functional import noop
 from celery.worker.request import Request
-from celery.worker.state import task_ready
+from celery.worker.state import task_accepted, task_ready
 from celery.worker.strategy import default as default_strategy
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual as kombu_virtual
 
 log = logging.getLogger(__name__)
 
@@ -71,28 +73,60 @@ _timers: dict[str, Any] = {}
 
 
 class _Consumer:
-    """The worker's consumer, whose on_task_request is the batcher's."""
+    """The worker's consumer, whose on_task_request is the batcher's and whose events it defers."""
 
-    def __init__(self, consumer: Any, on_task_request: Any) -> None:
+    def __init__(self, consumer: Any, on_task_request: Any, event_dispatcher: Any) -> None:
         self._consumer = consumer
         self.on_task_request = on_task_request
+        self.event_dispatcher = event_dispatcher
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._consumer, name)
 
 
+class _DeferredReceived:
+    """The consumer's event dispatcher, keeping back each message's task-received event.
+
+    The worker buffers task events and publishes what gathered in one loop iteration as
+    one message; each iteration receives one message, so a task-received event sent
+    on arrival costs a publish per message. The batcher sends the kept events when it
+    dispatches the batch (one publish for all of them), or at once for a message that
+    runs alone. Every other event passes through.
+    """
+
+    def __init__(self, dispatcher: Any) -> None:
+        self._dispatcher = dispatcher
+        self.kept: dict[str, Any] | None = None
+
+    def send(self, type: str, **fields: Any) -> Any:
+        if type == "task-received":
+            self.kept = fields
+            return None
+        return self._dispatcher.send(type, **fields)
+
+    def take(self) -> dict[str, Any] | None:
+        kept, self.kept = self.kept, None
+        return kept
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._dispatcher, name)
+
+
 def batched(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     """The task's Strategy: Celery's default one (revocation, expiry, ETA, events), batching its dispatch."""
-    batcher = _Batcher(task, consumer)
-    return default_strategy(task, app, _Consumer(consumer, batcher.add), **kwargs)
+    events = _DeferredReceived(consumer.event_dispatcher) if consumer.event_dispatcher is not None else None
+    batcher = _Batcher(task, consumer, events)
+    return default_strategy(task, app, _Consumer(consumer, batcher.add, events), **kwargs)
 
 
 class _Batcher:
     """Buffers the requests of one task in the worker's main process and writes them by batches."""
 
-    def __init__(self, task: Any, consumer: Any) -> None:
+    def __init__(self, task: Any, consumer: Any, events: _DeferredReceived | None) -> None:
         self.task = task
         self.consumer = consumer
+        self.events = events
+        self.received: dict[str, dict[str, Any]] = {}  # kept task-received events, by task id
         self.alone = consumer.on_task_request  # the worker's normal dispatch to the pool
         self.pool = consumer.pool
         self.buffer: list[Request] = []
@@ -107,9 +141,21 @@ class _Batcher:
     def slots(self) -> int:
         return max(1, int(getattr(self.pool, "num_processes", None) or 1))
 
+    def _announce(self, req: Request) -> None:
+        fields = self.received.pop(req.id, None)
+        if fields is not None and self.events is not None:
+            self.events._dispatcher.send("task-received", **fields)
+
+    def _run_alone(self, req: Request) -> None:
+        self._announce(req)
+        self.alone(req)
+
     def add(self, req: Request) -> None:
+        fields = self.events.take() if self.events is not None else None
+        if fields is not None:
+            self.received[req.id] = fields
         if req.delivery_info.get("redelivered") or req.request_dict.get("retries") or req.args:
-            self.alone(req)
+            self._run_alone(req)
             return
         self.buffer.append(req)
         if self.held < MAX_HELD_PER_PROCESS * self.slots():
@@ -139,20 +185,27 @@ class _Batcher:
         items = [(req.id, req.kwargs, req.ignore_result) for req in batch]
         log.info("batch dispatched task=%s size=%d buffered=%d", self.task.name, len(batch), len(self.buffer))
 
+        for req in batch:
+            self._announce(req)  # all in one publish: the worker flushes its event buffer once per loop
+
         def accepted(pid: int, time_accepted: float) -> None:
+            # Celery's Request.on_accepted without its task-started event (one per message;
+            # Flower shows a batched message received, then succeeded).
+            time_start = time.time() - (time.monotonic() - time_accepted)
             for req in batch:
-                req.on_accepted(pid, time_accepted)
+                req.worker_pid, req.time_start = pid, time_start
+                task_accepted(req)
 
         def done(answers: list[Any]) -> None:
             self.in_flight -= 1
             self._release(len(batch))
             runtime = time.monotonic() - started
+            _acknowledge([req for req, answer in zip(batch, answers, strict=True) if answer != RUN_ALONE])
             for req, answer in zip(batch, answers, strict=True):
                 if answer == RUN_ALONE:
-                    self.alone(req)
+                    self.alone(req)  # its task-received event went with the batch
                     continue
                 task_ready(req, successful=True)
-                req.acknowledge()
                 req.send_event("task-succeeded", result=repr(answer), runtime=runtime)
                 if log_success:  # Celery's own line for a task that succeeded, as on the per-message path
                     trace_logger.info(LOG_SUCCESS, {"id": req.id, "name": req.name, "return_value": repr(answer),
@@ -186,6 +239,37 @@ class _Batcher:
             soft_timeout=BATCH_SOFT_TIME_LIMIT_S,
             timeout=BATCH_TIME_LIMIT_S,
         )
+
+
+def _acknowledge(requests: list[Request]) -> None:
+    """Acknowledge the requests: on Redis in one round trip, elsewhere one by one.
+
+    kombu's Redis transport acknowledges a message with its own round trip (ZREM and
+    HDEL of its unacked entry); for a batch, those commands go in one pipeline, then
+    kombu's in-memory bookkeeping is done as its QoS.ack does it. A broker that fails
+    here leaves the messages unacknowledged: they come back, take the per-message path
+    and find their events already stored.
+    """
+    pending = [req for req in requests if not req.acknowledged]
+    if not pending:
+        return
+    qos = getattr(pending[0].message.channel, "qos", None)
+    if not isinstance(qos, kombu_redis.QoS) or any(req.message.channel.qos is not qos for req in pending):
+        for req in pending:
+            req.acknowledge()
+        return
+    try:
+        with qos.pipe_or_acquire() as pipe:
+            for req in pending:
+                qos._remove_from_indices(req.message.delivery_tag, pipe)
+            pipe.execute()
+    except Exception:  # the broker's connection errors: Celery's own ack logs and goes on too
+        log.exception("acknowledging a batch failed size=%d; its messages will come back", len(pending))
+        return
+    for req in pending:
+        kombu_virtual.QoS.ack(qos, req.message.delivery_tag)
+        req.message._state = "ACK"
+        req.acknowledged = True
 
 
 def run_batch(task_name: str, items: list[tuple[str, dict[str, Any], bool]]) -> list[Any]:
