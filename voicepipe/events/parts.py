@@ -128,7 +128,8 @@ def sum_part_rows(rows: Sequence[Sequence[Any]]) -> Parts:
     platform row of an hour sums 1,001 counter rows. Float parts use math.fsum, the
     correctly rounded sum, so the result does not depend on the order of the rows.
     """
-    columns: dict[str, Sequence[Any]] = dict(zip(ALL_PARTS, zip(*rows, strict=True), strict=True))
+    # Without rows there are no columns (strict=False); every row has every part.
+    columns: dict[str, Sequence[Any]] = dict(zip(ALL_PARTS, zip(*rows, strict=True), strict=False))
     total = empty_parts()
     for name in INT_PARTS:
         total[name] = sum(columns.get(name, ()))
