@@ -26,9 +26,10 @@ A redelivered message takes the per-message path, whose id derived from the task
 (tasks/_ids.py) makes a second recording a no-op: nothing is lost, nothing doubled.
 
 Buffered messages are held beyond the worker's prefetch window (the consumer's QoS is
-raised by one for each, as Celery does for a message with an ETA), up to MAX_HELD, so
-the consumer keeps receiving while a batch is written; other pipeline tasks keep the
-one-message prefetch of worker/config.py.
+raised for them, as Celery does for a message with an ETA, by steps of GRANT_STEP, up to
+MAX_HELD_PER_PROCESS per pool process), so the consumer keeps receiving while a batch is
+written; when nothing is held, the prefetch is back to worker/config.py's one message
+per process, which other pipeline tasks keep.
 """
 
 from __future__ import annotations
@@ -57,12 +58,15 @@ USAGE_TASK = "voicepipe.usage.record"
 # A batch is written as soon as a pool process is free: under load, batches grow to
 # whatever arrived while the previous one was written, up to FLUSH_EVERY messages (one
 # transaction of ~20-50 ms at the batch API's rate). At low traffic a message waits at
-# most FLUSH_INTERVAL_S for the next tick: its counter is updated within ~0.1 s.
+# most VOICEPIPE_RECORD_FLUSH_MS (default 50 ms) for the next tick: its counter is
+# updated well within a second (bench/recording.py measures it).
 FLUSH_EVERY = 1000
-FLUSH_INTERVAL_S = 0.05
 # Messages held beyond the prefetch window, per task, at most (memory and redelivery
 # bound if the worker dies): a batch being written per pool process plus one buffered.
 MAX_HELD_PER_PROCESS = 2 * FLUSH_EVERY
+# The prefetch is raised by steps, not one message at a time: on RabbitMQ each change is
+# a basic.qos round trip, and one at a time kept batches at a few messages.
+GRANT_STEP = 200
 # A batch job's limits; past the soft limit every message of it runs alone, with its own.
 BATCH_SOFT_TIME_LIMIT_S = 90
 BATCH_TIME_LIMIT_S = 120
@@ -131,7 +135,8 @@ class _Batcher:
         self.pool = consumer.pool
         self.buffer: list[Request] = []
         self.in_flight = 0
-        self.held = 0
+        self.held = 0  # messages in the buffer or in a batch being written
+        self.granted = 0  # how far this batcher has raised the consumer's prefetch
         # Strategies are rebuilt when the consumer reconnects: one timer per task.
         old = _timers.pop(task.name, None)
         if old is not None:
@@ -158,12 +163,18 @@ class _Batcher:
             self._run_alone(req)
             return
         self.buffer.append(req)
-        if self.held < MAX_HELD_PER_PROCESS * self.slots():
-            # This message stops counting against the prefetch window (see the docstring).
-            self.consumer.qos.increment_eventually()
-            self.held += 1
+        self.held += 1
+        limit = MAX_HELD_PER_PROCESS * self.slots()
+        if self.held > self.granted - GRANT_STEP // 2 and self.granted < limit:
+            # Held messages stop counting against the prefetch window (see the docstring).
+            step = min(GRANT_STEP, limit - self.granted)
+            self.consumer.qos.increment_eventually(step)
+            self.granted += step
         if self.timer is None:
-            self.timer = _timers[self.task.name] = self.consumer.timer.call_repeatedly(FLUSH_INTERVAL_S, self.tick)
+            from voicepipe.settings import get_settings
+
+            interval = get_settings().record_flush_ms / 1000
+            self.timer = _timers[self.task.name] = self.consumer.timer.call_repeatedly(interval, self.tick)
         if len(self.buffer) >= FLUSH_EVERY and self.in_flight < self.slots():
             self.flush()
 
@@ -172,10 +183,12 @@ class _Batcher:
             self.flush()
 
     def _release(self, n: int) -> None:
-        n = min(n, self.held)
-        if n:
-            self.held -= n
-            self.consumer.qos.decrement_eventually(n)
+        self.held = max(0, self.held - n)
+        # Back to the worker's own prefetch when nothing is held; else a step above what is.
+        target = self.held + GRANT_STEP if self.held else 0
+        if self.granted > target:
+            self.consumer.qos.decrement_eventually(self.granted - target)
+            self.granted = target
 
     def flush(self) -> None:
         batch, self.buffer = self.buffer[:FLUSH_EVERY], self.buffer[FLUSH_EVERY:]
@@ -291,7 +304,7 @@ def run_batch(task_name: str, items: list[tuple[str, dict[str, Any], bool]]) -> 
     try:
         with session_scope() as session:
             outcomes = record(session, raws)
-    except Exception as exc:  # noqa: BLE001 (every message is answered by its own path below)
+    except Exception as exc:  # every message is answered by its own path below
         # Transient (database down, lock timeout), soft time limit, or a bug: nothing of
         # the batch was committed; each message's own path retries or parks it.
         log.warning("batch not recorded task=%s size=%d error=%r; each message runs alone", task_name,

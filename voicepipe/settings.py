@@ -59,6 +59,8 @@ class Settings:
     lock_timeout_ms: int = 10_000
     delivery_limit: int = 5
     max_batch_size: int = 5_000
+    # How long a single-event message may wait in the worker for its batch (tasks/_batching.py).
+    record_flush_ms: int = 50
     # VOICEPIPE_EMBEDDED=1: start embedded servers for unset DATABASE_URL/BROKER_URL
     # (`voicepipe dev` does so itself); otherwise an unset URL is refused.
     embedded: bool = False
@@ -236,6 +238,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lock_timeout_ms=_int(env, "VOICEPIPE_LOCK_TIMEOUT_MS", 10_000, minimum=1),
         delivery_limit=_int(env, "VOICEPIPE_DELIVERY_LIMIT", 5, minimum=1),
         max_batch_size=_int(env, "VOICEPIPE_MAX_BATCH_SIZE", 5_000, minimum=1),
+        record_flush_ms=_int(env, "VOICEPIPE_RECORD_FLUSH_MS", 50, minimum=1),
         embedded=_flag(env, "VOICEPIPE_EMBEDDED"),
     )
 
