@@ -79,9 +79,10 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 0) -> i
     return value
 
 
-def _float(
+def parse_float(
     env: Mapping[str, str], name: str, default: float, lo: float, hi: float | None = None
 ) -> float:
+    """A number from env[name] in [lo, hi], or default when unset or blank; SettingsError names it."""
     raw = env.get(name)
     if raw is None or raw.strip() == "":
         return default
@@ -228,9 +229,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_requeues=_int(env, "VOICEPIPE_MAX_REQUEUES", 3, minimum=0),
         processor=processor,
         simulator_seed=_int(env, "VOICEPIPE_SIMULATOR_SEED", 0),
-        simulator_failure_rate=_float(env, "VOICEPIPE_SIMULATOR_FAILURE_RATE", 0.0, 0.0, 1.0),
+        simulator_failure_rate=parse_float(env, "VOICEPIPE_SIMULATOR_FAILURE_RATE", 0.0, 0.0, 1.0),
         simulator_fail_stages=_stages(env, "VOICEPIPE_SIMULATOR_FAIL_STAGES"),
-        simulator_time_scale=_float(env, "VOICEPIPE_SIMULATOR_TIME_SCALE", 1.0, 0.0),
+        simulator_time_scale=parse_float(env, "VOICEPIPE_SIMULATOR_TIME_SCALE", 1.0, 0.0),
         fake_now=_fake_now(env, "VOICEPIPE_FAKE_NOW"),
         beat_interval_seconds=_int(env, "VOICEPIPE_BEAT_INTERVAL_SECONDS", 0, minimum=0) or None,
         log_level=level,

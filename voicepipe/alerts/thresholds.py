@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from voicepipe.errors import SettingsError
 from voicepipe.health import DEFAULT_BEAT_MAX_SILENCE_S
+from voicepipe.settings import parse_float
 
 
 @dataclass(frozen=True)
@@ -46,16 +45,7 @@ def variable(name: str) -> str:
 def load_thresholds(env: Mapping[str, str] | None = None) -> Thresholds:
     """Every threshold, from VOICEPIPE_ALERT_<NAME> or its default; SettingsError names a bad one."""
     env = os.environ if env is None else env
-    values: dict[str, float] = {}
-    for f in fields(Thresholds):
-        raw = env.get(variable(f.name), "").strip()
-        if raw == "":
-            continue
-        try:
-            value = float(raw)
-        except ValueError:
-            raise SettingsError(f"{variable(f.name)} must be a number, got {raw!r}") from None
-        if math.isnan(value) or value < 0:
-            raise SettingsError(f"{variable(f.name)} must be a number >= 0, got {raw!r}")
-        values[f.name] = value
-    return Thresholds(**values)
+    defaults = Thresholds()
+    return Thresholds(**{
+        f.name: parse_float(env, variable(f.name), getattr(defaults, f.name), 0.0) for f in fields(Thresholds)
+    })
