@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sqlalchemy import text
 
-from bench.harness import Env, Result, percentile
+from bench.harness import Env, Result, percentile, settle_late_marks
 from tests.redis_server import free_port
 from voicepipe.usage.rollup import aggregate_usage_day
 
@@ -141,6 +141,7 @@ PAGES = (
 
 
 def run(env: Env) -> list[Result]:
+    settle_late_marks(env)
     seed(env, datetime.now(UTC))
     port = free_port()
     process_env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICEPIPE_", "FLOWER_"))}

@@ -21,13 +21,11 @@ from typing import Any, TypeVar
 
 from models.session import session_scope
 from tasks._base import public_task, take
-from voicepipe import late
 from voicepipe.clock import utcnow
 from voicepipe.errors import REFUSALS
-from voicepipe.maintenance.cleanup import recomputable_from
 from voicepipe.metrics.bookkeeping import DAILY, HOURLY, record_failure
 from voicepipe.metrics.daily import aggregate_day
-from voicepipe.metrics.due import due_days, hourly_plan
+from voicepipe.metrics.due import due_days, plan_and_clear
 from voicepipe.metrics.hourly import aggregate_hour
 from voicepipe.settings import get_settings
 from voicepipe.windows import day_start, parse_day, parse_hour
@@ -95,9 +93,7 @@ def aggregate_hourly_due(**kwargs: Any) -> None:
     with session_scope() as session:
         # Late events also make their (already computed) day stale: refresh it now
         # rather than at the next 01:30 run. Missing days wait for the daily run.
-        plan = hourly_plan(session, now, settings.hourly_horizon_hours, settings.daily_horizon_days)
-        late.clear_older(session, late.HOURLY, recomputable_from(now))
-        cleared = late.clear(session, late.HOURLY, plan.fresh_marks)
+        plan, cleared = plan_and_clear(session, now, settings.hourly_horizon_hours, settings.daily_horizon_days)
     hours, days = plan.hours, plan.days
     send_hours(hours)
     send_days(days)

@@ -156,6 +156,17 @@ def hourly_plan(session: Session, now: datetime, horizon_hours: int, horizon_day
     )
 
 
+def plan_and_clear(session: Session, now: datetime, horizon_hours: int, horizon_days: int) -> tuple[LatePlan, int]:
+    """The hourly wrapper's plan, with the marks it makes obsolete removed; returns (plan, marks cleared).
+
+    Marks of windows past recomputation go, and so do those of windows found up to date
+    (at the revision read); the caller commits.
+    """
+    plan = hourly_plan(session, now, horizon_hours, horizon_days)
+    late.clear_older(session, late.HOURLY, recomputable_from(now))
+    return plan, late.clear(session, late.HOURLY, plan.fresh_marks)
+
+
 def day_state(session: Session, day: date) -> WindowState:
     """One day's state, whatever its age (backfill)."""
     lo = day_start(day)
