@@ -70,6 +70,10 @@ def run_beat(app: Celery, schedule_file: Path, start: datetime, end: datetime) -
     app.now = lambda: clock[0]  # type: ignore[method-assign]
     fired: list[Firing] = []
     production = symbol_by_name(app.conf.beat_scheduler)
+    # voicepipe's tasks are shared (app.task's default): once another test imported them, this
+    # app's registry would hold them and the scheduler would publish through them for real
+    # instead of by name. Empty, every send goes through send_task below, whatever ran before.
+    app.tasks.clear()
 
     class RecordingScheduler(production):  # type: ignore[misc,valid-type]
         producer = None  # no broker connection: sends are recorded below
