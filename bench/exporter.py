@@ -10,19 +10,14 @@ them completed long ago) and 5,000 retries. Goal: a scrape under 200 ms.
 from __future__ import annotations
 
 import base64
-import os
 import statistics
-import subprocess
-import sys
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import text
 
-from bench.harness import Env, Result, percentile, settle_late_marks
-from tests.redis_server import free_port
+from bench.harness import Env, Result, cli_server, percentile, settle_late_marks
 
 ORGS = 1000
 CREDENTIALS = "bench:bench-password"
@@ -104,31 +99,11 @@ def scrape(port: int) -> tuple[float, bytes]:
 def run(env: Env) -> list[Result]:
     settle_late_marks(env)
     seed(env, datetime.now(UTC))
-    port = free_port()
-    process_env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICEPIPE_", "FLOWER_"))}
-    process_env.update(DATABASE_URL=env.database_url, BROKER_URL=env.broker_url,
-                       VOICEPIPE_EXPORTER_AUTH=CREDENTIALS, VOICEPIPE_DATA_DIR=str(env.scratch / "exporter"))
-    log = open(env.scratch / "exporter.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "voicepipe.cli", "exporter", "--port", str(port)],
-                            env=process_env, cwd=Path(__file__).resolve().parent.parent,
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                _, body = scrape(port)
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
+    with cli_server(env, "exporter", "VOICEPIPE_EXPORTER_AUTH", CREDENTIALS, scrape) as port:
+        _, body = scrape(port)
         series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
         org_series = body.count(b'organization="exp-org-')
         samples = [scrape(port)[0] for _ in range(10 if env.quick else 30)]
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
     p50 = statistics.median(samples)
     return [
         Result("exporter", f"scrape /metrics, {ORGS:,} organizations (p50 of {len(samples)})", p50, "s",

@@ -196,3 +196,42 @@ def settle_late_marks(env: Env) -> None:
     with env.session() as session:
         plan_and_clear(session, datetime.now(UTC), settings.hourly_horizon_hours, settings.daily_horizon_days)
         session.commit()
+
+
+@contextmanager
+def cli_server(
+    env: Env, command: str, auth_variable: str, credentials: str, ready: Callable[[int], Any]
+) -> Iterator[int]:
+    """Run `voicepipe COMMAND --port P` as a subprocess with only this run's settings; yield P.
+
+    The server sees the bench's database and broker, the credentials in auth_variable, and
+    none of the caller's VOICEPIPE_/FLOWER_ variables; P is yielded once ready(P) stops
+    raising OSError (30 s at most), and the server is stopped on exit.
+    """
+    import subprocess
+    import sys
+
+    from tests.redis_server import free_port
+
+    port = free_port()
+    process_env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICEPIPE_", "FLOWER_"))}
+    process_env.update({"DATABASE_URL": env.database_url, "BROKER_URL": env.broker_url,
+                        auth_variable: credentials, "VOICEPIPE_DATA_DIR": str(env.scratch / command)})
+    with open(env.scratch / f"{command}.log", "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "voicepipe.cli", command, "--port", str(port)],
+                                env=process_env, cwd=Path(__file__).resolve().parent.parent,
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    ready(port)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or proc.poll() is not None:
+                        raise
+                    time.sleep(0.2)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(10)

@@ -14,19 +14,14 @@ Goal: every page under 300 ms (p95).
 from __future__ import annotations
 
 import base64
-import os
 import statistics
-import subprocess
-import sys
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 from sqlalchemy import text
 
-from bench.harness import Env, Result, percentile, settle_late_marks
-from tests.redis_server import free_port
+from bench.harness import Env, Result, cli_server, percentile, settle_late_marks
 from voicepipe.usage.rollup import aggregate_usage_day
 
 ORGS = 1000
@@ -143,25 +138,9 @@ PAGES = (
 def run(env: Env) -> list[Result]:
     settle_late_marks(env)
     seed(env, datetime.now(UTC))
-    port = free_port()
-    process_env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICEPIPE_", "FLOWER_"))}
-    process_env.update(DATABASE_URL=env.database_url, BROKER_URL=env.broker_url,
-                       VOICEPIPE_DASHBOARD_AUTH=CREDENTIALS, VOICEPIPE_DATA_DIR=str(env.scratch / "dashboard"))
-    log = open(env.scratch / "dashboard.log", "wb")  # noqa: SIM115 - closed below
-    proc = subprocess.Popen([sys.executable, "-m", "voicepipe.cli", "dashboard", "--port", str(port)],
-                            env=process_env, cwd=Path(__file__).resolve().parent.parent,
-                            stdout=log, stderr=subprocess.STDOUT)
     results: list[Result] = []
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                fetch(port, "/api/alerts")
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.2)
+    with cli_server(env, "dashboard", "VOICEPIPE_DASHBOARD_AUTH", CREDENTIALS,
+                    lambda port: fetch(port, "/api/alerts")) as port:
         for name, path in PAGES:
             _, status, size = fetch(port, path)  # warm-up (and the page must answer 200)
             assert status == 200, (path, status)
@@ -184,8 +163,4 @@ def run(env: Env) -> list[Result]:
         results.append(Result("pages", f"platform page / just after a window changed (breakdown recomputed), "
                                        f"{ORGS:,} orgs: p50 (p95 {p95 * 1000:.0f} ms)", p50, "s",
                               goal="< 300 ms", met=p95 < 0.300, extra={"p95_ms": round(p95 * 1000, 1)}))
-    finally:
-        proc.terminate()
-        proc.wait(10)
-        log.close()
     return results
