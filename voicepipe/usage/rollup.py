@@ -12,7 +12,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -25,7 +25,7 @@ from voicepipe import late
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
 from voicepipe.maintenance.cleanup import usage_recomputable_from
-from voicepipe.windows import DAY, closed_days, day_start, parse_day
+from voicepipe.windows import DAY, closed_days, day_start, floor_day, parse_day
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +216,7 @@ def usage_plan(session: Session, now: datetime, horizon_days: int) -> UsagePlan:
     """
     oldest = usage_recomputable_from(now)
     marks = {
-        datetime_of(d): rev for d, rev in late.marked(session, late.USAGE_DAY)
+        floor_day(d): rev for d, rev in late.marked(session, late.USAGE_DAY)
         if d >= oldest and d + DAY <= now
     }
     in_horizon = [day_start(d) for d in closed_days(now, horizon_days) if day_start(d) >= oldest]
@@ -229,10 +229,6 @@ def usage_plan(session: Session, now: datetime, horizon_days: int) -> UsagePlan:
     days = sorted({d for d in in_horizon if mismatches.get(d.date())} | {d for d in marks if mismatches.get(d.date())})
     fresh = [(d, rev) for d, rev in marks.items() if not mismatches.get(d.date())]
     return UsagePlan(days=[d.date() for d in days], fresh_marks=fresh)
-
-
-def datetime_of(start: datetime) -> datetime:
-    return day_start(start.astimezone(UTC).date())
 
 
 def due_usage_days(session: Session, now: datetime, horizon_days: int) -> list[date]:
