@@ -97,7 +97,7 @@ def bench_env(quick: bool) -> Iterator[Env]:
     try:
         upgrade(url)
         db_session.configure(url)
-        engine = create_engine(url)
+        engine = db_session.make_engine(url)  # the product's connection settings
         yield Env(url, broker, emb, quick, scratch, engine)
         engine.dispose()
         db_session.configure(None)

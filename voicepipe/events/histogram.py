@@ -12,8 +12,9 @@ forever; changing it needs a counter rebuild (``voicepipe rebuild-counters``).
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
+from itertools import accumulate
 
 FIRST_EDGE_MS = 100.0
 RATIO = 1.25
@@ -49,17 +50,18 @@ def merge(histograms: Iterable[Sequence[int]]) -> list[int]:
 
 def percentile(hist: Sequence[int], q: float) -> float:
     """The q-quantile (0 < q <= 1) by nearest rank, interpolated inside its bucket; 0 if empty."""
-    n = sum(hist)
+    # Running totals and a binary search, both in C: an hour of 10,000 organizations
+    # takes 10,000 percentiles, and a loop over the buckets in Python cost 11 us each.
+    running = list(accumulate(hist))
+    n = running[-1] if running else 0
     if n == 0:
         return 0.0
     rank = max(1, math.ceil(q * n))
-    seen = 0
-    for index, count in enumerate(hist):
-        if count and seen + count >= rank:
-            lower, upper = bucket_bounds(index)
-            if math.isinf(upper):
-                return lower
-            # Spread the bucket's values evenly across its width.
-            return lower + (upper - lower) * (rank - seen - 0.5) / count
-        seen += count
-    raise AssertionError("unreachable: rank <= n")
+    index = bisect_left(running, rank)  # the first bucket whose running total reaches rank
+    count = hist[index]
+    seen = running[index] - count
+    lower, upper = bucket_bounds(index)
+    if math.isinf(upper):
+        return lower
+    # Spread the bucket's values evenly across its width.
+    return lower + (upper - lower) * (rank - seen - 0.5) / count

@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
-from itertools import zip_longest
 from typing import Any
 
 from voicepipe.domain import ENTITY_OUTCOMES, EVENT_TYPES
@@ -137,6 +136,8 @@ def sum_part_rows(rows: Sequence[Sequence[Any]]) -> Parts:
         total[name] = math.fsum(columns.get(name, ()))
     for name in DECIMAL_PARTS:
         total[name] = sum(columns.get(name, ()), Decimal(0))
-    buckets = [sum(bucket) for bucket in zip_longest(*columns.get(HISTOGRAM_PART, ()), fillvalue=0)]
+    # Counters store an all-zero histogram empty: only full ones are summed, bucket by bucket.
+    full = [hist for hist in columns.get(HISTOGRAM_PART, ()) if hist]
+    buckets = [sum(bucket) for bucket in zip(*full, strict=True)] if full else ()
     total[HISTOGRAM_PART] = histogram.merge([buckets])
     return total

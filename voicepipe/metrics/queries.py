@@ -80,8 +80,8 @@ def organization_breakdown(
 ) -> list[OrganizationFigures]:
     """Per organization over [start, end), busiest first, with names ("Unknown" when missing).
 
-    Summed in PostgreSQL (one statement for the parts with names joined in, one for the
-    histogram buckets), then derived from the summed parts: never an average of averages.
+    Summed in PostgreSQL (one statement: the parts and histogram buckets, names joined
+    in), then derived from the summed parts: never an average of averages.
     """
     _check(period_type, start, end)
     sums = sum_snapshot_parts(session, period_type, start, end)
