@@ -7,13 +7,15 @@ window bookkeeping, open alerts, and 30 days of one organization's AI usage
 (raw log and daily rollups). Each page is requested 30 times (10 in --quick) after
 a warm-up; the figure is the median and the 95th percentile of the whole request,
 rendering included. The platform page is also measured just after a window of its
-range changed, when the organization breakdown is recomputed rather than reused.
-Goal: every page under 300 ms (p95).
+range changed (the previous organization breakdown is shown, marked, while the new one is
+summed in the background), with the time until the new breakdown is shown.
+Goal: every page under 300 ms (p95). The full run measures again with 10,000 organizations.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import statistics
 import time
 import urllib.request
@@ -94,27 +96,42 @@ FROM generate_series(0, :n - 1) i
 """
 
 
-def seed(env: Env, now: datetime) -> None:
+def seed(env: Env, now: datetime, orgs: int = ORGS, usage: bool = True) -> None:
+    """Snapshots, names and windows of ORGS organizations (and the platform rows over them).
+
+    Seeding again with more organizations adds the new ones and rewrites the platform rows.
+    """
     hour = now.replace(minute=0, second=0, microsecond=0)
     day = hour.replace(hour=0)
     per_day = 1_000 if env.quick else 3_000
     with env.engine.begin() as conn:
+        conn.execute(text("DELETE FROM metrics_snapshots WHERE organization_id IS NULL"))
         for period, lo, hi, step, n in (("hourly", hour - timedelta(hours=72), hour, "1 hour", 6),
                                         ("daily", day - timedelta(days=30), day, "1 day", 140)):
             conn.execute(text(SEED_ORG_SNAPSHOTS), {"period": period, "lo": lo, "hi": hi, "step": step, "n": n,
-                                                    "orgs": ORGS})
+                                                    "orgs": orgs})
             conn.execute(text(SEED_PLATFORM_SNAPSHOTS), {"period": period})
-        conn.execute(text(SEED_NAMES), {"orgs": ORGS})
+        conn.execute(text(SEED_NAMES), {"orgs": orgs})
         conn.execute(text(SEED_WINDOWS))
         conn.execute(text(SEED_ALERTS))
-        conn.execute(text(SEED_USAGE), {"lo": day - timedelta(days=30), "per_day": per_day, "org": USAGE_ORG,
-                                        "n": per_day * 30})
+        if usage:
+            conn.execute(text(SEED_USAGE), {"lo": day - timedelta(days=30), "per_day": per_day, "org": USAGE_ORG,
+                                            "n": per_day * 30})
         for table in ("metrics_snapshots", "organizations", "aggregation_windows", "alerts", "ai_usage_log"):
             conn.execute(text(f"ANALYZE {table}"))
+    if not usage:
+        return
     for d in range(30, 0, -1):
         with env.session() as s:
             aggregate_usage_day(s, (day - timedelta(days=d)).date())
             s.commit()
+
+
+def fetch_body(port: int, path: str) -> bytes:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={
+        "Authorization": "Basic " + base64.b64encode(CREDENTIALS.encode()).decode()})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return bytes(response.read())
 
 
 def fetch(port: int, path: str) -> tuple[float, int, int]:
@@ -135,9 +152,8 @@ PAGES = (
 )
 
 
-def run(env: Env) -> list[Result]:
-    settle_late_marks(env)
-    seed(env, datetime.now(UTC))
+def measure(env: Env, orgs: int) -> list[Result]:
+    """Every page (and the platform page after a change) through a fresh dashboard process."""
     results: list[Result] = []
     with cli_server(env, "dashboard", "VOICEPIPE_DASHBOARD_AUTH", CREDENTIALS,
                     lambda port: fetch(port, "/api/alerts")) as port:
@@ -146,7 +162,8 @@ def run(env: Env) -> list[Result]:
             assert status == 200, (path, status)
             samples = [fetch(port, path)[0] for _ in range(10 if env.quick else 30)]
             p50, p95 = statistics.median(samples), percentile(samples, 0.95)
-            results.append(Result("pages", f"{name}, {ORGS:,} orgs: p50 (p95 {p95 * 1000:.0f} ms)", p50, "s",
+            label = name.replace("1,000 rows", f"{orgs:,} rows")
+            results.append(Result("pages", f"{label}, {orgs:,} orgs: p50 (p95 {p95 * 1000:.0f} ms)", p50, "s",
                                   goal="< 300 ms", met=p95 < 0.300,
                                   extra={"p95_ms": round(p95 * 1000, 1), "bytes": size}))
         # Right after the daily run (or a late window) the breakdown is recomputed: a window of
@@ -154,13 +171,33 @@ def run(env: Env) -> list[Result]:
         touch = text("UPDATE aggregation_windows SET computed_at = clock_timestamp() WHERE period_type = 'daily' "
                      "AND period_start = "
                      "(SELECT max(period_start) FROM aggregation_windows WHERE period_type = 'daily')")
-        cold = []
+        cold, lag = [], []
         for _ in range(5 if env.quick else 15):
             with env.engine.begin() as conn:
                 conn.execute(touch)
+            t0 = time.perf_counter()
             cold.append(fetch(port, "/")[0])
+            # Until the new breakdown is in, the table is the previous one marked refreshing.
+            while json.loads(fetch_body(port, "/api/organizations?period=daily"))["refreshing"]:
+                time.sleep(0.01)
+            lag.append(time.perf_counter() - t0)
         p50, p95 = statistics.median(cold), percentile(cold, 0.95)
-        results.append(Result("pages", f"platform page / just after a window changed (breakdown recomputed), "
-                                       f"{ORGS:,} orgs: p50 (p95 {p95 * 1000:.0f} ms)", p50, "s",
-                              goal="< 300 ms", met=p95 < 0.300, extra={"p95_ms": round(p95 * 1000, 1)}))
+        results.append(Result("pages", f"platform page / just after a window changed (previous breakdown shown "
+                                       f"while it is summed again), {orgs:,} orgs: p50 (p95 {p95 * 1000:.0f} ms)",
+                              p50, "s", goal="< 300 ms", met=p95 < 0.300, extra={"p95_ms": round(p95 * 1000, 1)}))
+        results.append(Result("pages", f"time from that change to the new breakdown shown, {orgs:,} orgs: p50 "
+                                       f"(p95 {percentile(lag, 0.95) * 1000:.0f} ms)", statistics.median(lag), "s",
+                              extra={"p95_ms": round(percentile(lag, 0.95) * 1000, 1)}))
+    return results
+
+
+def run(env: Env) -> list[Result]:
+    settle_late_marks(env)
+    now = datetime.now(UTC)
+    seed(env, now)
+    results = measure(env, ORGS)
+    if not env.quick:
+        # The same pages with 9,000 more organizations (the issue's 10,000-organization scale).
+        seed(env, now, orgs=10 * ORGS, usage=False)
+        results += measure(env, 10 * ORGS)
     return results

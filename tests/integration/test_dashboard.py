@@ -411,10 +411,12 @@ def test_dashboard_refuses_to_start_without_credentials(db_url: str, broker_url:
         assert "secret-value" not in result.stderr
 
 
-def test_a_recomputed_window_or_a_new_name_shows_at_once(
+def test_a_recomputed_window_or_a_new_name_shows_within_seconds_and_the_old_table_says_it_is_refreshing(
     db_url: str, broker_url: str, service_data_dir: Path, tmp_path: Path, engine: Any
 ) -> None:
-    """The dashboard reuses organization breakdowns only while nothing they read has changed."""
+    """The dashboard reuses an organization breakdown only while nothing it reads has changed;
+    after a change a request gets the previous one marked refreshing, never unmarked, until
+    the new sum is in."""
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     day = now.date() - timedelta(days=2)
     at = datetime(day.year, day.month, day.day, 10, 15, tzinfo=UTC)
@@ -438,11 +440,15 @@ def test_a_recomputed_window_or_a_new_name_shows_at_once(
                       VOICEPIPE_FAKE_NOW=now.isoformat())
     proc, port = start_dashboard(env, tmp_path / "dashboard.log")
 
-    def table() -> list[tuple[str, str, int]]:
+    def response() -> tuple[list[tuple[str, str, int]], bool, datetime]:
         code, body, _ = get(port, "/api/organizations?period=daily", CREDENTIALS)
         assert code == 200, body
-        return [(r["organization_id"], r["name"], r["artifacts_received"])
-                for r in json.loads(body)["organizations"]]
+        payload = json.loads(body)
+        rows = [(r["organization_id"], r["name"], r["artifacts_received"]) for r in payload["organizations"]]
+        return rows, payload["refreshing"], _ts(payload["computed_at"])
+
+    def table() -> list[tuple[str, str, int]]:
+        return response()[0]
 
     def expected(s: Session) -> list[tuple[str, str, int]]:
         lo, hi = spans(now)["daily"]
@@ -451,12 +457,74 @@ def test_a_recomputed_window_or_a_new_name_shows_at_once(
 
     try:
         with Session(engine) as s:
-            assert table() == expected(s) == [("club-b", "Unknown", 5), ("club-a", "A Club", 3)]
-            # A late event re-aggregated into the day, and a name from the directory: the next request shows both.
+            old = [("club-b", "Unknown", 5), ("club-a", "A Club", 3)]
+            assert table() == expected(s) == old
+            first_sum = response()[2]
+            # A late event re-aggregated into the day, and a name from the directory.
             record_events(s, received("club-a", 4, 1000), now=now)
             upsert_organization(s, id="club-b", name="B Club")
             s.commit()
             aggregate(s)
-            assert table() == expected(s) == [("club-a", "A Club", 7), ("club-b", "B Club", 5)]
+            new = [("club-a", "A Club", 7), ("club-b", "B Club", 5)]
+            assert expected(s) == new
+            # Until the new sum is in, a response is the old table marked refreshing (with the
+            # time it was summed); never the old table unmarked, never a mix.
+            seen: list[tuple[list[tuple[str, str, int]], bool, datetime]] = []
+
+            def updated() -> bool:
+                seen.append(response())
+                return seen[-1][0] == new and not seen[-1][1]
+
+            wait_for(updated, timeout=30, interval=0.05, what="the new breakdown")
+            for rows, refreshing, summed in seen[:-1]:
+                assert (rows, refreshing, summed) == (old, True, first_sum)
+            assert seen[-1][2] > first_sum
     finally:
         proc.stop()
+
+
+def test_a_changed_range_gives_the_previous_breakdown_marked_refreshing_until_the_background_sum_is_in(
+    engine: Any,
+) -> None:
+    """In process: data.cached_breakdown after a change returns at once, marked, and sums in the background."""
+    from voicepipe.dashboard import data
+
+    now = datetime.now(UTC).replace(second=0, microsecond=0)
+    day = now.date() - timedelta(days=3)
+    at = datetime(day.year, day.month, day.day, 9, 5, tzinfo=UTC)
+    start, end = data.period_span("daily", now)
+    data._breakdowns.clear()
+
+    def add(n: int, offset: int) -> None:
+        with Session(engine) as s:
+            record_events(s, [{"event_id": str(uuid.UUID(int=offset + i)), "event_type": "artifact_received",
+                               "organization_id": "club-r", "occurred_at": (at + timedelta(seconds=i)).isoformat()}
+                              for i in range(n)], now=now)
+            s.commit()
+            aggregate_hour(s, at.replace(minute=0))
+            aggregate_day(s, day)
+            s.commit()
+
+    def cached(wait: bool = False) -> Any:
+        return data.read(lambda s, _n: data.cached_breakdown(s, "daily", start, end, wait=wait), now)
+
+    def received(b: Any) -> list[tuple[str, int]]:
+        return [(f.organization_id, f.metrics["artifacts_received"]) for f in b.rows]
+
+    add(3, 1)
+    first = cached()
+    assert (received(first), first.refreshing) == ([("club-r", 3)], False)
+    add(4, 100)
+    marked = cached()
+    assert (received(marked), marked.refreshing, marked.computed_at) == ([("club-r", 3)], True, first.computed_at)
+    def summed() -> Any:
+        b = cached()
+        return None if b.refreshing else b
+
+    done = wait_for(summed, timeout=30, interval=0.05, what="the background sum")
+    assert received(done) == [("club-r", 7)] and done.computed_at > first.computed_at
+    # The refresher's way (wait=True) sums at once instead.
+    add(2, 200)
+    waited = cached(wait=True)
+    assert (received(waited), waited.refreshing) == ([("club-r", 9)], False)
+    data._breakdowns.clear()

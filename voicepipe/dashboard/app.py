@@ -36,7 +36,6 @@ from voicepipe.metrics.bookkeeping import DAILY, HOURLY
 log = logging.getLogger(__name__)
 
 AUTH_VARIABLE = "VOICEPIPE_DASHBOARD_AUTH"
-WORK_MEM = "64MB"
 # Rows of the organization table on the platform page (the busiest, or the first by the
 # chosen sort); `?rows=all` shows every organization and /api/organizations has them all.
 TABLE_ROWS = 50
@@ -65,16 +64,8 @@ class BasicAuth:
 
 
 def _read(work: Callable[[Session, datetime], Any], now: datetime | None = None) -> Any:
-    """WORK(session, now) in one read-only transaction."""
-    from models.session import session_scope
-    from voicepipe.clock import utcnow
-
-    with session_scope() as session:
-        session.connection().exec_driver_sql("SET TRANSACTION READ ONLY")
-        # The 30-day organization breakdown sorts ~30,000 rows per 1,000 organizations: in
-        # memory, not in temporary files (PostgreSQL's default work_mem is 4 MB).
-        session.connection().exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
-        return work(session, now or utcnow())
+    """WORK(session, now) in one read-only transaction (data.read)."""
+    return data.read(work, now)
 
 
 def _error(request: Request, status: int, exc: Exception) -> Response:
@@ -342,15 +333,15 @@ REFRESH_S = 2.0
 
 
 def _breakdown_of_span(s: Session, now: datetime, period: str) -> None:
-    data.cached_breakdown(s, period, *data.period_span(period, now))
+    data.cached_breakdown(s, period, *data.period_span(period, now), wait=True)
 
 
 def refresh_breakdowns(stop: threading.Event) -> None:
     """Keep the organization breakdowns of the shown ranges computed ahead of requests.
 
-    A request never gets a stale breakdown (cached_breakdown checks its version first);
-    this only makes it rare that a request has to wait for a recomputation: at start, and
-    after the hourly run, a late window or a new day, the refresher recomputes within REFRESH_S.
+    A request that finds its range changed gets the previous breakdown marked refreshing
+    while the new one is summed (data.cached_breakdown); the refresher makes that rare: at
+    start, and after the hourly run, a late window or a new day, it recomputes within REFRESH_S.
     """
     first, last_error = True, ""
     while first or not stop.wait(REFRESH_S):

@@ -12,10 +12,13 @@ latencies milliseconds, rates fractions in [0, 1].
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
-from datetime import date, datetime, timedelta
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -36,10 +39,13 @@ from voicepipe.metrics.queries import (
 )
 from voicepipe.windows import floor_day, floor_hour, parse_day
 
+log = logging.getLogger(__name__)
+
 HOURLY_WINDOWS = 72
 DAILY_WINDOWS = 30
 USAGE_DEFAULT_DAYS = 30
 USAGE_MAX_DAYS = 366
+WORK_MEM = "64MB"
 
 # The figures of every chart and summary, in the order the pages show them.
 FIGURES: tuple[str, ...] = (
@@ -142,34 +148,84 @@ def organizations(
     if order is not None and order not in ("asc", "desc"):
         raise InvalidInput.field("order", f"expected asc or desc, got {order[:32]!r}")
     start, end = period_span(period, now)
-    rows = [
-        {"organization_id": f.organization_id, "name": f.name, "windows": f.windows,
-         **{c: f.metrics[c] for c in ORGANIZATION_COLUMNS}}
-        for f in cached_breakdown(session, period, start, end)
-    ]
+    breakdown = cached_breakdown(session, period, start, end)
+    table = breakdown.table
     if sort is not None:
         descending = (order or ("asc" if sort in ("name", "organization_id") else "desc")) == "desc"
-        # Ties keep the query's order (a stable sort), so equal rows never swap between loads.
-        rows.sort(key=lambda r: r[sort], reverse=descending)
+        # By the figures' own values (a Decimal cost, not its string). Ties keep the query's
+        # order (a stable sort), so equal rows never swap between loads.
+        table = sorted(table, key=lambda row: row[0][sort], reverse=descending)
     return {
         "period": period,
         "start": start.isoformat(),
         "end": end.isoformat(),
         "sort": sort,
         "order": order,
-        "organizations": [{k: jsonable(v) for k, v in r.items()} for r in rows],
+        "computed_at": breakdown.computed_at.isoformat(),
+        "refreshing": breakdown.refreshing,
+        "organizations": [shown for _, shown in table],
     }
 
 
-# organization_breakdown over 30 days x 1,000 organizations sums ~30,000 snapshot rows
-# (~150 ms); its result changes only when a window of the range is (re)computed or
-# deleted, or an organization is named. Those leave traces read in well under a
-# millisecond (aggregation_windows: one row per window; organizations), so a result is
-# reused while they are unchanged, and for at most BREAKDOWN_TTL_S in any case.
+# organization_breakdown over 30 days sums a snapshot row per organization and day
+# (about 100 ms for 1,000 organizations, 1.2 to 1.7 s for 10,000); its result changes
+# only when a window of the range is (re)computed or deleted, or an organization is
+# named. Those leave traces read in well under a millisecond (aggregation_windows: one
+# row per window; organizations), so a result is reused while they are unchanged, and
+# for at most BREAKDOWN_TTL_S in any case.
+#
+# When they have changed, a request is not made to wait for the new sum: it gets the
+# previous result, marked `refreshing` with the time it was computed, while the new one is
+# computed in the background (one computation per range at a time). The table is behind
+# the charts for that long at most (the recomputation's time); only a range never
+# computed yet is computed while the request waits.
 BREAKDOWN_TTL_S = 300.0
-_breakdowns: dict[tuple[str, datetime, datetime], tuple[tuple[Any, ...], float, list[OrganizationFigures]]] = {}
+
+
+# A table row: the figures by column (for sorting), and the same as JSON-ready values.
+TableRow = tuple[dict[str, Any], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    rows: list[OrganizationFigures]
+    table: list[TableRow]  # the rows as the organization table shows them, in the query's order
+    computed_at: datetime  # when the rows were summed (UTC)
+    refreshing: bool  # the range changed since: newer rows are being computed
+
+
+@dataclass(frozen=True)
+class _Cached:
+    version: tuple[Any, ...]
+    monotonic: float
+    computed_at: datetime
+    rows: list[OrganizationFigures]
+    # Made once per sum, not per request: 10,000 organizations' JSON values cost ~50 ms.
+    table: list[TableRow]
+
+
+def _table_row(f: OrganizationFigures) -> TableRow:
+    row = {"organization_id": f.organization_id, "name": f.name, "windows": f.windows,
+           **{c: f.metrics[c] for c in ORGANIZATION_COLUMNS}}
+    return row, {k: jsonable(v) for k, v in row.items()}
+
+
+_breakdowns: dict[tuple[str, datetime, datetime], _Cached] = {}
 _breakdowns_lock = threading.Lock()
 _computing: dict[tuple[str, datetime, datetime], threading.Lock] = {}
+
+
+def read(work: Callable[[Session, datetime], Any], now: datetime | None = None) -> Any:
+    """WORK(session, now) in one read-only transaction of its own."""
+    from models.session import session_scope
+    from voicepipe.clock import utcnow
+
+    with session_scope() as session:
+        session.connection().exec_driver_sql("SET TRANSACTION READ ONLY")
+        # The 30-day organization breakdown hashes and sorts a row per organization and day:
+        # in memory, not in temporary files (PostgreSQL's default work_mem is 4 MB).
+        session.connection().exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        return work(session, now or utcnow())
 
 
 def breakdown_version(session: Session, period: str, start: datetime, end: datetime) -> tuple[Any, ...]:
@@ -183,26 +239,56 @@ def breakdown_version(session: Session, period: str, start: datetime, end: datet
     return (*windows, *names)
 
 
-def cached_breakdown(session: Session, period: str, start: datetime, end: datetime) -> list[OrganizationFigures]:
-    """organization_breakdown's result, reused while breakdown_version is unchanged (and young)."""
+def _compute(session: Session, key: tuple[str, datetime, datetime]) -> _Cached:
+    """Sum the range now and keep the result (the caller holds the range's lock)."""
+    version = breakdown_version(session, *key)
+    rows = organization_breakdown(session, *key)
+    cached = _Cached(version, time.monotonic(), datetime.now(UTC), rows, [_table_row(f) for f in rows])
+    with _breakdowns_lock:
+        if len(_breakdowns) >= 8:  # older ranges (the clock moved on) are dropped
+            _breakdowns.clear()
+        _breakdowns[key] = cached
+    return cached
+
+
+def _compute_in_background(key: tuple[str, datetime, datetime], computing: threading.Lock) -> None:
+    try:
+        read(lambda session, _now: _compute(session, key))
+    except Exception:
+        log.exception("breakdown refresh failed period=%s", key[0])
+    finally:
+        computing.release()
+
+
+def cached_breakdown(
+    session: Session, period: str, start: datetime, end: datetime, *, wait: bool = False
+) -> Breakdown:
+    """organization_breakdown's result, reused while breakdown_version is unchanged (and young).
+
+    A changed range gives the previous result marked refreshing while a background thread
+    sums the new one, unless WAIT (then, and for a range never computed, the caller waits).
+    """
     key = (period, start, end)
     version = breakdown_version(session, period, start, end)
     with _breakdowns_lock:
         computing = _computing.setdefault(key, threading.Lock())
-    # One computation of a range at a time (the refresher and requests alike): a request
+        hit = _breakdowns.get(key)
+    if hit is not None and hit.version == version and time.monotonic() - hit.monotonic < BREAKDOWN_TTL_S:
+        return Breakdown(hit.rows, hit.table, hit.computed_at, False)
+    if hit is not None and not wait:
+        if computing.acquire(blocking=False):
+            threading.Thread(target=_compute_in_background, args=(key, computing),
+                             name="dashboard-breakdown", daemon=True).start()
+        return Breakdown(hit.rows, hit.table, hit.computed_at, True)
+    # One computation of a range at a time (the refresher and requests alike): a caller
     # that arrives while it runs waits for it instead of running a second one beside it.
     with computing:
         with _breakdowns_lock:
             hit = _breakdowns.get(key)
-        if hit is not None and hit[0] == version and time.monotonic() - hit[1] < BREAKDOWN_TTL_S:
-            return hit[2]
-        result = organization_breakdown(session, period, start, end)
-        with _breakdowns_lock:
-            if len(_breakdowns) >= 8:  # older ranges (the clock moved on) are dropped
-                _breakdowns.clear()
-                _computing.clear()
-            _breakdowns[key] = (version, time.monotonic(), result)
-    return result
+        if hit is not None and hit.version == version and time.monotonic() - hit.monotonic < BREAKDOWN_TTL_S:
+            return Breakdown(hit.rows, hit.table, hit.computed_at, False)
+        fresh = _compute(session, key)
+    return Breakdown(fresh.rows, fresh.table, fresh.computed_at, False)
 
 
 def alerts(session: Session) -> dict[str, Any]:
