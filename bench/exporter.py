@@ -4,7 +4,8 @@ The database holds what a busy deployment has within the exporter's reach: count
 for 1,000 organizations over the whole daily horizon (7 days = 168,000 counter rows,
 also the 72-hour hourly horizon), their window bookkeeping (a few windows missing and
 stale), the newest hourly snapshot of every organization, 200,000 artifacts (most of
-them completed long ago) and 5,000 retries. Goal: a scrape under 200 ms.
+them completed long ago) and 5,000 retries. Goal: a scrape under 200 ms. The full run
+measures again with 10,000 organizations.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
-from bench.harness import Env, Result, cli_server, percentile, settle_late_marks
+from bench.harness import Env, Result, cli_server, percentile, settle_late_marks, timed
+from voicepipe.observability.exporter import DUE_REFRESH_S
+from voicepipe.observability.probe import windows_due
+from voicepipe.settings import get_settings
 
 ORGS = 1000
 CREDENTIALS = "bench:bench-password"
@@ -26,7 +30,7 @@ SEED_COUNTERS = """
 INSERT INTO event_counters (organization_id, hour_start, n_artifact_received, n_artifact_completed,
   n_artifact_failed, n_entity_needs_disambiguation)
 SELECT 'exp-org-' || lpad(o::text, 4, '0'), h, 4, 3, 1, o % 3
-FROM generate_series(0, :orgs - 1) o,
+FROM generate_series(:first, :orgs - 1) o,
      generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 hour', interval '1 hour') h
 """
 
@@ -40,7 +44,7 @@ UNION ALL
 SELECT 'daily', date_trunc('day', hour_start), sum(revision), now() FROM event_counters
 WHERE hour_start >= :lo AND hour_start < date_trunc('day', CAST(:hi AS timestamptz)) - interval '1 day'
 GROUP BY date_trunc('day', hour_start)
-ON CONFLICT DO NOTHING
+ON CONFLICT (period_type, period_start) DO UPDATE SET source_revision = excluded.source_revision
 """
 
 SEED_SNAPSHOTS = """
@@ -69,19 +73,21 @@ FROM artifacts WHERE status = 'failed' LIMIT :n
 """
 
 
-def seed(env: Env, now: datetime) -> None:
+def seed(env: Env, now: datetime, orgs: int = ORGS, first: int = 0) -> None:
+    """Organizations FIRST..ORGS-1 (counters, newest snapshots); artifacts and retries once."""
     hour = now.replace(minute=0, second=0, microsecond=0)
     lo, hi = hour - timedelta(days=7, hours=hour.hour), hour + timedelta(hours=1)
     with env.engine.begin() as conn:
-        conn.execute(text(SEED_COUNTERS), {"orgs": ORGS, "lo": lo, "hi": hi})
+        conn.execute(text(SEED_COUNTERS), {"orgs": orgs, "first": first, "lo": lo, "hi": hi})
         conn.execute(text(SEED_WINDOWS), {"lo": lo, "hi": hour})
         # A late event: one computed hour is stale.
         conn.execute(text("UPDATE event_counters SET revision = nextval('counter_revision_seq') "
                           "WHERE organization_id = 'exp-org-0007' AND hour_start = :h"),
                      {"h": hour - timedelta(hours=5)})
-        conn.execute(text(SEED_SNAPSHOTS), {"orgs": ORGS, "newest": hour - timedelta(hours=3)})
-        conn.execute(text(SEED_ARTIFACTS), {"orgs": ORGS, "n": 200_000})
-        conn.execute(text(SEED_RETRIES), {"n": 5_000})
+        conn.execute(text(SEED_SNAPSHOTS), {"orgs": orgs, "newest": hour - timedelta(hours=3)})
+        if first == 0:
+            conn.execute(text(SEED_ARTIFACTS), {"orgs": orgs, "n": 200_000})
+            conn.execute(text(SEED_RETRIES), {"n": 5_000})
         for table in ("event_counters", "aggregation_windows", "metrics_snapshots", "artifacts",
                       "retry_requests"):
             conn.execute(text(f"ANALYZE {table}"))
@@ -96,19 +102,38 @@ def scrape(port: int) -> tuple[float, bytes]:
     return time.perf_counter() - t0, body
 
 
-def run(env: Env) -> list[Result]:
-    settle_late_marks(env)
-    seed(env, datetime.now(UTC))
+def measure(env: Env, orgs: int) -> list[Result]:
     with cli_server(env, "exporter", "VOICEPIPE_EXPORTER_AUTH", CREDENTIALS, scrape) as port:
         _, body = scrape(port)
         series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
         org_series = body.count(b'organization="exp-org-')
         samples = [scrape(port)[0] for _ in range(10 if env.quick else 30)]
     p50 = statistics.median(samples)
+
+    def due() -> None:
+        with env.session() as s:
+            windows_due(s, datetime.now(UTC), settings.hourly_horizon_hours, settings.daily_horizon_days)
+
+    settings = get_settings()
     return [
-        Result("exporter", f"scrape /metrics, {ORGS:,} organizations (p50 of {len(samples)})", p50, "s",
+        Result("exporter", f"scrape /metrics, {orgs:,} organizations (p50 of {len(samples)})", p50, "s",
                goal="< 200 ms", met=p50 < 0.200,
                extra={"series": series, "organization_series": org_series}),
-        Result("exporter", "scrape /metrics, p95", percentile(samples, 0.95), "s",
+        Result("exporter", f"scrape /metrics, {orgs:,} organizations, p95", percentile(samples, 0.95), "s",
                goal="< 200 ms", met=percentile(samples, 0.95) < 0.200),
+        # Read off the scrape path, by the exporter's background thread every DUE_REFRESH_S.
+        Result("exporter", f"due windows reading (background, every {DUE_REFRESH_S:.0f} s), {orgs:,} organizations",
+               timed(due, repeat=3), "s"),
     ]
+
+
+def run(env: Env) -> list[Result]:
+    settle_late_marks(env)
+    now = datetime.now(UTC)
+    seed(env, now)
+    results = measure(env, ORGS)
+    if not env.quick:
+        # 9,000 more organizations (the issue's 10,000-organization scale).
+        seed(env, now, orgs=10 * ORGS, first=ORGS)
+        results += measure(env, 10 * ORGS)
+    return results

@@ -1,9 +1,11 @@
 """`voicepipe exporter`: the pipeline's health as Prometheus metrics on /metrics.
 
 A custom collector reads the database, the broker and beat's heartbeat at scrape time
-(voicepipe/observability/probe.py): no background loop, no cache, so a scrape shows
-the state of that moment. Basic authentication from VOICEPIPE_EXPORTER_AUTH is
-required: the page names organizations and their figures.
+(voicepipe/observability/probe.py), so a scrape shows the state of that moment, with
+one exception: the due windows, whose reading sums the counter revisions of both
+horizons (0.3 s for 10,000 organizations), are read by a background thread every
+DUE_REFRESH_S and served from its latest reading. Basic authentication from
+VOICEPIPE_EXPORTER_AUTH is required: the page names organizations and their figures.
 """
 
 from __future__ import annotations
@@ -13,9 +15,12 @@ import binascii
 import hmac
 import logging
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime
+from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -23,9 +28,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
+from sqlalchemy.orm import Session
 
 from voicepipe.errors import SettingsError
 from voicepipe.observability.probe import PERIODS, PipelineHealth
+from voicepipe.windows import floor_hour
 
 log = logging.getLogger(__name__)
 
@@ -117,30 +125,52 @@ def health_metrics(health: PipelineHealth) -> list[Metric]:
         newest = _gauge("voicepipe_newest_hour_start_timestamp_seconds")
         newest.add_metric([], health.newest_hour.timestamp())
         out.append(newest)
-    per_org: list[tuple[str, Callable[[Any], float]]] = [
-        ("voicepipe_organization_artifacts_received", lambda o: o.artifacts_received),
-        ("voicepipe_organization_artifacts_finished", lambda o: o.artifacts_completed + o.artifacts_failed),
-        ("voicepipe_organization_failure_rate", lambda o: o.failure_rate),
-        ("voicepipe_organization_p95_latency_seconds", lambda o: o.p95_end_to_end_latency_ms / 1000.0),
-        ("voicepipe_organization_ai_cost_usd", lambda o: o.ai_cost),
-    ]
-    for name, value in per_org:
-        family = _gauge(name, ["organization"])
-        for org in health.organizations:
-            family.add_metric([org.organization_id], value(org))
-        out.append(family)
     return out
 
 
+# The per-organization families, (name, value of an OrganizationHour).
+PER_ORGANIZATION: tuple[tuple[str, Callable[[Any], float]], ...] = (
+    ("voicepipe_organization_artifacts_received", lambda o: o.artifacts_received),
+    ("voicepipe_organization_artifacts_finished", lambda o: o.artifacts_completed + o.artifacts_failed),
+    ("voicepipe_organization_failure_rate", lambda o: o.failure_rate),
+    ("voicepipe_organization_p95_latency_seconds", lambda o: o.p95_end_to_end_latency_ms / 1000.0),
+    ("voicepipe_organization_ai_cost_usd", lambda o: o.ai_cost),
+)
+
+
+def _label_value(value: str) -> str:
+    """A label value escaped as the text format wants (backslash, double quote, newline)."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def organization_exposition(health: PipelineHealth) -> bytes:
+    """The per-organization families in the text format, written directly.
+
+    They are five series per organization of the newest hour: 50,000 samples for 10,000
+    organizations, which prometheus_client's generic writer formats at ~4 us each
+    (0.2 s a scrape); one f-string a line here. Same HELP, TYPE, escaping and value
+    format (floatToGoString) as the generic writer.
+    """
+    lines: list[str] = []
+    labels = [_label_value(o.organization_id) for o in health.organizations]
+    for name, value in PER_ORGANIZATION:
+        lines.append(f"# HELP {name} {METRICS[name][1]}\n# TYPE {name} gauge\n")
+        lines.extend(f'{name}{{organization="{label}"}} {floatToGoString(value(o))}\n'
+                     for label, o in zip(labels, health.organizations, strict=True))
+    return "".join(lines).encode()
+
+
 class PipelineCollector(Collector):
-    """Reads the pipeline's health at each scrape."""
+    """Reads the pipeline's health at each scrape (see scrape())."""
 
     def __init__(self, read: Callable[[], PipelineHealth]) -> None:
         self._read = read
+        self._local = threading.local()
 
     def collect(self) -> Iterator[Metric]:
         t0 = time.perf_counter()
         up = _gauge("voicepipe_up")
+        self._local.health = None
         try:
             health = self._read()
         except Exception as exc:
@@ -149,6 +179,7 @@ class PipelineCollector(Collector):
             up.add_metric([], 0)
             yield up
         else:
+            self._local.health = health
             up.add_metric([], 1)
             yield up
             yield from health_metrics(health)
@@ -156,15 +187,81 @@ class PipelineCollector(Collector):
         duration.add_metric([], time.perf_counter() - t0)
         yield duration
 
+    def scrape(self, registry: CollectorRegistry) -> bytes:
+        """The whole /metrics page: the registry's families, then this reading's per-organization ones."""
+        body = generate_latest(registry)
+        health = getattr(self._local, "health", None)
+        return body + organization_exposition(health) if health is not None else body
 
-def read_health_now(now: Callable[[], datetime] | None = None) -> PipelineHealth:
+
+# How often the background thread reads the due windows, and the age past which a
+# scrape reads them itself (the thread stopped, or the hour changed since its reading).
+DUE_REFRESH_S = 10.0
+DUE_MAX_AGE_S = 3 * DUE_REFRESH_S
+
+
+class DueWindows:
+    """The due windows, read every DUE_REFRESH_S by a background thread, not at each scrape."""
+
+    def __init__(self, refresh_s: float = DUE_REFRESH_S) -> None:
+        self._refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._reading: tuple[float, datetime, dict[tuple[str, str], int]] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, now: Callable[[], datetime]) -> None:
+        def loop() -> None:
+            while not self._stop.wait(self._refresh_s):
+                try:
+                    with _read_only_session() as session:
+                        self._read(session, now())
+                except Exception as exc:  # the next scrape reads them itself
+                    log.warning("due windows not read: %s: %s", type(exc).__name__,
+                                str(exc).splitlines()[0] if str(exc) else "")
+
+        self._thread = threading.Thread(target=loop, name="exporter-due-windows", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _read(self, session: Session, now: datetime) -> dict[tuple[str, str], int]:
+        from voicepipe.observability.probe import windows_due
+        from voicepipe.settings import get_settings
+
+        settings = get_settings()
+        due = windows_due(session, now, settings.hourly_horizon_hours, settings.daily_horizon_days)
+        with self._lock:
+            self._reading = (time.monotonic(), floor_hour(now), due)
+        return due
+
+    def __call__(self, session: Session, now: datetime) -> dict[tuple[str, str], int]:
+        with self._lock:
+            reading = self._reading
+        if reading is not None and reading[1] == floor_hour(now) and time.monotonic() - reading[0] < DUE_MAX_AGE_S:
+            return reading[2]
+        return self._read(session, now)
+
+
+@contextmanager
+def _read_only_session() -> Iterator[Session]:
     from models.session import session_scope
-    from voicepipe.clock import utcnow
-    from voicepipe.observability.probe import collect_now
 
     with session_scope() as session:
         session.connection().exec_driver_sql("SET TRANSACTION READ ONLY")
-        return collect_now(session, (now or utcnow)())
+        yield session
+
+
+def read_health_now(
+    now: Callable[[], datetime] | None = None,
+    due: Callable[[Session, datetime], dict[tuple[str, str], int]] | None = None,
+) -> PipelineHealth:
+    from voicepipe.clock import utcnow
+    from voicepipe.observability.probe import collect_now
+
+    with _read_only_session() as session:
+        return collect_now(session, (now or utcnow)(), due)
 
 
 def parse_credentials(
@@ -202,7 +299,7 @@ def authorized(header: str | None, credentials: list[tuple[str, str]]) -> bool:
     return ok
 
 
-def make_server(address: str, port: int, registry: CollectorRegistry,
+def make_server(address: str, port: int, body: Callable[[], bytes],
                 credentials: list[tuple[str, str]]) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         server_version = "voicepipe-exporter"
@@ -215,7 +312,7 @@ def make_server(address: str, port: int, registry: CollectorRegistry,
             if self.path.split("?", 1)[0] != "/metrics":
                 self._reply(404, b"not found: the metrics are at /metrics\n", "text/plain; charset=utf-8")
                 return
-            self._reply(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+            self._reply(200, body(), CONTENT_TYPE_LATEST)
 
         def _reply(self, code: int, body: bytes, content_type: str, headers: dict[str, str] | None = None) -> None:
             self.send_response(code)
@@ -234,12 +331,18 @@ def make_server(address: str, port: int, registry: CollectorRegistry,
 
 def serve(address: str, port: int, env: Mapping[str, str]) -> None:
     """Serve /metrics until interrupted; refuses to start without usable credentials."""
+    from voicepipe.clock import utcnow
+
     credentials = parse_credentials(env)
+    due = DueWindows()
+    collector = PipelineCollector(partial(read_health_now, due=due))
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(PipelineCollector(read_health_now))
-    server = make_server(address, port, registry, credentials)
+    registry.register(collector)
+    server = make_server(address, port, partial(collector.scrape, registry), credentials)
+    due.start(utcnow)
     log.info("exporter serving http://%s:%d/metrics", address, server.server_address[1])
     try:
         server.serve_forever()
     finally:
+        due.stop()
         server.server_close()
