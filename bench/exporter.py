@@ -19,8 +19,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 
 from bench.harness import Env, Result, cli_server, percentile, settle_late_marks, timed
-from voicepipe.observability.exporter import DUE_REFRESH_S
-from voicepipe.observability.probe import windows_due
+from voicepipe.observability.probe import DUE_REFRESH_S, windows_due
 from voicepipe.settings import get_settings
 
 ORGS = 1000

@@ -359,13 +359,17 @@ def refresh_breakdowns(stop: threading.Event) -> None:
 
 @asynccontextmanager
 async def lifespan(app: Starlette) -> AsyncIterator[None]:
+    from voicepipe.clock import utcnow
+
     stop = threading.Event()
     thread = threading.Thread(target=refresh_breakdowns, args=(stop,), name="dashboard-refresh", daemon=True)
     thread.start()
+    data.DUE_WINDOWS.start(utcnow)
     try:
         yield
     finally:
         stop.set()
+        data.DUE_WINDOWS.stop()
         thread.join(REFRESH_S)
 
 

@@ -37,6 +37,7 @@ from voicepipe.metrics.queries import (
     range_figures,
     stage_breakdown,
 )
+from voicepipe.observability.probe import DueWindows
 from voicepipe.windows import floor_day, floor_hour, parse_day
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,9 @@ DAILY_WINDOWS = 30
 USAGE_DEFAULT_DAYS = 30
 USAGE_MAX_DAYS = 366
 WORK_MEM = "64MB"
+# The due windows sum the counter revisions of both horizons (0.3 s for 10,000
+# organizations): read every few seconds in the background (started by the app), not per page.
+DUE_WINDOWS = DueWindows()
 
 # The figures of every chart and summary, in the order the pages show them.
 FIGURES: tuple[str, ...] = (
@@ -312,10 +316,11 @@ def aggregation(session: Session, now: datetime) -> dict[str, Any]:
 
     settings = get_settings()
     # No broker: queue depths are Flower's and the exporter's; a page must not wait on the broker.
+    # The due windows come from DUE_WINDOWS's background reading, as the exporter's do.
     health = collect(
         session, now, broker_url=None, heartbeat=heartbeat_file(),
         hourly_horizon_hours=settings.hourly_horizon_hours, daily_horizon_days=settings.daily_horizon_days,
-        stall_timeout_s=settings.stall_timeout_seconds,
+        stall_timeout_s=settings.stall_timeout_seconds, due=DUE_WINDOWS,
     )
     return {
         "now": now.isoformat(),

@@ -4,8 +4,9 @@ A custom collector reads the database, the broker and beat's heartbeat at scrape
 (voicepipe/observability/probe.py), so a scrape shows the state of that moment, with
 one exception: the due windows, whose reading sums the counter revisions of both
 horizons (0.3 s for 10,000 organizations), are read by a background thread every
-DUE_REFRESH_S and served from its latest reading. Basic authentication from
-VOICEPIPE_EXPORTER_AUTH is required: the page names organizations and their figures.
+probe.DUE_REFRESH_S and served from its latest reading (probe.DueWindows). Basic
+authentication from VOICEPIPE_EXPORTER_AUTH is required: the page names organizations
+and their figures.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,8 +32,7 @@ from prometheus_client.utils import floatToGoString
 from sqlalchemy.orm import Session
 
 from voicepipe.errors import SettingsError
-from voicepipe.observability.probe import PERIODS, PipelineHealth
-from voicepipe.windows import floor_hour
+from voicepipe.observability.probe import PERIODS, DueWindows, PipelineHealth, read_only_session
 
 log = logging.getLogger(__name__)
 
@@ -194,65 +193,6 @@ class PipelineCollector(Collector):
         return body + organization_exposition(health) if health is not None else body
 
 
-# How often the background thread reads the due windows, and the age past which a
-# scrape reads them itself (the thread stopped, or the hour changed since its reading).
-DUE_REFRESH_S = 10.0
-DUE_MAX_AGE_S = 3 * DUE_REFRESH_S
-
-
-class DueWindows:
-    """The due windows, read every DUE_REFRESH_S by a background thread, not at each scrape."""
-
-    def __init__(self, refresh_s: float = DUE_REFRESH_S) -> None:
-        self._refresh_s = refresh_s
-        self._lock = threading.Lock()
-        self._reading: tuple[float, datetime, dict[tuple[str, str], int]] | None = None
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self, now: Callable[[], datetime]) -> None:
-        def loop() -> None:
-            while not self._stop.wait(self._refresh_s):
-                try:
-                    with _read_only_session() as session:
-                        self._read(session, now())
-                except Exception as exc:  # the next scrape reads them itself
-                    log.warning("due windows not read: %s: %s", type(exc).__name__,
-                                str(exc).splitlines()[0] if str(exc) else "")
-
-        self._thread = threading.Thread(target=loop, name="exporter-due-windows", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _read(self, session: Session, now: datetime) -> dict[tuple[str, str], int]:
-        from voicepipe.observability.probe import windows_due
-        from voicepipe.settings import get_settings
-
-        settings = get_settings()
-        due = windows_due(session, now, settings.hourly_horizon_hours, settings.daily_horizon_days)
-        with self._lock:
-            self._reading = (time.monotonic(), floor_hour(now), due)
-        return due
-
-    def __call__(self, session: Session, now: datetime) -> dict[tuple[str, str], int]:
-        with self._lock:
-            reading = self._reading
-        if reading is not None and reading[1] == floor_hour(now) and time.monotonic() - reading[0] < DUE_MAX_AGE_S:
-            return reading[2]
-        return self._read(session, now)
-
-
-@contextmanager
-def _read_only_session() -> Iterator[Session]:
-    from models.session import session_scope
-
-    with session_scope() as session:
-        session.connection().exec_driver_sql("SET TRANSACTION READ ONLY")
-        yield session
-
-
 def read_health_now(
     now: Callable[[], datetime] | None = None,
     due: Callable[[Session, datetime], dict[tuple[str, str], int]] | None = None,
@@ -260,7 +200,7 @@ def read_health_now(
     from voicepipe.clock import utcnow
     from voicepipe.observability.probe import collect_now
 
-    with _read_only_session() as session:
+    with read_only_session() as session:
         return collect_now(session, (now or utcnow)(), due)
 
 

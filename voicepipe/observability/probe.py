@@ -8,9 +8,12 @@ Window lag and due windows come from the same functions `voicepipe status` uses.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,7 +26,9 @@ from models.metrics import AggregationWindow, MetricsSnapshot
 from voicepipe.domain import STATUSES, WORKING_STATUSES
 from voicepipe.metrics.bookkeeping import DAILY, HOURLY, newest_computed, utc
 from voicepipe.metrics.due import day_states, hour_states
-from voicepipe.windows import DAY, HOUR
+from voicepipe.windows import DAY, HOUR, floor_hour
+
+log = logging.getLogger(__name__)
 
 PERIODS: dict[str, timedelta] = {HOURLY: HOUR, DAILY: DAY}
 TERMINAL_STATUSES = tuple(s for s in STATUSES if s not in WORKING_STATUSES)
@@ -222,6 +227,73 @@ def collect(
         newest_hour=newest_hour,
         organizations=organizations,
     )
+
+
+# How often the background thread reads the due windows, and the age past which a
+# reader reads them itself (the thread is late or failing).
+DUE_REFRESH_S = 10.0
+DUE_MAX_AGE_S = 3 * DUE_REFRESH_S
+
+
+class DueWindows:
+    """The due windows, read every DUE_REFRESH_S by a background thread, not at each scrape."""
+
+    def __init__(self, refresh_s: float = DUE_REFRESH_S) -> None:
+        self._refresh_s = refresh_s
+        self._lock = threading.Lock()
+        self._reading: tuple[float, datetime, dict[tuple[str, str], int]] | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self, now: Callable[[], datetime]) -> None:
+        """Read in the background from now on (once per process: a second start does nothing)."""
+        if self._thread is not None and self._thread.is_alive():
+            return
+        self._stop = stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(self._refresh_s):
+                try:
+                    with read_only_session() as session:
+                        self._read(session, now())
+                except Exception as exc:  # the next reader past DUE_MAX_AGE_S reads them itself
+                    log.warning("due windows not read: %s: %s", type(exc).__name__,
+                                str(exc).splitlines()[0] if str(exc) else "")
+
+        self._thread = threading.Thread(target=loop, name="due-windows", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _read(self, session: Session, now: datetime) -> dict[tuple[str, str], int]:
+        from voicepipe.settings import get_settings
+
+        settings = get_settings()
+        due = windows_due(session, now, settings.hourly_horizon_hours, settings.daily_horizon_days)
+        with self._lock:
+            self._reading = (time.monotonic(), floor_hour(now), due)
+        return due
+
+    def __call__(self, session: Session, now: datetime) -> dict[tuple[str, str], int]:
+        """The background thread's latest reading; read here when there is no thread running,
+        or its reading is older than DUE_MAX_AGE_S or from another hour."""
+        with self._lock:
+            reading = self._reading
+        running = self._thread is not None and self._thread.is_alive()
+        if (running and reading is not None and reading[1] == floor_hour(now)
+                and time.monotonic() - reading[0] < DUE_MAX_AGE_S):
+            return reading[2]
+        return self._read(session, now)
+
+
+@contextmanager
+def read_only_session() -> Iterator[Session]:
+    from models.session import session_scope
+
+    with session_scope() as session:
+        session.connection().exec_driver_sql("SET TRANSACTION READ ONLY")
+        yield session
 
 
 def heartbeat_file() -> Path:
