@@ -145,6 +145,70 @@ def test_the_range_query_returns_the_same_fields_from_rollups_and_from_raw_rows(
     assert set(short.to_json()) == set(long.to_json())
 
 
+
+# Keys whose order differs between code points (Python's str order) and a locale's
+# collation, and costs from a small set so sums tie on cost, and on cost and calls.
+TIED_KEYS = ["p1", "P1", "p10", "p2", "Zoe", "zoë", "Émile", "emile", "ß", "ss", "a b", "a-b"]
+
+
+def ranked(calls: list[dict[str, Any]], key: str, n: int) -> list[tuple[str, dict[str, Any]]]:
+    groups = by(calls, key)
+    return sorted(groups.items(), key=lambda kv: (-kv[1]["cost"], -kv[1]["calls"], kv[0]))[:n]
+
+
+def tied_calls(rng: random.Random, first: date, days: int) -> list[dict[str, Any]]:
+    calls = []
+    for d in range(days):
+        for _ in range(rng.randint(20, 60)):
+            inp = rng.randint(0, 3000)
+            calls.append({
+                "id": str(uuid.UUID(int=rng.getrandbits(128))),
+                "occurred_at": (midnight(first + timedelta(days=d)) + timedelta(seconds=rng.uniform(0, 86399))
+                                ).isoformat(),
+                "organization_id": "org-t",
+                "coach_id": rng.choice(TIED_KEYS[:6] + [None]),
+                "player_id": rng.choice(TIED_KEYS + [None]),
+                "operation": rng.choice(OPS),
+                "model": "m",
+                "input_tokens": inp,
+                "cached_tokens": rng.randint(0, inp),
+                "output_tokens": rng.randint(0, 800),
+                "cost": rng.choice([0.01, 0.02, 0.03]),
+            })
+    # Exact ties at the top, on the first day: three players of cost 2, two of them with
+    # 40 calls (ordered by key alone), one with a single call.
+    for player, n, cost in (("tie-b", 40, 0.05), ("tie-a", 40, 0.05), ("tie-c", 1, 2.0)):
+        calls += [{**calls[0], "id": str(uuid.UUID(int=rng.getrandbits(128))), "player_id": player,
+                   "coach_id": None, "cost": cost} for _ in range(n)]
+    return calls
+
+
+def test_the_top_coaches_and_players_match_the_calls_with_ties_and_any_limit(session: Session) -> None:
+    # A range read wholly from rollups chooses the top in SQL; one ending yesterday adds
+    # a raw day and chooses them in Python. Both against sums of the calls themselves.
+    rng = random.Random(6)
+    first = recent_day(13)
+    calls = tied_calls(rng, first, 13)  # up to yesterday
+    record_usage(session, calls)
+    session.commit()
+    now = datetime.now(UTC)
+    for offset in range(12):  # yesterday is read raw, not rolled up
+        aggregate_usage_day(session, first + timedelta(days=offset))
+    session.commit()
+    for last, source in ((first + timedelta(days=9), "rollups"), (first + timedelta(days=12), "rollups")):
+        mine = [c for c in calls if day_of(c) <= last]
+        for n in (0, 1, 3, 5, 10, 11, 12, 14, 15, 100):
+            summary = usage_for_organization(session, "org-t", first, last, now=now, top=n)
+            assert summary.source == source
+            assert as_numbers(summary.totals) == totals(mine)
+            assert {k: as_numbers(v) for k, v in summary.by_operation.items()} == by(mine, "operation")
+            assert [(k, as_numbers(v)) for k, v in summary.top_coaches] == ranked(mine, "coach_id", n), n
+            assert [(k, as_numbers(v)) for k, v in summary.top_players] == ranked(mine, "player_id", n), n
+            assert all(type(v.cost) is Decimal for _, v in summary.top_players + summary.top_coaches)
+        # The ties are there to be broken: equal cost at the top, and equal cost and calls.
+        assert [k for k, _ in ranked(mine, "player_id", 3)] == ["tie-a", "tie-b", "tie-c"]
+
+
 def test_the_usage_wrapper_rolls_up_due_days_through_a_worker(
     start_worker: Callable[..., Proc], client: Celery, session: Session
 ) -> None:
