@@ -2,7 +2,8 @@
 
 At each scale, on synthetic counters (every organization active every hour, the worst
 case for the engine, whose cost follows organizations x metrics, never events):
-- hour aggregation: one closed hour, re-run (median of 5);
+- hour aggregation: one closed hour re-run after a late event for one organization
+  (median of 5), and its first computation (median of 3);
 - catch-up of 72 missed hours through real `celery -A worker worker` processes, fanned
   out by the hourly wrapper's own task: one process (-c 1), then two (-c 2) on another
   72 hours of the same size;
@@ -13,6 +14,7 @@ Each 10,000 figure is reported with its ratio to the 1,000 one (10.0 = linear).
 
 from __future__ import annotations
 
+import statistics
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -92,11 +94,27 @@ def _measure(env: Env, orgs: int, base: datetime) -> dict[str, Any]:
     one = _catch_up(env, 1, base + timedelta(minutes=30), one_lo, base)
     two = _catch_up(env, 2, one_lo + timedelta(minutes=30), two_lo, one_lo)
     hour = one_lo + 10 * HOUR
+    late = text("UPDATE event_counters SET n_artifact_received = n_artifact_received + 1, "
+                "revision = nextval('counter_revision_seq') WHERE hour_start = :h AND organization_id = :org")
+    forget = text("DELETE FROM metrics_snapshots WHERE period_type = 'hourly' AND period_start = :h")
 
     def hour_run() -> None:
         with env.session() as s:
             aggregate_hour(s, hour)
             s.commit()
+
+    def hour_runs(prepare: Any, repeat: int = 5) -> float:
+        """Median of REPEAT runs of the hour, each after PREPARE (untimed), then a VACUUM as autovacuum would."""
+        samples = []
+        for i in range(repeat):
+            with env.engine.begin() as conn:
+                conn.execute(prepare, {"h": hour, "org": f"org-{i:04d}"})
+            t0 = time.perf_counter()
+            hour_run()
+            samples.append(time.perf_counter() - t0)
+            with env.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+                conn.execute(text("VACUUM metrics_snapshots"))
+        return statistics.median(samples)
 
     day = (base - DAY).date()
 
@@ -105,7 +123,11 @@ def _measure(env: Env, orgs: int, base: datetime) -> dict[str, Any]:
             aggregate_day(s, day)
             s.commit()
 
-    t_hour, t_day = timed(hour_run), timed(day_run)
+    # A re-run after a late event for one organization (the usual re-run: rows of the others
+    # are unchanged), and a first computation (the hour's snapshot rows deleted before).
+    t_hour, t_first = hour_runs(late), hour_runs(forget, repeat=3)
+    hour_run()
+    t_day = timed(day_run)
     # 30 days of daily snapshots far back (reads only: no recomputation limit applies).
     b_hi = base - 120 * DAY if orgs == SCALES[0] else base - 200 * DAY
     b_lo = b_hi - 30 * DAY
@@ -120,7 +142,8 @@ def _measure(env: Env, orgs: int, base: datetime) -> dict[str, Any]:
             assert len(rows) >= orgs
 
     t_breakdown = timed(breakdown, repeat=3)
-    return {"hour": t_hour, "catch_up_1": one, "catch_up_2": two, "day": t_day, "breakdown": t_breakdown}
+    return {"hour": t_hour, "hour_first": t_first, "catch_up_1": one, "catch_up_2": two, "day": t_day,
+            "breakdown": t_breakdown}
 
 
 def run(env: Env) -> list[Result]:
@@ -132,11 +155,13 @@ def run(env: Env) -> list[Result]:
     small = got[SCALES[0]]
     goals = {  # at 10,000 organizations (issue: throughput and scale)
         "hour": ("< 0.5 s", lambda v: v < 0.5),
+        "hour_first": ("< 0.5 s", lambda v: v < 0.5),
         "day": ("< 2 s", lambda v: v < 2.0),
         "catch_up_2": ("< 30 s and >= 1.6x one process", None),
         "breakdown": ("< 1 s", lambda v: v < 1.0),
     }
-    names = {"hour": "hour aggregation", "catch_up_1": "catch-up 72 h, one process (-c 1)",
+    names = {"hour": "hour aggregation, re-run after a late event", "hour_first": "hour aggregation, first run",
+             "catch_up_1": "catch-up 72 h, one process (-c 1)",
              "catch_up_2": "catch-up 72 h, two processes (-c 2)", "day": "daily rollup",
              "breakdown": "organization breakdown, 30 days"}
     results = []

@@ -273,3 +273,41 @@ def test_queries_read_platform_rows_or_one_organization_and_name_unknown_organiz
     assert stages["transcription"]["failure_rate"] == pytest.approx(1 / 3)
     assert stages["transcription"]["avg_latency"] == pytest.approx(2000.0)
     assert stages == {s["stage"]: s for s in stage_breakdown(session, "daily", start, end)}
+
+
+def test_a_rerun_after_a_late_event_rewrites_only_the_rows_that_change_and_all_equal_a_recount(
+    engine: Engine,
+) -> None:
+    """Rows whose figures are unchanged keep their row version (xmin) and computed_at; the changed
+    organization's row and the platform row are rewritten; every row equals an independent recount."""
+    rng = random.Random(77)
+    hour = midnight(recent_day(2)) + timedelta(hours=6)
+    events = [random_event(rng, hour, 1, ORGS) for _ in range(600)]
+    with Session(engine) as s:
+        record_events(s, events)
+        s.commit()
+        aggregate_hour(s, hour)
+        s.commit()
+
+    def versions() -> dict[str | None, tuple[str, datetime]]:
+        with Session(engine) as s:
+            return {org: (xmin, at) for org, xmin, at in s.execute(text(
+                "SELECT organization_id, xmin::text, computed_at FROM metrics_snapshots "
+                "WHERE period_type = 'hourly'")).all()}
+
+    before = versions()
+    late = {"event_type": "artifact_received", "organization_id": "org-c",
+            "occurred_at": (hour + timedelta(minutes=59)).isoformat(), "metadata": {}}
+    with Session(engine) as s:
+        record_events(s, [late])
+        s.commit()
+        aggregate_hour(s, hour)
+        s.commit()
+    after = versions()
+    assert set(after) == set(before) == set(ORGS)
+    changed = {org for org in after if after[org] != before[org]}
+    assert changed == {"org-c", None}
+    want_hourly, _ = group_events([*events, late])
+    with Session(engine) as s:
+        for key, row in snapshots(s, "hourly").items():
+            assert_row_matches(row, expected(want_hourly[key]), f"hourly {key}")

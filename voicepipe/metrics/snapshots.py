@@ -31,13 +31,20 @@ SNAPSHOT_COLUMNS: tuple[str, ...] = (
 )
 # The unique constraint treats NULLs as equal, so the platform row (organization NULL)
 # conflicts with itself too: one row a window. ORDER BY gives concurrent writers one lock order.
+# A row whose values are all unchanged is left alone (its computed_at says when its figures
+# last changed): a window is re-run when a late event touches one organization, and
+# rewriting the other rows unchanged cost 150 ms for 10,000 organizations (new row
+# versions, index entries and WAL for nothing).
+_UPDATED = (*PART_COLUMNS, *METRIC_COLUMNS, "period_end")
 _UPSERT_SQL = (
     f"INSERT INTO metrics_snapshots ({', '.join(SNAPSHOT_COLUMNS)}) "
     f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM vp_stage_snapshots "
     "ORDER BY organization_id NULLS FIRST "
     f"ON CONFLICT ON CONSTRAINT {SNAPSHOT_KEY} DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in (*PART_COLUMNS, *METRIC_COLUMNS, "period_end"))
+    + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED)
     + ", computed_at = now()"
+    + f" WHERE ({', '.join(f'metrics_snapshots.{c}' for c in _UPDATED)})"
+    + f" IS DISTINCT FROM ({', '.join(f'excluded.{c}' for c in _UPDATED)})"
 )
 # Vanished organizations are found in Python, from the window's stored organization ids:
 # `organization_id <> ALL(array)` compared every row with every element (0.55 s for
@@ -75,9 +82,10 @@ def write_window(
     """Upsert one row per organization plus the platform row (organization NULL).
 
     Parts must be complete (every bucket of the histogram present), as empty_parts()
-    makes them: they are stored as given. Organization rows of this window that are
-    not in ``org_parts`` any more are deleted (their counters went away, e.g. after a
-    rebuild). Returns the number of rows written.
+    makes them: they are stored as given. Rows whose values would not change are not
+    rewritten. Organization rows of this window that are not in ``org_parts`` any more
+    are deleted (their counters went away, e.g. after a rebuild). Returns the number of
+    rows of the window (organizations plus the platform).
     """
     rows = [snapshot_values(org, period_type, start, end, parts) for org, parts in sorted(org_parts.items())]
     rows.append(snapshot_values(None, period_type, start, end, platform_parts))
