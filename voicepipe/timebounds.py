@@ -22,20 +22,38 @@ def newest_accepted(now: datetime) -> datetime:
     return now + timedelta(seconds=get_settings().max_clock_skew_seconds)
 
 
+# (now, settings, oldest event, oldest AI call, newest accepted) of the latest call: a batch
+# checks every item against the same `now`, and working the bounds out again for each of
+# 1,000 events cost a tenth of the batch's validation.
+_bounds_memo: tuple[datetime, object, datetime, datetime, datetime] | None = None
+
+
+def _bounds(now: datetime) -> tuple[datetime, datetime, datetime]:
+    global _bounds_memo
+    settings = get_settings()
+    memo = _bounds_memo
+    if memo is None or memo[0] != now or memo[1] is not settings:
+        kept = cutoffs(now, settings)
+        memo = _bounds_memo = (now, settings, kept.counters, kept.ai_usage,
+                               now + timedelta(seconds=settings.max_clock_skew_seconds))
+    return memo[2], memo[3], memo[4]
+
+
 def check_event_time(ts: datetime, field: str, *, now: datetime) -> datetime:
     """An event's occurred_at: within counter retention and not in the future."""
-    return _check(ts, field, now=now, oldest=cutoffs(now).counters,
+    oldest, _, newest = _bounds(now)
+    return _check(ts, field, now=now, oldest=oldest, newest=newest,
                   why="counter retention (VOICEPIPE_RETENTION_COUNTERS_DAYS)")
 
 
 def check_usage_time(ts: datetime, field: str, *, now: datetime) -> datetime:
     """An AI call's occurred_at: within the usage log's retention and not in the future."""
-    return _check(ts, field, now=now, oldest=cutoffs(now).ai_usage,
+    _, oldest, newest = _bounds(now)
+    return _check(ts, field, now=now, oldest=oldest, newest=newest,
                   why="AI usage log retention (VOICEPIPE_RETENTION_AI_USAGE_DAYS)")
 
 
-def _check(ts: datetime, field: str, *, now: datetime, oldest: datetime, why: str) -> datetime:
-    newest = newest_accepted(now)
+def _check(ts: datetime, field: str, *, now: datetime, oldest: datetime, newest: datetime, why: str) -> datetime:
     if ts > newest:
         raise InvalidInput.field(
             field, f"{ts.isoformat()} is in the future (now {now.isoformat()}, clock skew allowed up to "

@@ -60,10 +60,15 @@ for _types, _key, _column in TOTALS:
         _TOTALS_OF.setdefault(_t, []).append((_key, _column))
 
 
+_EMPTY_SCALARS: Parts = {
+    **{name: 0 for name in INT_PARTS}, **{name: 0.0 for name in FLOAT_PARTS}, "ai_cost_sum": Decimal(0),
+}
+
+
 def empty_parts() -> Parts:
-    parts: Parts = {name: 0 for name in INT_PARTS}
-    parts.update({name: 0.0 for name in FLOAT_PARTS})
-    parts["ai_cost_sum"] = Decimal(0)
+    # A copy of a template (the scalars are immutable) and a new histogram: recording
+    # makes one per (organization, hour) of a batch, up to 1,000 a batch.
+    parts = dict(_EMPTY_SCALARS)
     parts[HISTOGRAM_PART] = histogram.empty()
     return parts
 

@@ -9,6 +9,7 @@ counter rows, all inside the caller's transaction.
 from __future__ import annotations
 
 import logging
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -185,6 +186,8 @@ def _upsert_sql(additive: bool) -> str:
     )
 
 
+# The scalar parts of a Parts in SCALAR_PARTS order, in one C call (a counter row a group).
+_scalars = operator.itemgetter(*SCALAR_PARTS)
 _ADD_SQL = _upsert_sql(additive=True)
 _REPLACE_SQL = _upsert_sql(additive=False)
 
@@ -195,7 +198,7 @@ def _write_counters(session: Session, grouped: Mapping[CounterKey, Parts], sql: 
     _write(
         session, "vp_stage_counters", "event_counters", COUNTER_COLUMNS,
         [
-            (org, hour, *(parts[n] for n in SCALAR_PARTS),
+            (org, hour, *_scalars(parts),
              # An all-zero histogram is sent empty: vp_hist_add treats it as zeros.
              parts[HISTOGRAM_PART] if any(parts[HISTOGRAM_PART]) else [])
             for (org, hour), parts in grouped.items()
