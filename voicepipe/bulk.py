@@ -75,7 +75,10 @@ def stage(
         f"CREATE TEMP TABLE IF NOT EXISTS {stage_table} ON COMMIT DELETE ROWS AS "
         f"SELECT {cols} FROM {like} WITH NO DATA"
     )
-    cur.execute(f"TRUNCATE {stage_table}")
+    # Empty from an earlier use in this transaction, if any (commit empties it anyway).
+    # DELETE, not TRUNCATE: TRUNCATE swaps the table's files even when it is empty, 4 ms
+    # a call, as much as the COPY of a 1,000-event batch.
+    cur.execute(f"DELETE FROM {stage_table}")
     types: list[int] = []
     if binary:
         # Binary COPY has no type names in the stream: take them from the staging table.
