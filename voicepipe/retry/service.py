@@ -13,8 +13,9 @@ the artifact, one applies every write (artifact, retry request, derived rows, ev
 and their counters) as data-modifying CTEs. Through the ORM it was eight (ten with a
 request id): 12 round trips to PostgreSQL per retry, 14 with a request id, are 6 now.
 Each round trip wakes the pool process and a PostgreSQL backend, which on a loaded
-two-core host costs far more than the statements' own work: the retry task went from
-about 0.4 to about 0.6 of the smallest task's rate on the same worker (bench/retries.py).
+two-core host costs far more than the statements' own work: in interleaved runs of
+bench/retries.py, retries went from 0.45-0.49 to 0.61-0.67 of the smallest task's rate
+on the same worker (mean ratios of two series of three to six runs each).
 """
 
 from __future__ import annotations
