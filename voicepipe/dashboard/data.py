@@ -321,6 +321,7 @@ def aggregation(session: Session, now: datetime) -> dict[str, Any]:
         session, now, broker_url=None, heartbeat=heartbeat_file(),
         hourly_horizon_hours=settings.hourly_horizon_hours, daily_horizon_days=settings.daily_horizon_days,
         stall_timeout_s=settings.stall_timeout_seconds, due=DUE_WINDOWS,
+        organizations=False,  # the exporter's per-organization series: a row per organization, unused here
     )
     return {
         "now": now.isoformat(),

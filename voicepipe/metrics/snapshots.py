@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -59,16 +60,16 @@ _DELETE_VANISHED_SQL = (
 )
 
 
+# A row's values in column order, in one C call each (10,000 rows an hour at 10,000 organizations).
+_parts_of = operator.itemgetter(*PART_COLUMNS)
+_figures_of = operator.itemgetter(*METRIC_COLUMNS)
+
+
 def snapshot_values(
     organization_id: str | None, period_type: str, start: datetime, end: datetime, parts: Parts
 ) -> tuple[Any, ...]:
     """One snapshot row in SNAPSHOT_COLUMNS order: the parts as given, then their figures."""
-    figures = derive(parts)
-    return (
-        organization_id, period_type, start, end,
-        *[parts[name] for name in PART_COLUMNS],
-        *[figures[name] for name in METRIC_COLUMNS],
-    )
+    return (organization_id, period_type, start, end, *_parts_of(parts), *_figures_of(derive(parts)))
 
 
 def write_window(

@@ -207,11 +207,13 @@ def collect(
     daily_horizon_days: int,
     stall_timeout_s: int,
     due: Callable[[Session, datetime], dict[tuple[str, str], int]] | None = None,
+    organizations: bool = True,
 ) -> PipelineHealth:
-    """Read every figure of the pipeline's health as of NOW (the due windows through DUE when given)."""
+    """Read every figure of the pipeline's health as of NOW (the due windows through DUE when given;
+    without ORGANIZATIONS, not the per-organization figures of the newest hour)."""
     from voicepipe.observability.queues import QUEUE_NAMES, queue_depths
 
-    newest_hour, organizations = newest_hour_organizations(session)
+    newest_hour, per_organization = newest_hour_organizations(session) if organizations else (None, [])
     return PipelineHealth(
         now=now,
         newest_window={period: newest_computed(session, period) for period in PERIODS},
@@ -225,7 +227,7 @@ def collect(
         dead_letters=dead_letter_count(session),
         beat=read_beat(heartbeat, now.timestamp()),
         newest_hour=newest_hour,
-        organizations=organizations,
+        organizations=per_organization,
     )
 
 
