@@ -68,15 +68,18 @@ def start_worker_proc(
     concurrency: int = 1,
     app: str = "worker",
     env: Mapping[str, str] | None = None,
+    wait: bool = True,
 ) -> Proc:
-    """A real `celery -A <app> worker` subprocess in its own process group."""
+    """A real `celery -A <app> worker` subprocess in its own process group (ready to answer
+    a ping, unless not WAIT)."""
     node = f"{name}-{uuid.uuid4().hex[:6]}@faults"
     args = celery_cmd("worker", "-Q", queues, "-c", str(concurrency), "-P", "prefork", "-n", node,
                       "--without-mingle", "--without-gossip", "-l", "INFO")
     args[args.index("-A") + 1] = app  # `-A worker` -> `-A <app>`
     proc = spawn(args, service_env(db_url, broker_url, folder / "data", **(env or {})), folder / f"{name}.log",
                  name=node)
-    wait_ready(proc, broker_url)
+    if wait:
+        wait_ready(proc, broker_url)
     return proc
 
 

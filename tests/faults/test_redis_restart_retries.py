@@ -13,7 +13,9 @@ What is in flight when Redis dies is recovered the designed ways: a stage messag
 whose publish failed after its retry committed is re-queued by the stall sweeper
 (voicepipe.maintenance.requeue_stalled, with a short VOICEPIPE_STALL_TIMEOUT_SECONDS),
 and a message the worker held unacknowledged comes back after the visibility
-timeout (shortened here, see tests/faults/short_visibility.py).
+timeout (shortened here, see tests/faults/short_visibility.py): the test waits until
+none is left in Redis's unacknowledged set. A worker that exits on the connection loss
+is started again, as its supervisor would.
 
 Afterwards every artifact is completed or failed; every request whose send
 returned was applied (one retry_requests row, one retry_initiated event) or refused
@@ -95,11 +97,15 @@ def test_redis_killed_while_retries_are_sent_leaves_no_artifact_stuck_and_no_ret
             requests.append({"stage": "full_pipeline", "artifact_id": str(artifacts[i - 4]), "requested_by": "staff-1",
                              "reason": "again", "request_id": f"second-{i - 4}-{uuid.uuid4().hex[:6]}"})
 
-    worker: Proc = start_worker_proc(
-        db_url, own_redis.url, tmp_path, "retries", queues="retry,pipeline,metrics", concurrency=2,
-        app=SHORT_VISIBILITY_APP, env={
-            "VP_TEST_VISIBILITY_TIMEOUT_S": "8", "VOICEPIPE_STALL_TIMEOUT_SECONDS": "2",
-            "VOICEPIPE_SIMULATOR_FAILURE_RATE": "0.1", "VOICEPIPE_SIMULATOR_SEED": "3", **FAST})
+    def start_worker(n: int) -> Proc:
+        return start_worker_proc(
+            db_url, own_redis.url, tmp_path, f"retries-{n}", queues="retry,pipeline,metrics", concurrency=2,
+            app=SHORT_VISIBILITY_APP, env={
+                "VP_TEST_VISIBILITY_TIMEOUT_S": "8", "VOICEPIPE_STALL_TIMEOUT_SECONDS": "2",
+                "VOICEPIPE_SIMULATOR_FAILURE_RATE": "0.1", "VOICEPIPE_SIMULATOR_SEED": "3", **FAST},
+            wait=n == 0)  # a restart is not waited for: the loop below keeps polling
+
+    workers: list[Proc] = [start_worker(0)]
     sender = RetryProducer(own_redis.url, requests)
     sweeper = producer(own_redis.url)
     sweep_failures: list[str] = []
@@ -113,11 +119,19 @@ def test_redis_killed_while_retries_are_sent_leaves_no_artifact_stuck_and_no_ret
         assert not sender.is_alive(), "the producer never got its requests through"
 
         def settled() -> bool:
-            assert worker.alive(), worker.log()[-3000:]
+            if not workers[-1].alive():
+                # A worker may exit on the connection loss; its supervisor starts it again
+                # (compose: restart: unless-stopped; README, "What survives what").
+                workers.append(start_worker(len(workers)))
             session.rollback()
             statuses = set(session.scalars(select(Artifact.status)))
             in_flight = session.scalar(select(RetryRequest.id).where(RetryRequest.outcome == "in_flight").limit(1))
-            if statuses <= TERMINAL and in_flight is None:
+            # Settled also means no message left in limbo: a message the worker had received but
+            # not acknowledged when Redis died waits in Redis's unacknowledged set until the
+            # visibility timeout (8 s here) puts it back on its queue, and is then run.
+            broker = own_redis.client()
+            limbo = broker.hlen("unacked") + broker.llen("retry")
+            if statuses <= TERMINAL and in_flight is None and limbo == 0:
                 return True
             # What beat does every five minutes: sweep for stalled artifacts.
             try:
@@ -132,12 +146,12 @@ def test_redis_killed_while_retries_are_sent_leaves_no_artifact_stuck_and_no_ret
             session.rollback()
             stuck = session.execute(select(Artifact.id, Artifact.status, Artifact.current_stage)
                                     .where(Artifact.status.not_in(TERMINAL))).all()
-            raise AssertionError(f"{exc}\nstuck: {stuck}\nworker log:\n{worker.log()[-5000:]}") from None
+            raise AssertionError(f"{exc}\nstuck: {stuck}\nworker log:\n{workers[-1].log()[-5000:]}") from None
         time.sleep(3)  # a late redelivery would show up as a second application now
-        log = worker.log()
+        log = "\n".join(w.log() for w in workers)
     finally:
         sweeper.close()
-        worker.stop()
+        workers[-1].stop()
 
     assert sender.failures, "the producer never saw Redis down: the fault was not injected"
     session.rollback()
