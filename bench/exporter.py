@@ -15,10 +15,11 @@ import statistics
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from sqlalchemy import text
 
-from bench.harness import Env, Result, cli_server, percentile, settle_late_marks, timed
+from bench.harness import Env, Result, at_two_scales, cli_server, percentile, settle_late_marks, timed
 from voicepipe.observability.probe import DUE_REFRESH_S, windows_due
 from voicepipe.settings import get_settings
 
@@ -130,9 +131,4 @@ def run(env: Env) -> list[Result]:
     settle_late_marks(env)
     now = datetime.now(UTC)
     seed(env, now)
-    results = measure(env, ORGS)
-    if not env.quick:
-        # 9,000 more organizations (the 10,000-organization scale).
-        seed(env, now, orgs=10 * ORGS, first=ORGS)
-        results += measure(env, 10 * ORGS)
-    return results
+    return at_two_scales(env, ORGS, partial(measure, env), lambda orgs: seed(env, now, orgs=orgs, first=ORGS))

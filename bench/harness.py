@@ -180,6 +180,18 @@ def write_json(path: str, info: dict[str, Any], results: list[Result], seconds: 
     ))
 
 
+def at_two_scales(
+    env: Env, orgs: int, measure: Callable[[int], list[Result]], grow: Callable[[int], None]
+) -> list[Result]:
+    """MEASURE(orgs); in a full run, then GROW(10 x orgs) and MEASURE again (the issue's 10,000-organization
+    scale)."""
+    results = measure(orgs)
+    if not env.quick:
+        grow(10 * orgs)
+        results += measure(10 * orgs)
+    return results
+
+
 def settle_late_marks(env: Env) -> None:
     """Do what the hourly wrapper does with late marks: drop those of windows that need nothing.
 

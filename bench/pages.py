@@ -20,10 +20,11 @@ import statistics
 import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from sqlalchemy import text
 
-from bench.harness import Env, Result, cli_server, percentile, settle_late_marks
+from bench.harness import Env, Result, at_two_scales, cli_server, percentile, settle_late_marks
 from voicepipe.usage.rollup import aggregate_usage_day
 
 ORGS = 1000
@@ -199,9 +200,5 @@ def run(env: Env) -> list[Result]:
     settle_late_marks(env)
     now = datetime.now(UTC)
     seed(env, now)
-    results = measure(env, ORGS)
-    if not env.quick:
-        # The same pages with 9,000 more organizations (the 10,000-organization scale).
-        seed(env, now, orgs=10 * ORGS, usage=False)
-        results += measure(env, 10 * ORGS)
-    return results
+    # The same pages with 9,000 more organizations (their usage is the first run's).
+    return at_two_scales(env, ORGS, partial(measure, env), lambda orgs: seed(env, now, orgs=orgs, usage=False))

@@ -37,7 +37,7 @@ from voicepipe.metrics.queries import (
     range_figures,
     stage_breakdown,
 )
-from voicepipe.observability.probe import DueWindows
+from voicepipe.observability.probe import DueWindows, read_only_session
 from voicepipe.windows import floor_day, floor_hour, parse_day
 
 log = logging.getLogger(__name__)
@@ -221,11 +221,9 @@ _computing: dict[tuple[str, datetime, datetime], threading.Lock] = {}
 
 def read(work: Callable[[Session, datetime], Any], now: datetime | None = None) -> Any:
     """WORK(session, now) in one read-only transaction of its own."""
-    from models.session import session_scope
     from voicepipe.clock import utcnow
 
-    with session_scope() as session:
-        session.connection().exec_driver_sql("SET TRANSACTION READ ONLY")
+    with read_only_session() as session:
         # The 30-day organization breakdown hashes and sorts a row per organization and day:
         # in memory, not in temporary files (PostgreSQL's default work_mem is 4 MB).
         session.connection().exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
