@@ -8,6 +8,7 @@ from datetime import date
 from sqlalchemy.orm import Session
 
 from voicepipe.events.parts import Parts
+from voicepipe.gcpause import without_cyclic_gc
 from voicepipe.metrics.bookkeeping import (
     DAILY,
     HOURLY,
@@ -22,6 +23,7 @@ from voicepipe.windows import DAY, day_start, hours_of_day, parse_day
 
 log = logging.getLogger(__name__)
 
+@without_cyclic_gc
 def aggregate_day(session: Session, day: date) -> int:
     """Refresh the day's missing or stale hours, then upsert its daily rows; returns rows written.
 

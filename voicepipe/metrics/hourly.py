@@ -16,6 +16,7 @@ from voicepipe.bulk import dbapi_connection
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
 from voicepipe.events.parts import ALL_PARTS, Parts, parts_of_row, sum_part_rows
+from voicepipe.gcpause import without_cyclic_gc
 from voicepipe.maintenance.cleanup import recomputable_from
 from voicepipe.metrics.bookkeeping import HOURLY, lock_window, mark_computed
 from voicepipe.metrics.snapshots import write_window
@@ -41,6 +42,7 @@ def check_recomputable(start: datetime, field: str = "window_start") -> None:
         )
 
 
+@without_cyclic_gc
 def aggregate_hour(session: Session, hour_start: datetime) -> int:
     """Upsert the hour's organization rows and platform row; returns the rows written.
 

@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from models.metrics import PERIOD_TYPES, MetricsSnapshot
 from voicepipe.errors import InvalidInput
 from voicepipe.events.parts import ALL_PARTS, sum_parts
+from voicepipe.gcpause import without_cyclic_gc
 from voicepipe.metrics.derive import derive, stage_figures
 from voicepipe.metrics.snapshots import sum_snapshot_parts
 
@@ -75,6 +76,7 @@ class OrganizationFigures:
     metrics: dict[str, Any]  # every SnapshotMetrics column, derived over the whole range
 
 
+@without_cyclic_gc
 def organization_breakdown(
     session: Session, period_type: str, start: datetime, end: datetime
 ) -> list[OrganizationFigures]:
