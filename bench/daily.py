@@ -23,7 +23,7 @@ INSERT INTO event_counters (organization_id, hour_start, n_artifact_received, n_
   end_to_end_latency_count, claims_total, ai_cost_sum, end_to_end_histogram)
 SELECT 'org-' || lpad(o::text, 4, '0'), h, 20, 17, 2, 19, 1, 18, 15, 3, 17,
   19 * 20000.0, 19, 17 * 45000.0, 17, 60, 0.25,
-  (SELECT array_agg(CASE WHEN b BETWEEN 30 AND 40 THEN 1 + (o % 2) ELSE 0 END ORDER BY b)
+  (SELECT array_agg(CASE WHEN b BETWEEN 20 + o % 2 AND 36 + o % 2 THEN 1 ELSE 0 END ORDER BY b)
    FROM generate_series(0, 63) b)
 FROM generate_series(0, :orgs - 1) o,
      generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 hour', interval '1 hour') h

@@ -12,6 +12,7 @@ from decimal import Decimal
 
 from sqlalchemy import text
 
+from bench.data import seed_daily_snapshots
 from bench.harness import Env, Result
 from voicepipe.metrics.queries import organization_breakdown
 from voicepipe.usage.queries import TOP, UsageGroup, _raw, _top, usage_for_organization
@@ -54,18 +55,6 @@ def _load_usage(env: Env, first: datetime, days: int, per_day: int) -> None:
     with env.engine.connect() as conn:
         conn.execute(text("ANALYZE ai_usage_log"))
 
-
-SEED_DAILY = """
-INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end,
-  n_artifact_received, n_artifact_completed, n_artifact_failed, transcription_latency_sum,
-  transcription_latency_count, end_to_end_latency_sum, end_to_end_latency_count, ai_cost_sum,
-  end_to_end_histogram, artifacts_received, artifacts_completed, artifacts_failed)
-SELECT 'org-' || lpad(o::text, 4, '0'), 'daily', d, d + interval '1 day', 400, 360, 30, 7200000, 360,
-  16200000, 360, 6.5, (SELECT array_agg(CASE WHEN b BETWEEN 30 AND 40 THEN 30 + (o % 3) ELSE 0 END ORDER BY b)
-  FROM generate_series(0, 63) b), 400, 360, 30
-FROM generate_series(0, 999) o,
-     generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 day', interval '1 day') d
-"""
 
 SQL_BREAKDOWN = """
 SELECT s.organization_id, coalesce(o.name, 'Unknown'), sum(n_artifact_received), sum(n_artifact_completed),
@@ -113,8 +102,7 @@ def run(env: Env) -> list[Result]:
     # 30 days well before the other benchmarks' windows, so their rows cannot collide.
     lo, hi = today - timedelta(days=70), today - timedelta(days=40)
     with env.engine.begin() as conn:
-        conn.execute(text(SEED_DAILY), {"lo": lo, "hi": hi})
-        conn.execute(text("ANALYZE metrics_snapshots"))
+        seed_daily_snapshots(conn, 1000, lo, hi, "org-", digits=4)
 
     def breakdown() -> None:
         with env.session() as s:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from voicepipe.events.parts import (
     SCALAR_PARTS,
     Parts,
 )
+from voicepipe.gcpause import without_cyclic_gc
 from voicepipe.metrics.derive import METRIC_COLUMNS, derive
 
 PART_COLUMNS: tuple[str, ...] = ALL_PARTS
@@ -113,43 +115,78 @@ class SummedParts:
 _IN_RANGE = "s.period_type = %(period_type)s AND s.period_start >= %(lo)s AND s.period_start < %(hi)s"
 # Two aggregates over the same rows, joined per organization, in one statement (one
 # snapshot of the data):
-# - Exact parts, in any order. Integer parts and histogram buckets are summed as float8
-#   and cast back: every partial sum of integers below 2**53 (9e15) is an integer a
-#   double holds exactly, so the result is exact whatever the order, and PostgreSQL's
-#   float8 sum costs half its bigint sum (which accumulates in numeric): 0.43 s instead
-#   of 0.89 s for the 64 buckets of 300,000 rows. Histograms are summed one sum per
-#   subscript (a bucket past an array's end is NULL, which sum skips); an unnest of
-#   every bucket grouped by (organization, bucket) cost twice as much again. Decimal
-#   sums are exact in any order.
+# - Exact parts, in any order, in a hash aggregate. Integer parts and histogram buckets
+#   are summed as float8 and cast back: every partial sum of integers below 2**53 (9e15)
+#   is an integer a double holds exactly, so the result is exact whatever the order,
+#   and PostgreSQL's float8 sum costs half its bigint sum (which accumulates in
+#   numeric): 0.43 s instead of 0.89 s for the 64 buckets of 300,000 rows. Histograms
+#   are summed one sum per subscript in use (a bucket past an array's end is NULL,
+#   which sum skips); an unnest of every bucket grouped by (organization, bucket) cost
+#   twice as much again. Decimal sums are exact in any order. The constant xid group
+#   key changes no group but makes hashing the only way to group (xid has no ordering):
+#   with statistics that had not seen a fresh day's rows yet, the planner expected a
+#   handful of rows and sorted 240,000 whole rows through 200 MB of temporary files
+#   instead (1.9 s instead of 0.95 s for a day of 10,000 organizations).
 # - Float parts, in a fixed order: floating-point addition is not associative, and
 #   summing in whatever order the scan delivered rows changed a day's averages in the
 #   last digits from one run to the next. They are summed from a subquery ordered by
 #   (organization, window start) that carries only those columns: sorting whole rows
-#   spilled 270 MB to disk for 10,000 organizations x 30 days.
+#   spilled 270 MB to disk for 10,000 organizations x 30 days. The order is by byte
+#   ("C" collation): comparing ids through the database's locale cost most of that sort.
 # The join key maps the platform (organization NULL) to '', which no organization id
 # can be (ids are never blank); names are joined after summing.
-_SUMS = ", ".join(
-    [f"sum(s.{n}::float8)::bigint AS {n}" for n in INT_PARTS]
-    + [f"sum(s.{n}) AS {n}" for n in DECIMAL_PARTS]
-    + [f"coalesce(sum(s.{HISTOGRAM_PART}[{i}]::float8), 0)::bigint AS b{i}" for i in range(1, N_BUCKETS + 1)]
-)
+_ALL_BUCKETS: tuple[int, ...] = tuple(range(1, N_BUCKETS + 1))  # PostgreSQL subscripts
 _FLOAT_SUMS = ", ".join(f"sum(s.{n}) AS {n}" for n in FLOAT_PARTS)
-_SUM_SQL = (
-    "SELECT e.organization_id, o.name, e.windows, "
-    + ", ".join(f"f.{n}" if n in FLOAT_PARTS else f"e.{n}" for n in SCALAR_PARTS)
-    + ", " + ", ".join(f"e.b{i}" for i in range(1, N_BUCKETS + 1))
-    + " FROM (SELECT s.organization_id, coalesce(s.organization_id, '') AS k, count(*) AS windows, "
-    + f"{_SUMS} FROM metrics_snapshots s WHERE {_IN_RANGE} GROUP BY s.organization_id) e"
-    + f" JOIN (SELECT coalesce(s.organization_id, '') AS k, {_FLOAT_SUMS}"
-    + f" FROM (SELECT s.organization_id, {', '.join('s.' + n for n in FLOAT_PARTS)}"
-    + f" FROM metrics_snapshots s WHERE {_IN_RANGE}"
-    + " ORDER BY s.organization_id, s.period_start) s GROUP BY s.organization_id) f ON f.k = e.k"
-    + " LEFT JOIN organizations o ON o.id = e.organization_id"
+_FLOAT_COLUMNS = ", ".join(f"s.{n}" for n in FLOAT_PARTS)
+_H = f"s.{HISTOGRAM_PART}"
+
+
+@functools.lru_cache(maxsize=128)
+def _sum_sql(buckets: tuple[int, ...]) -> str:
+    """The summing statement, with one sum per histogram subscript in BUCKETS.
+
+    The subscripts left out are summed for the platform rows only, in the column
+    `unseen` (0 when none is left out): sum_snapshot_parts checks that it is 0.
+    """
+    unseen = [i for i in _ALL_BUCKETS if i not in buckets]
+    unseen_sum = (
+        "sum(CASE WHEN s.organization_id IS NULL THEN ("
+        + " + ".join(f"coalesce({_H}[{i}], 0)" for i in unseen)
+        + ")::float8 END)" if unseen else "0"
+    )
+    sums = ", ".join(
+        [f"sum(s.{n}::float8)::bigint AS {n}" for n in INT_PARTS]
+        + [f"sum(s.{n}) AS {n}" for n in DECIMAL_PARTS]
+        + [f"coalesce(sum({_H}[{i}]::float8), 0)::bigint AS b{i}" for i in buckets]
+        + [f"{unseen_sum} AS unseen"]
+    )
+    return (
+        "SELECT e.organization_id, o.name, e.windows, e.unseen, "
+        + ", ".join(f"f.{n}" if n in FLOAT_PARTS else f"e.{n}" for n in SCALAR_PARTS)
+        + "".join(f", e.b{i}" for i in buckets)
+        + " FROM (SELECT s.organization_id, coalesce(s.organization_id, '') AS k, count(*) AS windows, "
+        + f"{sums} FROM metrics_snapshots s WHERE {_IN_RANGE} GROUP BY s.organization_id, CAST('0' AS xid)) e"
+        + f" JOIN (SELECT coalesce(s.organization_id, '') AS k, {_FLOAT_SUMS}"
+        + f" FROM (SELECT s.organization_id COLLATE \"C\" AS organization_id, {_FLOAT_COLUMNS}"
+        + f" FROM metrics_snapshots s WHERE {_IN_RANGE}"
+        + " ORDER BY 1, s.period_start) s GROUP BY s.organization_id) f ON f.k = e.k"
+        + " LEFT JOIN organizations o ON o.id = e.organization_id"
+    )
+
+
+# The histogram buckets in use over the range, from the platform rows (30 rows for 30
+# days): a bucket empty for the platform is empty for every organization.
+_USED_BUCKETS_SQL = (
+    "SELECT coalesce(array_agg(i ORDER BY i), '{}') FROM (SELECT i FROM metrics_snapshots s"
+    f" CROSS JOIN LATERAL generate_subscripts({_H}, 1) i"
+    f" WHERE {_IN_RANGE} AND s.organization_id IS NULL GROUP BY i HAVING sum({_H}[i]) > 0) u"
 )
 _N_SCALARS = len(SCALAR_PARTS)
+_E2E_COUNT = SCALAR_PARTS.index("end_to_end_latency_count")
 SUM_WORK_MEM = "64MB"
 
 
+@without_cyclic_gc
 def sum_snapshot_parts(
     session: Session, period_type: str, lo: datetime, hi: datetime
 ) -> dict[str | None, SummedParts]:
@@ -158,16 +195,43 @@ def sum_snapshot_parts(
 
     Key None is the platform: the sum of the platform rows, which include the events
     without an organization (never the sum of organization rows alone).
+
+    Only the histogram buckets in use are summed per organization (a sum per bucket
+    per row was half the statement's cost, and latencies fill a few of the 64). Which
+    ones are in use is read first, from the platform rows, whose every bucket is at
+    least any organization's in the same window (both are written in one transaction).
+    A window that changed between the two statements shows in the platform rows'
+    left-out buckets (`unseen`); a histogram that does not add up to its end-to-end
+    count shows a left-out bucket too: either way the sum runs again over all 64.
     """
     params = {"period_type": period_type, "lo": lo, "hi": hi}
-    sums: dict[str | None, SummedParts] = {}
     with dbapi_connection(session).cursor() as cur:
         # Room for the per-organization hash of ~100 sums (25 MB for 10,000 organizations)
         # and the float sort: at the default 4 MB both spilled to disk. For this
         # transaction only.
         cur.execute("SELECT set_config('work_mem', %s, true)", (SUM_WORK_MEM,))
-        for org, name, windows, *values in cur.execute(_SUM_SQL, params):
-            parts: Parts = dict(zip(SCALAR_PARTS, values[:_N_SCALARS], strict=True))
-            parts[HISTOGRAM_PART] = values[_N_SCALARS:]
-            sums[org] = SummedParts(parts, windows, name)
+        used = tuple(cur.execute(_USED_BUCKETS_SQL, params).fetchone()[0])
+        sums = _sums(cur, used, params)
+        if used != _ALL_BUCKETS and sums is None:
+            sums = _sums(cur, _ALL_BUCKETS, params)
+    return sums or {}
+
+
+def _sums(cur: Any, buckets: tuple[int, ...], params: Mapping[str, Any]) -> dict[str | None, SummedParts] | None:
+    """The sums with BUCKETS summed and the others zero; None if a left-out bucket is not empty."""
+    complete = buckets == _ALL_BUCKETS
+    sums: dict[str | None, SummedParts] = {}
+    for org, name, windows, unseen, *values in cur.execute(_sum_sql(buckets), params):
+        counts = values[_N_SCALARS:]
+        if not complete and (unseen or sum(counts) != values[_E2E_COUNT]):
+            return None
+        hist = counts if complete else [0] * N_BUCKETS
+        if not complete:
+            for i, count in zip(buckets, counts, strict=True):
+                hist[i - 1] = count
+        parts: Parts = dict(zip(SCALAR_PARTS, values[:_N_SCALARS], strict=True))
+        parts[HISTOGRAM_PART] = hist
+        sums[org] = SummedParts(parts, windows, name)
+    if not complete and sums and None not in sums:
+        return None  # organization rows without platform rows: nothing says which buckets they use
     return sums
