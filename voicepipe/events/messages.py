@@ -19,6 +19,7 @@ from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
 from voicepipe.events.recording import record_parsed
 from voicepipe.events.schema import Event, parse_event
+from voicepipe.gcpause import without_cyclic_gc
 from voicepipe.usage.recording import parse_usage, record_usage
 
 # What one message gets: True (its event was new), False (its event_id was already
@@ -27,6 +28,7 @@ from voicepipe.usage.recording import parse_usage, record_usage
 Outcome = bool | None | InvalidInput
 
 
+@without_cyclic_gc
 def record_event_messages(session: Session, raws: Sequence[Any], *, now: datetime | None = None) -> list[Outcome]:
     """Record one event per message (ids already filled in); one outcome per message, in order."""
     now = now or utcnow()
@@ -53,6 +55,7 @@ def record_event_messages(session: Session, raws: Sequence[Any], *, now: datetim
     return outcomes
 
 
+@without_cyclic_gc
 def record_usage_messages(session: Session, raws: Sequence[Any], *, now: datetime | None = None) -> list[Outcome]:
     """Record one AI call per message (ids already filled in); None for each recorded one."""
     now = now or utcnow()

@@ -33,6 +33,7 @@ from voicepipe.events.parts import (
     empty_parts,
 )
 from voicepipe.events.schema import Event, parse_event
+from voicepipe.gcpause import without_cyclic_gc
 from voicepipe.maintenance.cleanup import cutoffs
 from voicepipe.windows import HOUR, floor_hour, hour_label, iter_hours
 
@@ -77,6 +78,7 @@ def record_event(session: Session, raw: Mapping[str, Any]) -> bool:
     return record_parsed(session, [event]).inserted == 1
 
 
+@without_cyclic_gc
 def record_events(session: Session, raws: Sequence[Any], *, now: datetime | None = None) -> RecordResult:
     """Record a batch of events and their counters; returns how many were new.
 
