@@ -311,3 +311,58 @@ def test_a_rerun_after_a_late_event_rewrites_only_the_rows_that_change_and_all_e
     with Session(engine) as s:
         for key, row in snapshots(s, "hourly").items():
             assert_row_matches(row, expected(want_hourly[key]), f"hourly {key}")
+
+
+def test_a_counter_changed_while_its_hour_is_written_leaves_rows_of_the_parts_read_and_the_hour_due(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The organizations' parts are copied from their counter rows in PostgreSQL, checked
+    against the revision they were read at. A late event committed in between (here,
+    just before the write) must not give a row the new parts with figures derived from
+    the old: the window is written from the parts read, and stays due."""
+    import voicepipe.metrics.hourly as hourly
+
+    rng = random.Random(31)
+    day = recent_day(2)
+    hour = midnight(day) + timedelta(hours=9)
+    now = midnight(day) + timedelta(days=1, hours=2)
+    events = [random_event(rng, hour, 1, ORGS) for _ in range(300)]
+    late = {"event_type": "artifact_received", "organization_id": "org-b",
+            "occurred_at": (hour + timedelta(minutes=30)).isoformat(), "metadata": {}}
+    with Session(engine) as s:
+        record_events(s, events)
+        s.commit()
+
+    original = hourly.write_hour_from_counters
+    outcomes: list[bool] = []
+
+    def late_event_first(*args: Any, **kwargs: Any) -> bool:
+        with Session(engine) as other:  # another transaction, committed before the write
+            record_events(other, [late])
+            other.commit()
+        outcomes.append(original(*args, **kwargs))
+        return outcomes[-1]
+
+    monkeypatch.setattr(hourly, "write_hour_from_counters", late_event_first)
+    with Session(engine) as s:
+        aggregate_hour(s, hour)
+        s.commit()
+    monkeypatch.setattr(hourly, "write_hour_from_counters", original)
+    assert outcomes == [False], "the changed counter was noticed"
+
+    want_before, _ = group_events(events)
+    with Session(engine) as s:
+        rows = {k: r for k, r in snapshots(s, "hourly").items() if k[1] == hour}
+        assert set(rows) == {(org, hour) for org in ORGS}
+        for key, row in rows.items():  # parts and figures both as read: the late event in neither
+            assert_row_matches(row, expected(want_before[key]), f"hourly {key}")
+            assert row.n_artifact_received == row.artifacts_received, key
+        assert hour in due_hours(s, now, 26)
+        aggregate_hour(s, hour)
+        s.commit()
+    want_after, _ = group_events([*events, late])
+    with Session(engine) as s:
+        rows = {k: r for k, r in snapshots(s, "hourly").items() if k[1] == hour}
+        for key, row in rows.items():
+            assert_row_matches(row, expected(want_after[key]), f"hourly {key} after the re-run")
+        assert hour not in due_hours(s, now, 26)

@@ -19,7 +19,7 @@ from voicepipe.events.parts import ALL_PARTS, Parts, parts_of_row, sum_part_rows
 from voicepipe.gcpause import without_cyclic_gc
 from voicepipe.maintenance.cleanup import recomputable_from
 from voicepipe.metrics.bookkeeping import HOURLY, lock_window, mark_computed
-from voicepipe.metrics.snapshots import write_window
+from voicepipe.metrics.snapshots import delete_vanished, write_hour_from_counters, write_window
 from voicepipe.windows import HOUR, parse_hour
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,20 @@ def aggregate_hour(session: Session, hour_start: datetime) -> int:
     with dbapi_connection(session).cursor() as cur:
         rows = cur.execute(_COUNTERS_SQL, (hour,)).fetchall()
     # One counter row per (organization, hour): an organization's parts are its row.
-    org_parts: dict[str, Parts] = {row[0]: parts_of_row(row[2:]) for row in rows if row[0] is not None}
+    org_rows = [(row[0], row[1], parts_of_row(row[2:])) for row in rows if row[0] is not None]
     # Platform-wide = every counter row of the hour, with or without an organization.
     platform = sum_part_rows([row[2:] for row in rows])
-    written = write_window(session, HOURLY, hour, hour + HOUR, org_parts, platform)
+    org_parts: dict[str, Parts] = {org: parts for org, _, parts in org_rows}
+    # The organizations' parts are copied from their counter rows inside PostgreSQL (a
+    # quarter of the data to send); should a counter have changed since it was read,
+    # the window is written again from the parts read, as it was before, and stays
+    # due for a re-run (its source revision below is the one read).
+    if not write_hour_from_counters(session, HOURLY, hour, hour + HOUR, org_rows, platform):
+        log.info("hour counters changed while aggregated window=%s: rows written from the parts read",
+                 hour.isoformat())
+        write_window(session, HOURLY, hour, hour + HOUR, org_parts, platform)
+    delete_vanished(session, HOURLY, hour, org_parts)
+    written = len(org_parts) + 1
     source_revision = sum(int(row[1]) for row in rows)
     mark_computed(session, HOURLY, hour, source_revision)
     log.info(

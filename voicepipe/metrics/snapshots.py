@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Mapping
+from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.orm import Session
 
-from voicepipe.bulk import copy_then, dbapi_connection
+from voicepipe.bulk import copy_then, dbapi_connection, stage
 from voicepipe.events.histogram import N_BUCKETS
 from voicepipe.events.parts import (
     ALL_PARTS,
@@ -95,12 +95,63 @@ def write_window(
     # Binary COPY into a staging table and one INSERT ... SELECT: 1,001 rows of ~90
     # columns in about 20 ms (voicepipe/bulk.py says why not parameterised INSERTs).
     copy_then(session, "vp_stage_snapshots", "metrics_snapshots", SNAPSHOT_COLUMNS, rows, _UPSERT_SQL, binary=True)
+    delete_vanished(session, period_type, start, org_parts)
+    return len(rows)
+
+
+# An hour's organization rows, written from its counter rows: only the figures (derived
+# in Python) travel, with the revision of the counter row they were derived from; the
+# parts are copied from the counters inside PostgreSQL. A row goes in only if its
+# counter still has that revision; `src` is counted in the same statement (one
+# snapshot), so the caller knows whether every row was written.
+_HOUR_STAGE_COLUMNS: tuple[str, ...] = ("organization_id", "revision", *METRIC_COLUMNS)
+_HOUR_STAGE_LIKE = "metrics_snapshots CROSS JOIN (SELECT revision FROM event_counters) r"
+_HOUR_FROM_COUNTERS_SQL = (
+    # Named up front: pg_stat_activity shows the first 1 kB of a statement, and the
+    # column lists push the INSERT far past it.
+    "/* upsert metrics_snapshots of an hour from event_counters and vp_stage_hour */"
+    " WITH src AS (SELECT st.organization_id, CAST(%(period_type)s AS varchar) AS period_type,"
+    " CAST(%(start)s AS timestamptz) AS period_start, CAST(%(end)s AS timestamptz) AS period_end, "
+    + ", ".join(f"c.{n}" for n in SCALAR_PARTS)
+    # Counters store an all-zero histogram empty; snapshot rows carry every bucket.
+    + f", c.{HISTOGRAM_PART} || array_fill(0::bigint, ARRAY[{N_BUCKETS} - cardinality(c.{HISTOGRAM_PART})])"
+    + f" AS {HISTOGRAM_PART}, "
+    + ", ".join(f"st.{n}" for n in METRIC_COLUMNS)
+    + " FROM vp_stage_hour st JOIN event_counters c ON c.hour_start = %(start)s"
+    " AND c.organization_id = st.organization_id AND c.revision = st.revision),"
+    f" up AS ({_UPSERT_SQL.replace('vp_stage_snapshots', 'src')})"
+    " SELECT count(*) FROM src"
+)
+
+
+def write_hour_from_counters(
+    session: Session, period_type: str, start: datetime, end: datetime,
+    org_rows: Sequence[tuple[str, int, Parts]], platform_parts: Parts,
+) -> bool:
+    """Upsert an hour's rows, the organizations' parts read from their counter rows.
+
+    ``org_rows`` are (organization, counter revision, parts as read at that revision).
+    Returns False, having written only the rows whose counter kept its revision, if a
+    counter changed since it was read: the caller then writes the window with
+    write_window, from the parts it read. Vanished organizations are not handled here.
+    """
+    platform = snapshot_values(None, period_type, start, end, platform_parts)
+    copy_then(session, "vp_stage_snapshots", "metrics_snapshots", SNAPSHOT_COLUMNS, [platform], _UPSERT_SQL,
+              binary=True)
+    rows = [(org, revision, *_figures_of(derive(parts))) for org, revision, parts in sorted(org_rows)]
+    params = {"period_type": period_type, "start": start, "end": end}
+    with stage(session, "vp_stage_hour", _HOUR_STAGE_LIKE, _HOUR_STAGE_COLUMNS, rows, binary=True) as cur:
+        (written,) = cur.execute(_HOUR_FROM_COUNTERS_SQL, params).fetchone()
+    return int(written) == len(rows)
+
+
+def delete_vanished(session: Session, period_type: str, start: datetime, organizations: Container[str]) -> None:
+    """Delete the window's organization rows whose organization is not in ORGANIZATIONS."""
     with dbapi_connection(session).cursor() as cur:
         stored = cur.execute(_STORED_ORGS_SQL, (period_type, start)).fetchall()
-        vanished = sorted(org for (org,) in stored if org not in org_parts)
+        vanished = sorted(org for (org,) in stored if org not in organizations)
         if vanished:
             cur.execute(_DELETE_VANISHED_SQL, (period_type, start, vanished))
-    return len(rows)
 
 
 @dataclass(frozen=True)
