@@ -42,7 +42,7 @@ INSERT INTO metrics_snapshots (organization_id, period_type, period_start, perio
   avg_end_to_end_latency, p95_end_to_end_latency, total_ai_cost)
 SELECT 'dash-org-' || lpad(o::text, 4, '0'), :period, w, w + CAST(:step AS interval),
   :n + o % 7, :n - 2 + o % 5, 1 + o % 3, :n, o % 2, 20000.0 * :n, :n,
-  45000.0 * :n, :n, 0.01 * :n + o * 0.0001,
+  45000.0 * 5 * (:n / 5 + o % 3), 5 * (:n / 5 + o % 3), 0.01 * :n + o * 0.0001,
   (SELECT array_agg(CASE WHEN b BETWEEN 30 AND 34 THEN :n / 5 + (o % 3) ELSE 0 END ORDER BY b)
    FROM generate_series(0, 63) b),
   :n + o % 7, :n - 2 + o % 5, 1 + o % 3, (1 + o % 3)::float / (:n - 1 + o % 5 + o % 3), 45000, 60000,
@@ -53,16 +53,20 @@ FROM generate_series(0, :orgs - 1) o,
 ON CONFLICT DO NOTHING
 """
 
+# Each organization's five buckets hold the same count, so the platform's hold a fifth of
+# its end-to-end count each: the platform rows' histograms are their organizations' sums.
 SEED_PLATFORM_SNAPSHOTS = """
 INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end,
   n_artifact_received, n_artifact_completed, n_artifact_failed, end_to_end_latency_sum,
   end_to_end_latency_count, ai_cost_sum, artifacts_received, artifacts_completed, artifacts_failed,
-  total_ai_cost)
-SELECT NULL, period_type, period_start, period_end, sum(n_artifact_received), sum(n_artifact_completed),
-  sum(n_artifact_failed), sum(end_to_end_latency_sum), sum(end_to_end_latency_count), sum(ai_cost_sum),
-  sum(artifacts_received), sum(artifacts_completed), sum(artifacts_failed), sum(total_ai_cost)
-FROM metrics_snapshots WHERE organization_id LIKE 'dash-org-%' AND period_type = :period
-GROUP BY period_type, period_start, period_end
+  total_ai_cost, end_to_end_histogram)
+SELECT NULL, period_type, period_start, period_end, r, c, f, els, elc, cost, r, c, f, total,
+  (SELECT array_agg(CASE WHEN b BETWEEN 30 AND 34 THEN elc / 5 ELSE 0 END ORDER BY b) FROM generate_series(0, 63) b)
+FROM (SELECT period_type, period_start, period_end, sum(n_artifact_received) AS r, sum(n_artifact_completed) AS c,
+        sum(n_artifact_failed) AS f, sum(end_to_end_latency_sum) AS els, sum(end_to_end_latency_count) AS elc,
+        sum(ai_cost_sum) AS cost, sum(total_ai_cost) AS total
+      FROM metrics_snapshots WHERE organization_id LIKE 'dash-org-%' AND period_type = :period
+      GROUP BY period_type, period_start, period_end) platform
 ON CONFLICT DO NOTHING
 """
 
