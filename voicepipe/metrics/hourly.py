@@ -64,11 +64,12 @@ def aggregate_hour(session: Session, hour_start: datetime) -> int:
     # quarter of the data to send); should a counter have changed since it was read,
     # the window is written again from the parts read, as it was before, and stays
     # due for a re-run (its source revision below is the one read).
-    if not write_hour_from_counters(session, HOURLY, hour, hour + HOUR, org_rows, platform):
+    if write_hour_from_counters(session, HOURLY, hour, hour + HOUR, org_rows, platform):
+        delete_vanished(session, HOURLY, hour, org_parts)
+    else:
         log.info("hour counters changed while aggregated window=%s: rows written from the parts read",
                  hour.isoformat())
-        write_window(session, HOURLY, hour, hour + HOUR, org_parts, platform)
-    delete_vanished(session, HOURLY, hour, org_parts)
+        write_window(session, HOURLY, hour, hour + HOUR, org_parts, platform)  # deletes the vanished too
     written = len(org_parts) + 1
     source_revision = sum(int(row[1]) for row in rows)
     mark_computed(session, HOURLY, hour, source_revision)

@@ -274,10 +274,12 @@ def _sums(cur: Any, buckets: tuple[int, ...], params: Mapping[str, Any]) -> dict
     sums: dict[str | None, SummedParts] = {}
     for org, name, windows, unseen, *values in cur.execute(_sum_sql(buckets), params):
         counts = values[_N_SCALARS:]
-        if not complete and (unseen or sum(counts) != values[_E2E_COUNT]):
-            return None
-        hist = counts if complete else [0] * N_BUCKETS
-        if not complete:
+        if complete:
+            hist = counts
+        else:
+            if unseen or sum(counts) != values[_E2E_COUNT]:
+                return None
+            hist = [0] * N_BUCKETS
             for i, count in zip(buckets, counts, strict=True):
                 hist[i - 1] = count
         parts: Parts = dict(zip(SCALAR_PARTS, values[:_N_SCALARS], strict=True))
