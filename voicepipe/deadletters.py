@@ -104,35 +104,53 @@ def parked_count(session: Session) -> int:
 Send = Callable[[DeadLetter], None]
 
 
-def replay(session: Session, send: Send, *, ids: Sequence[int] = (), all_parked: bool = False) -> list[DeadLetter]:
+def replay(send: Send, *, ids: Sequence[int] = (), all_parked: bool = False) -> list[DeadLetter]:
     """Re-send dead letters through `send` and mark them replayed; the ones sent.
 
     With ids, each named letter is re-sent whatever its status except discarded
     (re-sending is idempotent); with all_parked, every letter still parked. Each
-    letter is marked in its own row update right after its send, so a failure
-    midway leaves the rest parked and a second run re-sends only those.
+    letter is sent, then marked in a transaction of its own committed right after
+    its send: a failure midway leaves the letters already sent marked, that one and
+    the rest parked, and a second run re-sends only those. The letter's row stays
+    locked during its send, so two replays at once do not both send it.
     """
     if bool(ids) == all_parked:
         raise InvalidInput.field("replay", "give either --id ID or --all")
-    if all_parked:
-        letters = list(session.scalars(
-            select(DeadLetter).where(DeadLetter.status == PARKED).order_by(DeadLetter.id)
-            .with_for_update(skip_locked=True)))
-    else:
-        letters = []
-        for letter_id in ids:
-            letter = session.get(DeadLetter, letter_id, with_for_update=True)
-            if letter is None:
-                raise DeadLetterNotFound(f"no dead letter has id {letter_id}")
-            if letter.status == DISCARDED:
-                raise InvalidInput.field("id", f"dead letter {letter_id} was discarded; it cannot be replayed")
-            letters.append(letter)
-    for letter in letters:
-        send(letter)
-        session.execute(update(DeadLetter).where(DeadLetter.id == letter.id).values(
-            status=REPLAYED, replayed_at=func.now(), replays=DeadLetter.replays + 1))
+    with session_scope() as session:
+        if all_parked:
+            todo = list(session.scalars(
+                select(DeadLetter.id).where(DeadLetter.status == PARKED).order_by(DeadLetter.id)))
+        else:
+            # Every id is checked before anything is sent.
+            for letter_id in ids:
+                _replayable(session.get(DeadLetter, letter_id), letter_id)
+            todo = list(ids)
+    sent = []
+    for letter_id in todo:
+        with session_scope() as session:
+            if all_parked:
+                # Replayed, discarded or being replayed by another run meanwhile: not this run's.
+                letter = session.scalars(
+                    select(DeadLetter).where(DeadLetter.id == letter_id, DeadLetter.status == PARKED)
+                    .with_for_update(skip_locked=True)).one_or_none()
+                if letter is None:
+                    continue
+            else:
+                letter = _replayable(session.get(DeadLetter, letter_id, with_for_update=True), letter_id)
+            send(letter)
+            session.execute(update(DeadLetter).where(DeadLetter.id == letter.id).values(
+                status=REPLAYED, replayed_at=func.now(), replays=DeadLetter.replays + 1))
         log.info("dead letter replayed id=%s task=%s task_id=%s", letter.id, letter.task_name, letter.task_id)
-    return letters
+        sent.append(letter)
+    return sent
+
+
+def _replayable(letter: DeadLetter | None, letter_id: int) -> DeadLetter:
+    if letter is None:
+        raise DeadLetterNotFound(f"no dead letter has id {letter_id}")
+    if letter.status == DISCARDED:
+        raise InvalidInput.field("id", f"dead letter {letter_id} was discarded; it cannot be replayed")
+    return letter
 
 
 def discard(session: Session, letter_id: int) -> DeadLetter:

@@ -8,6 +8,7 @@ figures are what the test sent, never computed by the code under test.
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -21,7 +22,7 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
 from models import DeadLetter, EventCounter, PipelineEvent
-from tests.helpers import REPO_ROOT, Proc, service_env, wait_for
+from tests.helpers import REPO_ROOT, Proc, is_amqp, service_env, wait_for
 
 POISON_APP = "tests.faults.poison_app"
 # A recent closed hour: events must fall inside the retention and clock-skew bounds.
@@ -112,6 +113,73 @@ def test_locked_events_table_parks_every_message_and_replay_records_each_exactly
     assert recorded(session) == (51, 51, 51)
     status = cli(db_url, broker_url, service_data_dir, "status", "--json")
     assert json.loads(status.stdout)["dead_letters"] == 0
+
+
+def test_a_replay_cut_short_by_the_broker_keeps_the_letters_it_sent_marked_and_the_rest_parked(
+    db_url: str, broker_url: str, session: Session, start_worker: Callable[..., Proc], service_data_dir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`replay --all` of five letters, the broker unreachable from the third send on.
+
+    The command (run in this process) publishes through its own Celery app; only that
+    app's send_task is wrapped, to send from the third call on through the same
+    configuration with the broker at a port where nothing listens: a real publish failure.
+    """
+    from celery import Celery
+    from kombu.exceptions import OperationalError
+
+    from voicepipe.cli import main
+    from voicepipe.deadletters import park
+    from voicepipe.settings import reset_settings
+    from worker.config import celery_config, result_backend_for
+
+    bodies = [event(n) for n in range(5)]
+    task_ids = [str(uuid.uuid4()) for _ in bodies]
+    for task_id, body in zip(task_ids, bodies, strict=True):
+        park(task_name="voicepipe.events.record", task_id=task_id, queue="pipeline", kwargs=body,
+             reason="retries_exhausted", error="OperationalError: lock timeout", attempts=2)
+
+    real_send_task = Celery.send_task
+    published: list[str] = []  # task ids the real broker accepted
+    with socket.socket() as closed, monkeypatch.context() as patch:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: a connection to it is refused
+        port = closed.getsockname()[1]
+        gone = f"amqp://guest:guest@127.0.0.1:{port}//" if is_amqp(broker_url) else f"redis://127.0.0.1:{port}/0"
+        unreachable = Celery("unreachable-broker")
+        unreachable.config_from_object(celery_config(gone, result_backend_for(broker_url, None)))
+
+        def send_task(app: Celery, name: str, *args: Any, **kwargs: Any) -> Any:
+            if len(published) == 2:
+                return real_send_task(unreachable, name, *args, **kwargs)
+            result = real_send_task(app, name, *args, **kwargs)
+            published.append(kwargs["task_id"])
+            return result
+
+        patch.setenv("BROKER_URL", broker_url)
+        reset_settings()
+        patch.setattr(Celery, "send_task", send_task)
+        try:
+            with pytest.raises(OperationalError, match="Connection refused"):
+                main(["dead-letters", "replay", "--all"])
+        finally:
+            unreachable.close()
+    reset_settings()
+    assert published == task_ids[:2]
+
+    # The two sent are marked, each in its own transaction; the one that failed and the rest are not.
+    assert [(p.task_id, p.status, p.replays, p.replayed_at is not None) for p in letters(session)] == [
+        *[(t, "replayed", 1, True) for t in task_ids[:2]], *[(t, "parked", 0, False) for t in task_ids[2:]]]
+
+    # A second run, the broker back, sends only those three; the worker records each of the five once.
+    again = cli(db_url, broker_url, service_data_dir, "dead-letters", "replay", "--all")
+    assert again.returncode == 0, again.stderr
+    assert "3 dead letter(s) replayed" in again.stdout
+    assert [f"task_id={t}" in again.stdout for t in task_ids] == [False, False, True, True, True]
+    assert [(p.status, p.replays) for p in letters(session)] == [("replayed", 1)] * 5
+    start_worker(queues="pipeline")
+    wait_for(lambda: recorded(session) == (5, 5, 5), timeout=60, interval=0.5, what="the five events recorded")
+    session.rollback()
+    assert {str(i) for i in session.scalars(select(PipelineEvent.id))} == {b["event_id"] for b in bodies}
 
 
 def test_same_message_without_ids_delivered_twice_records_once(

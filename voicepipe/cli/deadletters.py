@@ -63,7 +63,6 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from celery import Celery
 
     from models.dead_letters import DeadLetter
-    from models.session import session_scope
     from voicepipe.deadletters import replay
     from worker import broker_url
     from worker.config import celery_config
@@ -76,9 +75,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         app.send_task(letter.task_name, kwargs=letter.kwargs, queue=letter.queue, task_id=letter.task_id)
 
     try:
-        with session_scope() as session:
-            sent = replay(session, send, ids=args.ids or (), all_parked=args.all_parked)
-            summary = [(letter.id, letter.task_name, letter.task_id) for letter in sent]
+        # Each letter is marked replayed in its own transaction once sent (voicepipe/deadletters.py).
+        sent = replay(send, ids=args.ids or (), all_parked=args.all_parked)
+        summary = [(letter.id, letter.task_name, letter.task_id) for letter in sent]
     finally:
         app.close()
     for letter_id, name, task_id in summary:
