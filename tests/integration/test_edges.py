@@ -420,21 +420,38 @@ def test_one_request_id_on_two_artifacts_at_once_is_a_named_refusal(session: Ses
     second = add_artifact(session, status="failed", failed_stage="transcription")
     request_retry(session, stage="transcription", artifact_id=first, requested_by="staff-1", request_id="req-1")
     # The first transaction is still open when the second request arrives.
+    first_pid = session.scalar(text("SELECT pg_backend_pid()"))
     outcome: dict[str, BaseException | None] = {}
+    second_pid: list[int] = []
+    connected = threading.Event()
 
     def other() -> None:
         with Session(engine) as s2:
             try:
+                second_pid.append(s2.scalar(text("SELECT pg_backend_pid()")))
+                connected.set()
                 request_retry(s2, stage="transcription", artifact_id=second, requested_by="staff-1",
                               request_id="req-1")
                 s2.commit()
                 outcome["error"] = None
             except BaseException as exc:
                 outcome["error"] = exc
+            finally:
+                connected.set()
+
+    def waits_for_the_first() -> bool:
+        if not thread.is_alive():
+            raise AssertionError(f"the second request ended without waiting for the first: {outcome!r}")
+        with engine.connect() as probe:
+            blockers = probe.scalar(text("SELECT pg_blocking_pids(:pid)"), {"pid": second_pid[0]})
+        return blockers == [first_pid]
 
     thread = threading.Thread(target=other)
     thread.start()
-    thread.join(timeout=1.0)
+    assert connected.wait(timeout=30) and second_pid, outcome
+    # The second request is blocked by the first transaction (its request id's lock) ...
+    wait_for(waits_for_the_first, timeout=30, interval=0.02, what="the second request to wait for the first")
+    # ... which commits only now.
     session.commit()
     thread.join(timeout=30)
     assert not thread.is_alive()
