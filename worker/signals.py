@@ -1,5 +1,4 @@
-"""Worker process lifecycle: the consumer's Redis transport, a fresh database engine per
-process, disposed on exit; log level."""
+"""Worker process lifecycle: a fresh database engine per process, disposed on exit; log level."""
 
 from __future__ import annotations
 
@@ -8,23 +7,11 @@ from typing import Any
 from celery.signals import (
     after_setup_logger,
     after_setup_task_logger,
-    celeryd_init,
     worker_process_init,
     worker_process_shutdown,
 )
 
 from models.session import dispose_engine
-
-
-@celeryd_init.connect
-def _redis_transport(**_: Any) -> None:
-    # Before the consumer connects: a worker reads Redis with worker/redis_transport.py
-    # (many waiting messages per round trip); producers keep kombu's transport.
-    from kombu import transport
-
-    for alias in ("redis", "rediss"):
-        transport.TRANSPORT_ALIASES[alias] = "worker.redis_transport:Transport"
-        transport._transport_cache.pop(alias, None)
 
 
 @worker_process_init.connect
