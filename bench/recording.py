@@ -28,6 +28,7 @@ from tests.helpers import (
 )
 from voicepipe.events.recording import record_events
 from voicepipe.windows import hour_label
+from worker.routes import TASK_QUEUES
 
 BATCH = 1000
 
@@ -157,11 +158,13 @@ def _drain(env: Env, app_module: str, name: str, messages: list[tuple[str, dict]
     app = producer(broker)
     try:
         for task, kwargs in messages:
-            app.send_task(task, kwargs=kwargs, queue="pipeline")
+            app.send_task(task, kwargs=kwargs, queue=TASK_QUEUES[task])
     finally:
         app.close()
     base = _event_rows(env)
-    args = celery_cmd("worker", "-Q", "pipeline", "-c", "1", "-n", f"bench-{name}@test",
+    # Each task on its own route, as deployed: single events on `events`, batches on `pipeline`.
+    queues = ",".join(sorted({TASK_QUEUES[task] for task, _ in messages}))
+    args = celery_cmd("worker", "-Q", queues, "-c", "1", "-n", f"bench-{name}@test",
                       "--without-mingle", "--without-gossip", "-l", "WARNING")
     args[args.index("-A") + 1] = app_module
     proc = spawn(args, service_env(env.database_url, broker, env.scratch / "w"),
@@ -180,7 +183,7 @@ def _drain(env: Env, app_module: str, name: str, messages: list[tuple[str, dict]
 def _latency_alone(env: Env, probes: int = 20) -> list[float]:
     """Seconds from sending one event to an idle batched worker until its counter row is committed."""
     redis_client(env.broker_url).flushdb()
-    proc = spawn(celery_cmd("worker", "-Q", "pipeline", "-c", "1", "-n", "bench-latency@test",
+    proc = spawn(celery_cmd("worker", "-Q", "events", "-c", "1", "-n", "bench-latency@test",
                             "--without-mingle", "--without-gossip", "-l", "WARNING"),
                  service_env(env.database_url, env.broker_url, env.scratch / "w"),
                  env.scratch / "bench-worker-latency.log")
@@ -192,7 +195,7 @@ def _latency_alone(env: Env, probes: int = 20) -> list[float]:
             for i in range(probes):
                 org = f"latency-probe-{uuid.uuid4().hex[:8]}"
                 t0 = time.perf_counter()
-                app.send_task("voicepipe.events.record", queue="pipeline", kwargs={
+                app.send_task("voicepipe.events.record", queue="events", kwargs={
                     "event_type": "artifact_received", "organization_id": org,
                     "occurred_at": datetime.now(UTC).isoformat()})
 

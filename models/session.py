@@ -136,9 +136,25 @@ def transaction_timeouts() -> tuple[int, int]:
     return statement, min(get_settings().lock_timeout_ms, statement)
 
 
+_soft_limit_override: float | None = None
+
+
+@contextmanager
+def soft_time_limit(seconds: float) -> Iterator[None]:
+    """Transactions inside take this soft limit, for work that is a pool job but not a task (a batch)."""
+    global _soft_limit_override
+    previous, _soft_limit_override = _soft_limit_override, seconds
+    try:
+        yield
+    finally:
+        _soft_limit_override = previous
+
+
 def _current_soft_time_limit() -> float | None:
     from celery import current_task
 
+    if _soft_limit_override is not None:
+        return _soft_limit_override
     if not current_task:
         return None
     limit = getattr(current_task.request, "timelimit", None)

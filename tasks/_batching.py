@@ -25,11 +25,23 @@ the broker redelivers them (RabbitMQ at once, Redis after the visibility timeout
 A redelivered message takes the per-message path, whose id derived from the task id
 (tasks/_ids.py) makes a second recording a no-op: nothing is lost, nothing doubled.
 
-Buffered messages are held beyond the worker's prefetch window (the consumer's QoS is
-raised for them, as Celery does for a message with an ETA, by steps of GRANT_STEP, up to
-MAX_HELD_PER_PROCESS per pool process), so the consumer keeps receiving while a batch is
-written; when nothing is held, the prefetch is back to worker/config.py's one message
-per process, which other pipeline tasks keep.
+Only a worker that consumes the `events` queue alone batches (worker/routes.py routes the
+two tasks there; `celery worker -Q events`). Buffered messages are held beyond the
+worker's prefetch window (the consumer's QoS is raised for them, as Celery does for a
+message with an ETA, by steps of GRANT_STEP, up to MAX_HELD_PER_PROCESS per pool
+process); since that worker takes nothing else, the raise cannot make it reserve other
+tasks. A worker of any other queue (one still receiving these tasks on `pipeline` from
+producers of earlier releases, or a worker of several queues) runs them one by one.
+
+Held messages are handed back, never left to the visibility timeout:
+- at a warm shutdown (SIGTERM, a deploy), a batch being written finishes and is
+  acknowledged; every message still buffered is published again unchanged (same task
+  id, headers and body) and then acknowledged, so the next worker batches it as a first
+  delivery and no delivery is counted (HandBack, a consumer bootstep);
+- after a broker connection loss, the consumer's new connection restores every message
+  the old one held (worker/consumer.py; RabbitMQ requeues them itself): flagged as
+  redelivered, they take the per-message path and find their events already stored if
+  their batch had committed.
 """
 
 from __future__ import annotations
@@ -40,7 +52,7 @@ from typing import Any
 
 from billiard.einfo import ExceptionInfo
 from billiard.exceptions import WorkerLostError
-from celery import states
+from celery import bootsteps, states
 from celery.app.trace import LOG_SUCCESS
 from celery.app.trace import logger as trace_logger
 from celery.utils.functional import noop
@@ -49,6 +61,8 @@ from celery.worker.state import task_accepted, task_ready
 from celery.worker.strategy import default as default_strategy
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual as kombu_virtual
+
+from worker.routes import EVENTS_QUEUE
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +86,11 @@ BATCH_SOFT_TIME_LIMIT_S = 90
 BATCH_TIME_LIMIT_S = 120
 # A batch's answer for a message that must take the per-message path.
 RUN_ALONE = "run-alone"
+# The message properties a hand-back publishes again (kombu sets the rest).
+_REPUBLISHED = ("correlation_id", "reply_to", "priority", "delivery_mode", "expiration")
 
-_timers: dict[str, Any] = {}
+# The live batcher of each task: strategies are rebuilt when the consumer reconnects.
+_batchers: dict[str, _Batcher] = {}
 
 
 class _Consumer:
@@ -103,7 +120,7 @@ class _DeferredReceived:
         self.kept: dict[str, Any] | None = None
 
     def send(self, type: str, **fields: Any) -> Any:
-        if type == "task-received":
+        if type == "task-received" and not fields.get("eta"):  # a countdown's message runs alone, later
             self.kept = fields
             return None
         return self._dispatcher.send(type, **fields)
@@ -116,11 +133,54 @@ class _DeferredReceived:
         return getattr(self._dispatcher, name)
 
 
+def dedicated(app: Any) -> bool:
+    """Whether this worker consumes the `events` queue and nothing else."""
+    return set(app.amqp.queues.consume_from) == {EVENTS_QUEUE}
+
+
 def batched(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     """The task's Strategy: Celery's default one (revocation, expiry, ETA, events), batching its dispatch."""
+    if not dedicated(app):
+        return default_strategy(task, app, consumer, **kwargs)
     events = _DeferredReceived(consumer.event_dispatcher) if consumer.event_dispatcher is not None else None
     batcher = _Batcher(task, consumer, events)
+    old, _batchers[task.name] = _batchers.get(task.name), batcher
+    if old is not None:
+        old.replaced_by(consumer)
     return default_strategy(task, app, _Consumer(consumer, batcher.add, events), **kwargs)
+
+
+def requests_in_batches() -> list[Request]:
+    """The messages of every batch being written (a batch is one pool job, not a task each)."""
+    return [req for batcher in _batchers.values() for req in batcher.in_batch]
+
+
+class HandBack(bootsteps.StartStopStep):
+    """At a warm shutdown, hands the buffered messages back to the broker before the consumer stops."""
+
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Any) -> None:
+        restore = getattr(c, "restore_lost", None)  # worker/consumer.py's, after a reconnect
+        if restore is not None:
+            restore()
+
+    def stop(self, c: Any) -> None:
+        # Also called when the consumer restarts after a connection loss: that connection
+        # is gone, and the next one restores what it held (_Batcher.replaced_by).
+        if c.blueprint.state != bootsteps.CLOSE or not any(b.buffer for b in _batchers.values()):
+            return
+        if c.task_consumer is not None:
+            # Stop taking messages first. On Redis a BRPOP sent before the cancel may still
+            # be waiting (the event loop has stopped): it would pop a handed-back message,
+            # which kombu then puts back flagged as redelivered. It expires unanswered
+            # within brpop_timeout (one second), so the hand-back waits that long.
+            c.task_consumer.cancel()
+            wait = getattr(c.task_consumer.channel, "brpop_timeout", None)
+            if wait:
+                time.sleep(float(wait) + 0.2)
+        for batcher in _batchers.values():
+            batcher.hand_back()
 
 
 class _Batcher:
@@ -137,11 +197,10 @@ class _Batcher:
         self.in_flight = 0
         self.held = 0  # messages in the buffer or in a batch being written
         self.granted = 0  # how far this batcher has raised the consumer's prefetch
-        # Strategies are rebuilt when the consumer reconnects: one timer per task.
-        old = _timers.pop(task.name, None)
-        if old is not None:
-            old.cancel()
         self.timer: Any = None
+        self.closed = False  # handed back or replaced: nothing more is batched here
+        self.connection = consumer.connection  # the messages' connection; the consumer's changes on a loss
+        self.in_batch: set[Request] = set()  # messages of the batches being written
 
     def slots(self) -> int:
         return max(1, int(getattr(self.pool, "num_processes", None) or 1))
@@ -174,16 +233,63 @@ class _Batcher:
             from voicepipe.settings import get_settings
 
             interval = get_settings().record_flush_ms / 1000
-            self.timer = _timers[self.task.name] = self.consumer.timer.call_repeatedly(interval, self.tick)
+            self.timer = self.consumer.timer.call_repeatedly(interval, self.tick)
         if len(self.buffer) >= FLUSH_EVERY and self.in_flight < self.slots():
             self.flush()
 
     def tick(self) -> None:
-        if self.buffer and self.in_flight < self.slots():
+        if self.buffer and self.in_flight < self.slots() and not self.closed:
             self.flush()
+
+    def _stop(self) -> list[Request]:
+        self.closed = True
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        buffered, self.buffer = self.buffer, []
+        self.held -= len(buffered)
+        return buffered
+
+    def hand_back(self) -> None:
+        """Warm shutdown: publish each buffered message again, unchanged, then acknowledge it."""
+        buffered = self._stop()
+        if not buffered:
+            return
+        app = self.task.app
+        sent: list[Request] = []
+        try:
+            with app.producer_or_acquire() as producer:
+                for req in buffered:
+                    message = req.message
+                    info = message.delivery_info
+                    producer.publish(
+                        message.body, exchange=info.get("exchange") or "", routing_key=info.get("routing_key"),
+                        headers=message.headers, content_type=message.content_type,
+                        content_encoding=message.content_encoding,
+                        **{k: v for k, v in message.properties.items() if k in _REPUBLISHED},
+                    )
+                    sent.append(req)
+        except Exception:  # the rest stay unacknowledged: the broker gives them back (redelivered)
+            log.exception("handing back buffered messages failed after %d of %d", len(sent), len(buffered))
+        _acknowledge(sent)
+        log.info("handed back task=%s size=%d at shutdown", self.task.name, len(sent))
+
+    def replaced_by(self, consumer: Any) -> None:
+        """The consumer reconnected: this batcher's messages are restored by it (worker/consumer.py)."""
+        self._stop()
+
+    def _lost(self, batch: list[Request]) -> bool:
+        """Whether the batch's messages came over a connection the consumer has lost since."""
+        if self.consumer.connection is self.connection:
+            return False
+        for req in batch:
+            task_ready(req)  # restored on the new connection, like every message the old one held
+        return True
 
     def _release(self, n: int) -> None:
         self.held = max(0, self.held - n)
+        if self.consumer.connection is not self.connection:
+            return  # the prefetch is a new connection's now, not this batcher's to lower
         # Back to the worker's own prefetch when nothing is held; else a step above what is.
         target = self.held + GRANT_STEP if self.held else 0
         if self.granted > target:
@@ -192,7 +298,18 @@ class _Batcher:
 
     def flush(self) -> None:
         batch, self.buffer = self.buffer[:FLUSH_EVERY], self.buffer[FLUSH_EVERY:]
+        # Revoked or expired while buffered: Celery's own answer (acknowledged, task-revoked event).
+        kept = [req for req in batch if not req.revoked()]
+        if len(kept) < len(batch):
+            for req in batch:
+                if req not in kept:
+                    self.received.pop(req.id, None)
+            self._release(len(batch) - len(kept))
+            batch = kept
+            if not batch:
+                return
         self.in_flight += 1
+        self.in_batch.update(batch)
         started = time.monotonic()
         log_success = trace_logger.isEnabledFor(logging.INFO)
         items = [(req.id, req.kwargs, req.ignore_result) for req in batch]
@@ -211,7 +328,10 @@ class _Batcher:
 
         def done(answers: list[Any]) -> None:
             self.in_flight -= 1
+            self.in_batch.difference_update(batch)
             self._release(len(batch))
+            if self._lost(batch):
+                return
             runtime = time.monotonic() - started
             _acknowledge([req for req, answer in zip(batch, answers, strict=True) if answer != RUN_ALONE])
             for req, answer in zip(batch, answers, strict=True):
@@ -227,7 +347,10 @@ class _Batcher:
 
         def failed(exc_info: ExceptionInfo) -> None:
             self.in_flight -= 1
+            self.in_batch.difference_update(batch)
             self._release(len(batch))
+            if self._lost(batch):  # also a batch whose process Celery ended at the connection loss
+                return
             exc = exc_info.exception
             exc = getattr(exc, "exc", exc)  # ExceptionWithTraceback
             if isinstance(exc, WorkerLostError):
@@ -287,7 +410,7 @@ def _acknowledge(requests: list[Request]) -> None:
 
 def run_batch(task_name: str, items: list[tuple[str, dict[str, Any], bool]]) -> list[Any]:
     """In a pool process: record the messages in one transaction; one answer per message."""
-    from models.session import session_scope
+    from models.session import session_scope, soft_time_limit
     from tasks._ids import with_id
     from voicepipe.errors import InvalidInput
     from voicepipe.events.messages import record_event_messages, record_usage_messages
@@ -302,7 +425,7 @@ def run_batch(task_name: str, items: list[tuple[str, dict[str, Any], bool]]) -> 
     # Position 0: the id a message without its own gets is the one the per-message path gives it.
     raws = [with_id(kwargs, key, task_id, 0) for task_id, kwargs, _ in items]
     try:
-        with session_scope() as session:
+        with soft_time_limit(BATCH_SOFT_TIME_LIMIT_S), session_scope() as session:
             outcomes = record(session, raws)
     except Exception as exc:  # every message is answered by its own path below
         # Transient (database down, lock timeout), soft time limit, or a bug: nothing of

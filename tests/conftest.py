@@ -174,7 +174,7 @@ def start_worker(
     client = producer(broker_url)
 
     def start(
-        queues: str = "metrics,pipeline,retry",
+        queues: str = "metrics,pipeline,retry,events",
         concurrency: int = 1,
         pool: str = "prefork",
         wait: bool = True,

@@ -47,6 +47,9 @@ class _App(Celery):
 app = _App("voicepipe", include=list(TASK_MODULES))
 
 import worker.signals  # noqa: E402,F401  (engine lifecycle hooks)
+
+# Buffered single-event messages go back to the broker at a warm shutdown (by name: no import cycle).
+app.steps["consumer"].add("tasks._batching:HandBack")
 from voicepipe.flower_guard import install as _install_flower_guard  # noqa: E402
 
 _install_flower_guard()  # `celery -A worker flower` refuses to start without auth

@@ -166,6 +166,8 @@ def celery_config(
         # whole worker. A message that kills its process outright is redelivered and
         # parked after VOICEPIPE_DELIVERY_LIMIT deliveries (tasks/_base.py).
         "worker_max_memory_per_child": 512_000,  # KiB
+        # Celery's consumer, parking an undecodable message as a dead letter (worker/consumer.py).
+        "worker_consumer": "worker.consumer:Consumer",
     }
     config.update(amqp_options(broker_url))
     return config

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-QUEUES: tuple[str, ...] = ("metrics", "pipeline", "retry")
+# `events` holds only the single-event messages, which a worker of its own records in
+# batches (tasks/_batching.py); workers of the other queues never hold them.
+QUEUES: tuple[str, ...] = ("metrics", "pipeline", "retry", "events")
+EVENTS_QUEUE = "events"
 
 TASK_QUEUES: dict[str, str] = {
     "voicepipe.metrics.aggregate_hourly_due": "metrics",
@@ -23,8 +26,9 @@ TASK_QUEUES: dict[str, str] = {
     "voicepipe.retry.entity_resolution": "retry",
     "voicepipe.retry.draft_generation": "retry",
     "voicepipe.retry.full_pipeline": "retry",
-    "voicepipe.events.record": "pipeline",
-    "voicepipe.usage.record": "pipeline",
+    # Sent to `pipeline` by producers of earlier releases: still recorded there, one by one.
+    "voicepipe.events.record": "events",
+    "voicepipe.usage.record": "events",
     "voicepipe.directory.upsert_organization": "pipeline",
     "voicepipe.directory.upsert_user": "pipeline",
     # Additions beyond the contract's table (same naming rules).

@@ -13,6 +13,7 @@ if (!broker) {
 }
 // One client per queue (worker/routes.py TASK_QUEUES): celery-node sends to its client's queue.
 const pipeline = celery.createClient(broker, broker, "pipeline");
+const events = celery.createClient(broker, broker, "events");
 const retry = celery.createClient(broker, broker, "retry");
 
 async function main() {
@@ -24,7 +25,7 @@ async function main() {
   pipeline.createTask("voicepipe.pipeline.ingest").applyAsync([], {
     organization_id: organization, coach_id: "coach-node", source_channel: "whatsapp", artifact_id: artifactId,
   });
-  pipeline.createTask("voicepipe.events.record").applyAsync([], {
+  events.createTask("voicepipe.events.record").applyAsync([], {
     event_id: eventId,
     event_type: "artifact_received",
     organization_id: organization,
@@ -48,4 +49,4 @@ async function main() {
 
 main()
   .catch((err) => { console.error(err); process.exitCode = 1; })
-  .finally(() => Promise.all([pipeline.disconnect(), retry.disconnect()]));
+  .finally(() => Promise.all([pipeline.disconnect(), events.disconnect(), retry.disconnect()]));

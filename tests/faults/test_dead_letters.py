@@ -62,7 +62,9 @@ def test_locked_events_table_parks_every_message_and_replay_records_each_exactly
     service_data_dir: Path,
 ) -> None:
     # The budget: one retry, each attempt waiting at most 300 ms for a lock.
-    start_worker(queues="pipeline", concurrency=4, VOICEPIPE_TASK_MAX_RETRIES="1", VOICEPIPE_LOCK_TIMEOUT_MS="300")
+    # Sent on `pipeline` as producers of earlier releases did; replayed on the task's route, `events`.
+    start_worker(queues="pipeline,events", concurrency=4, VOICEPIPE_TASK_MAX_RETRIES="1",
+                 VOICEPIPE_LOCK_TIMEOUT_MS="300")
     sent = [event(n, with_id=n % 2 == 0) for n in range(50)]  # half without event_id: derived from the task id
     holder_engine = create_engine(db_url)
     holder = holder_engine.connect()
@@ -75,7 +77,7 @@ def test_locked_events_table_parks_every_message_and_replay_records_each_exactly
         assert sorted(p.task_id for p in parked) == sorted(task_ids)
         for letter in parked:
             assert letter.task_name == "voicepipe.events.record"
-            assert letter.queue == "pipeline"
+            assert letter.queue == "events"
             assert letter.status == "parked"
             assert letter.reason == "retries_exhausted"
             assert letter.attempts == 2  # the first run and its one retry

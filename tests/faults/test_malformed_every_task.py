@@ -184,7 +184,7 @@ def stack(pg_admin_url: str, template_db: str, tmp_path_factory: pytest.TempPath
             aggregate_hour(session, HOUR_START)
             record_usage(session, [{**USAGE, "occurred_at": (HOUR_START - timedelta(days=1)).isoformat()}])
             session.commit()
-        worker = start_worker_proc(db_url, redis.url, folder, "malformed", queues="metrics,pipeline,retry")
+        worker = start_worker_proc(db_url, redis.url, folder, "malformed", queues="metrics,pipeline,retry,events")
         client = producer(redis.url)
         yield {"engine": engine, "client": client, "worker": worker, "artifact": str(artifact)}
     finally:

@@ -91,12 +91,12 @@ def test_kill_9_mid_batch_records_every_event_exactly_once(
                 expected.add(body["event_id"])
             else:
                 expected.add(str(uuid.uuid5(NAMESPACE, f"{task_id}/0")))
-            client.send_task("voicepipe.events.record", kwargs=body, queue="pipeline", task_id=task_id,
+            client.send_task("voicepipe.events.record", kwargs=body, queue="events", task_id=task_id,
                              ignore_result=True)
     finally:
         client.close()
     # Queued before the worker starts: it finds them all at once.
-    first = start_worker_proc(db_url, broker_url, tmp_path, "killed", queues="pipeline", concurrency=1, app=app,
+    first = start_worker_proc(db_url, broker_url, tmp_path, "killed", queues="events", concurrency=1, app=app,
                               env=env)
     engine = create_engine(db_url)
     second: Proc | None = None
@@ -122,7 +122,7 @@ def test_kill_9_mid_batch_records_every_event_exactly_once(
             pool_process.kill()  # SIGKILL the pool process only; the worker requeues its batch
             locked_events.rollback()
         if moment != "pool-process-killed":
-            second = start_worker_proc(db_url, broker_url, tmp_path, "after", queues="pipeline", concurrency=1,
+            second = start_worker_proc(db_url, broker_url, tmp_path, "after", queues="events", concurrency=1,
                                        app=app, env=env)
         wait_for(lambda: committed(session)[1] >= N, timeout=120, interval=0.5, what=f"all {N} events recorded")
         time.sleep(4)  # a late redelivery (visibility timeout 3 s) would show up as a double now

@@ -48,17 +48,17 @@ def test_single_event_messages_are_recorded_in_batches_each_answered_alone(
 ) -> None:
     n = 600
     bodies = [event(i, event_id=str(uuid.uuid4())) if i % 2 else event(i) for i in range(n)]
-    sent = [client.send_task("voicepipe.events.record", kwargs=b, queue="pipeline", ignore_result=False)
+    sent = [client.send_task("voicepipe.events.record", kwargs=b, queue="events", ignore_result=False)
             for b in bodies]
     # Two messages of one event, and two bad messages among the good ones.
     twin = event(10_000, event_id=str(uuid.uuid4()))
-    twins = [client.send_task("voicepipe.events.record", kwargs=twin, queue="pipeline", ignore_result=False)
+    twins = [client.send_task("voicepipe.events.record", kwargs=twin, queue="events", ignore_result=False)
              for _ in range(2)]
     bad = [
-        client.send_task("voicepipe.events.record", kwargs={"event_type": "artifact_exploded"}, queue="pipeline"),
-        client.send_task("voicepipe.events.record", kwargs=event(3, duration_ms=-5), queue="pipeline"),
+        client.send_task("voicepipe.events.record", kwargs={"event_type": "artifact_exploded"}, queue="events"),
+        client.send_task("voicepipe.events.record", kwargs=event(3, duration_ms=-5), queue="events"),
     ]
-    worker = start_worker(queues="pipeline")
+    worker = start_worker(queues="events")
 
     assert [r.get(timeout=60) for r in sent] == [True] * n
     assert sorted(r.get(timeout=30) for r in twins) == [False, True]
@@ -91,8 +91,8 @@ def test_single_event_messages_are_recorded_in_batches_each_answered_alone(
 def test_one_event_alone_reaches_its_counter(
     start_worker: Callable[..., Proc], client: Celery, session: Session
 ) -> None:
-    start_worker(queues="pipeline")
-    client.send_task("voicepipe.events.record", kwargs=event(0, event_id=str(uuid.uuid4())), queue="pipeline")
+    start_worker(queues="events")
+    client.send_task("voicepipe.events.record", kwargs=event(0, event_id=str(uuid.uuid4())), queue="events")
     # How fast (the flush interval) is measured by bench/recording.py; here, that it arrives alone.
     wait_for(lambda: rows(session, EventCounter) == 1, timeout=10, what="the counter row")
     (counter,) = session.scalars(select(EventCounter))
@@ -106,10 +106,10 @@ def test_single_usage_messages_are_recorded_in_batches_and_a_bad_one_is_refused_
               "input_tokens": 100 + i, "cached_tokens": i % 50, "output_tokens": 10, "cost": 0.001,
               "occurred_at": (HOUR + timedelta(seconds=i)).isoformat()} for i in range(200)]
     for call in calls:
-        client.send_task("voicepipe.usage.record", kwargs=call, queue="pipeline")
-    bad = client.send_task("voicepipe.usage.record", queue="pipeline",
+        client.send_task("voicepipe.usage.record", kwargs=call, queue="events")
+    bad = client.send_task("voicepipe.usage.record", queue="events",
                            kwargs={**calls[0], "cached_tokens": 500})  # more cached than input tokens
-    worker = start_worker(queues="pipeline")
+    worker = start_worker(queues="events")
 
     with pytest.raises(Exception) as excinfo:
         bad.get(timeout=30)

@@ -14,8 +14,8 @@ from tests.compose import ENV_EXAMPLE, env_example, raw, services
 from tests.helpers import REPO_ROOT
 from worker.routes import QUEUES
 
-APP_SERVICES = {"migrate", "worker-metrics", "worker-pipeline", "worker-retry", "beat", "flower", "exporter",
-                "flower-admin"}
+APP_SERVICES = {"migrate", "worker-metrics", "worker-pipeline", "worker-retry", "worker-events", "beat", "flower",
+                "exporter", "flower-admin"}
 SECRET_WORDS = re.compile(r"PASSWORD|SECRET|TOKEN|AUTH|KEY", re.IGNORECASE)
 INTERPOLATION = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::?[-?][^}]*)?\}")
 
@@ -229,7 +229,7 @@ def test_constraints_pin_every_dependency_exactly() -> None:
     assert {"amqp", "billiard", "vine", "tornado"} <= set(pins)
 
 
-@pytest.mark.parametrize("name", ["worker-metrics", "worker-pipeline", "worker-retry", "beat"])
+@pytest.mark.parametrize("name", ["worker-metrics", "worker-pipeline", "worker-retry", "worker-events", "beat"])
 def test_workers_and_beat_log_at_voicepipe_log_level(name: str) -> None:
     assert option(raw()["services"][name]["command"], "-l") == "${VOICEPIPE_LOG_LEVEL:-INFO}"
     quiet = services({**env_example(), "VOICEPIPE_LOG_LEVEL": "WARNING"})

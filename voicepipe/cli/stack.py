@@ -154,6 +154,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     children: dict[str, list[str]] = {
         "worker": celery + ["worker", "-Q", "metrics,pipeline,retry", "-c", str(args.concurrency),
                             "-n", "dev@%h", "-l", settings.log_level],
+        # Single-event messages have a worker of their own, which records them in batches.
+        "events": celery + ["worker", "-Q", "events", "-c", "1", "-n", "events@%h", "-l", settings.log_level],
         "beat": celery + ["beat", "-s", str(data_dir / "celerybeat-schedule"), "-l", settings.log_level],
         "flower": celery + ["flower", f"--port={args.flower_port}", "--address=127.0.0.1",
                             f"--logging={settings.log_level}"],
@@ -239,7 +241,7 @@ def _dashboard_port() -> int:
 
 def _stop_children(procs: dict[str, subprocess.Popen[bytes]]) -> None:
     # Producers first, then beat (no new work), then the worker (finishes its task), Flower last.
-    order = ["simulator", "beat", "worker", "flower", "dashboard"]
+    order = ["simulator", "beat", "worker", "events", "flower", "dashboard"]
     for name in order:
         proc = procs.get(name)
         if proc is not None and proc.poll() is None:

@@ -13,7 +13,7 @@ from typing import Any
 
 # The worker's queues (worker/routes.py QUEUES; tests/unit pins the two equal). Kept
 # here so `voicepipe status` and the exporter need no worker import.
-QUEUE_NAMES: tuple[str, ...] = ("metrics", "pipeline", "retry")
+QUEUE_NAMES: tuple[str, ...] = ("metrics", "pipeline", "retry", "events")
 # A status command facing a dead broker answers in seconds (worker/config.py's bound).
 TIMEOUT_S = 5.0
 

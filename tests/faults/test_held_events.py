@@ -1,0 +1,280 @@
+"""Single-event messages on the broker path: nothing lost or counted twice around the batches.
+
+Real workers on the test broker (Redis or RabbitMQ), the `events` queue consumed by a worker
+of its own, as deployed. Every expected figure is counted here from what was sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from kombu import Connection as KombuConnection
+from kombu import Producer as KombuProducer
+from sqlalchemy import create_engine, func, select, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import Session
+
+from models import EventCounter, PipelineEvent
+from tests.faults.support import SHORT_VISIBILITY_APP, lock_waiters, production_producer, start_worker_proc
+from tests.helpers import RECENT, Proc, is_amqp, redis_client, wait_for
+from tests.redis_server import OwnRedis
+from voicepipe.observability.queues import queue_depths
+
+pytestmark = pytest.mark.slow
+
+HOUR = RECENT + timedelta(hours=11)
+RECORDED = re.compile(r"batch recorded task=voicepipe\.events\.record size=(\d+)")
+HANDED_BACK = re.compile(r"handed back task=voicepipe\.events\.record size=(\d+)")
+DISPATCHED = re.compile(r"batch dispatched task=voicepipe\.events\.record size=(\d+) buffered=(\d+)")
+
+
+def event(n: int) -> dict[str, Any]:
+    return {"event_id": str(uuid.uuid4()), "event_type": "artifact_received", "organization_id": f"org-{n % 7}",
+            "occurred_at": (HOUR + timedelta(seconds=n % 3600)).isoformat()}
+
+
+def stored(session: Session) -> tuple[set[str], int]:
+    """(event ids stored, artifact_received counted in the counters)."""
+    session.rollback()
+    ids = {str(i) for i in session.scalars(select(PipelineEvent.id))}
+    counted = int(session.scalar(select(func.coalesce(func.sum(EventCounter.n_artifact_received), 0))) or 0)
+    return ids, counted
+
+
+def deliveries_counted(session: Session) -> int:
+    session.rollback()
+    return int(session.scalar(text("SELECT count(*) FROM task_deliveries")) or 0)
+
+
+def unacked(broker_url: str) -> int:
+    """Messages a Redis consumer holds unacknowledged (kombu's `unacked` hash); 0 on RabbitMQ."""
+    return 0 if is_amqp(broker_url) else int(redis_client(broker_url).hlen("unacked"))
+
+
+def send(client: Celery, bodies: list[dict[str, Any]]) -> None:
+    for body in bodies:
+        client.send_task("voicepipe.events.record", kwargs=body, queue="events", ignore_result=True)
+
+
+def publish_undecodable(broker_url: str, task_id: str) -> None:
+    """A task message whose body no consumer can decode, on the `events` queue."""
+    with KombuConnection(broker_url) as conn:
+        KombuProducer(conn.default_channel).publish(
+            b"\xff{not json", routing_key="events", exchange="", content_type="application/json",
+            content_encoding="utf-8", headers={"task": "voicepipe.events.record", "id": task_id, "lang": "py"})
+
+
+@pytest.fixture
+def locked_events(db_url: str) -> Iterator[Connection]:
+    """A connection holding an ACCESS EXCLUSIVE lock on pipeline_events until the test rolls it back."""
+    engine = create_engine(db_url)
+    conn = engine.connect()
+    conn.execute(text("LOCK TABLE pipeline_events IN ACCESS EXCLUSIVE MODE"))
+    yield conn
+    conn.rollback()
+    conn.close()
+    engine.dispose()
+
+
+def test_an_undecodable_message_among_a_thousand_good_ones_loses_none(
+    broker_url: str, client: Celery, session: Session, start_worker: Callable[..., Proc]
+) -> None:
+    good = [event(n) for n in range(1000)]
+    bad = str(uuid.uuid4())
+    send(client, good[:300])
+    publish_undecodable(broker_url, bad)
+    send(client, good[300:])
+    worker = start_worker(queues="events")
+
+    want = {e["event_id"] for e in good}
+    wait_for(lambda: stored(session)[0] == want, timeout=120, interval=0.5, what="the 1,000 good events")
+    assert stored(session)[1] == 1000
+    assert worker.alive(), worker.log()[-3000:]
+    wait_for(lambda: queue_depths(broker_url, ["events"])["events"] == 0 and unacked(broker_url) == 0,
+             timeout=30, what="nothing left queued or held")
+    assert "UndecodableMessage" in worker.log()  # the bad one, refused by name and parked
+    session.rollback()
+    (letter,) = session.execute(text("SELECT task_id, reason, kwargs FROM dead_letters")).all()
+    assert (letter.task_id, letter.reason) == (bad, "undecodable")
+    assert base64.b64decode(letter.kwargs["undecodable_body"]) == b"\xff{not json"
+    assert sum(int(s) for s in RECORDED.findall(worker.log())) == 1000  # all good ones in batches
+
+
+def test_held_events_leave_other_workers_and_tasks_their_own_reservations(
+    broker_url: str, client: Celery, session: Session, start_worker: Callable[..., Proc],
+    locked_events: Connection, db_url: str,
+) -> None:
+    # The events worker's batch waits on the lock: it holds whatever it takes of `events`.
+    events_worker = start_worker(queues="events", VOICEPIPE_LOCK_TIMEOUT_MS="120000")
+    pipeline_worker = start_worker(queues="pipeline,metrics,retry", concurrency=2)
+    singles = [event(n) for n in range(300)]
+    send(client, singles)
+    engine = create_engine(db_url)
+    try:
+        wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="the batch blocked on the lock")
+        wait_for(lambda: queue_depths(broker_url, ["events"])["events"] == 0, timeout=30,
+                 what="the events worker holding every single-event message")
+        # Organizations upserted on `pipeline` meanwhile: they flow (no table the lock covers).
+        orgs = [client.send_task("voicepipe.directory.upsert_organization", queue="pipeline",
+                                 kwargs={"id": f"held-{n}", "name": f"Held {n}"}) for n in range(50)]
+        wait_for(lambda: int(session.execute(text(
+            "SELECT count(*) FROM organizations WHERE id LIKE 'held-%'")).scalar() or 0) == 50
+                 or bool(session.rollback()), timeout=60, what="the pipeline tasks done beside held events")
+        assert len(orgs) == 50
+        inspect = client.control.inspect(destination=[events_worker.name, pipeline_worker.name], timeout=3)
+        reserved = inspect.reserved() or {}
+        stats = inspect.stats() or {}
+        print("reserved per worker:", {k: len(v) for k, v in reserved.items()})
+        print("prefetch per worker:", {k: v["prefetch_count"] for k, v in stats.items()})
+        # The pipeline worker's prefetch is its own (one per process), whatever the events worker holds.
+        assert stats[pipeline_worker.name]["prefetch_count"] == 2
+        assert all(t["name"] == "voicepipe.events.record" for t in reserved.get(events_worker.name, []))
+        assert len(reserved.get(pipeline_worker.name, [])) <= 2
+    finally:
+        engine.dispose()
+    locked_events.rollback()
+    wait_for(lambda: stored(session)[1] == 300, timeout=60, what="the held events recorded once released")
+    assert {e["event_id"] for e in singles} <= stored(session)[0]
+
+
+def test_sigterm_hands_back_buffered_events_to_be_batched_again_uncounted(
+    broker_url: str, db_url: str, session: Session, tmp_path: Path, locked_events: Connection
+) -> None:
+    n = 4000
+    bodies = [event(i) for i in range(n)]
+    client = production_producer(broker_url)
+    try:
+        send(client, bodies)
+    finally:
+        client.close()
+    env = {"VOICEPIPE_LOCK_TIMEOUT_MS": "120000"}
+    first = start_worker_proc(db_url, broker_url, tmp_path, "deployed", queues="events", concurrency=2, env=env)
+    engine = create_engine(db_url)
+    try:
+        wait_for(lambda: len(lock_waiters(engine, "pipeline_events")) == 2, timeout=60,
+                 what="two batches blocked on the lock")
+        wait_for(lambda: queue_depths(broker_url, ["events"])["events"] == 0, timeout=30,
+                 what="the rest of the messages held in the worker")
+        in_flight = sum(int(size) for size, _ in DISPATCHED.findall(first.log()))
+        os.kill(first.popen.pid, signal.SIGTERM)  # a deploy (`docker stop`): warm shutdown of the main process
+        wait_for(lambda: HANDED_BACK.search(first.log()), timeout=30, what="the buffered messages handed back")
+        handed_back = sum(int(s) for s in HANDED_BACK.findall(first.log()))
+        assert handed_back >= 2000 and handed_back + in_flight == n, (handed_back, in_flight)
+        locked_events.rollback()  # the two batches in progress finish and are acknowledged
+        first.popen.wait(60)
+    finally:
+        engine.dispose()
+    assert stored(session)[1] == in_flight
+    second = start_worker_proc(db_url, broker_url, tmp_path, "next", queues="events", concurrency=2)
+    try:
+        # Well within the visibility timeout (20 minutes): nothing waited for it.
+        wait_for(lambda: stored(session)[1] >= n, timeout=120, interval=0.5, what=f"all {n} events recorded")
+        time.sleep(1)
+        ids, counted = stored(session)
+        assert ids == {e["event_id"] for e in bodies} and counted == n
+        assert deliveries_counted(session) == 0  # no message was counted as redelivered
+        assert "redelivered message" not in second.log()
+        assert sum(int(s) for s in RECORDED.findall(second.log())) == handed_back  # in batches
+    finally:
+        second.stop()
+
+
+def test_redis_restart_with_a_batch_in_flight_records_every_event_once_within_a_minute(
+    own_redis: OwnRedis, db_url: str, session: Session, tmp_path: Path, locked_events: Connection
+) -> None:
+    n = 1000
+    bodies = [event(i) for i in range(n)]
+    client = production_producer(own_redis.url)
+    try:
+        send(client, bodies)
+    finally:
+        client.close()
+    worker = start_worker_proc(db_url, own_redis.url, tmp_path, "held", queues="events", concurrency=1,
+                               env={"VOICEPIPE_LOCK_TIMEOUT_MS": "120000"})
+    engine = create_engine(db_url)
+    try:
+        wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="a batch blocked on the lock")
+        wait_for(lambda: own_redis.client().llen("events") == 0, timeout=30, what="every message held")
+        own_redis.kill()  # kill -9 with a batch in its transaction and the rest buffered
+        locked_events.rollback()  # the batch commits while Redis is away: it cannot be acknowledged
+        time.sleep(2)
+        own_redis.start()
+        # Well within the visibility timeout (20 minutes): what the worker held came back at once.
+        wait_for(lambda: stored(session)[1] >= n, timeout=60, interval=0.5, what=f"all {n} events recorded")
+        time.sleep(2)
+        ids, counted = stored(session)
+        assert ids == {e["event_id"] for e in bodies} and counted == n
+        assert worker.alive(), worker.log()[-3000:]
+        wait_for(lambda: own_redis.client().hlen("unacked") == 0 and own_redis.client().llen("events") == 0,
+                 timeout=30, what="nothing left held or queued")
+        assert "messages held across a connection loss" in worker.log()
+    finally:
+        engine.dispose()
+        worker.stop()
+
+
+def test_messages_of_a_failed_batch_stay_unacknowledged_until_each_has_run_alone(
+    broker_url: str, db_url: str, session: Session, tmp_path: Path, locked_events: Connection
+) -> None:
+    # The batch fails on the held lock (300 ms), so each message runs alone, failing the same
+    # way; the worker is killed while they do. Those not yet run must come back, not be lost.
+    n = 30
+    bodies = [event(i) for i in range(n)]
+    client = production_producer(broker_url)
+    try:
+        send(client, bodies)
+    finally:
+        client.close()
+    app = "worker" if is_amqp(broker_url) else SHORT_VISIBILITY_APP
+    env = {"VOICEPIPE_LOCK_TIMEOUT_MS": "300", "VOICEPIPE_RECORD_FLUSH_MS": "1000", "VP_TEST_VISIBILITY_TIMEOUT_S": "3"}
+    first = start_worker_proc(db_url, broker_url, tmp_path, "failing", queues="events", app=app, env=env)
+    wait_for(lambda: "each message runs alone" in first.log(), timeout=60, what="the batch to fail")
+    first.kill()  # kill -9, worker and pool, while the messages run alone one by one
+    first.popen.wait(10)
+    assert locked_events.execute(text("SELECT count(*) FROM pipeline_events")).scalar() == 0  # the lock's view
+    locked_events.rollback()
+    second = start_worker_proc(db_url, broker_url, tmp_path, "after", queues="events", app=app, env=env)
+    try:
+        wait_for(lambda: stored(session)[1] >= n, timeout=90, interval=0.5, what=f"all {n} events recorded")
+        time.sleep(4)  # a late redelivery (visibility timeout 3 s) would show up as a double now
+        assert stored(session) == ({e["event_id"] for e in bodies}, n)
+    finally:
+        second.stop()
+
+
+def test_a_message_revoked_while_buffered_is_not_recorded(
+    broker_url: str, client: Celery, session: Session, start_worker: Callable[..., Proc],
+    locked_events: Connection, db_url: str,
+) -> None:
+    worker = start_worker(queues="events", VOICEPIPE_LOCK_TIMEOUT_MS="120000")
+    engine = create_engine(db_url)
+    try:
+        send(client, [event(0)])  # the batch that waits on the lock
+        wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="a batch blocked on the lock")
+        buffered = [event(i) for i in range(1, 21)]
+        sent = [client.send_task("voicepipe.events.record", kwargs=b, queue="events") for b in buffered]
+        wait_for(lambda: queue_depths(broker_url, ["events"])["events"] == 0, timeout=30, what="all buffered")
+        client.control.revoke(sent[5].id)
+        wait_for(lambda: sent[5].id in str((client.control.inspect(destination=[worker.name], timeout=2)
+                                            .revoked() or {}).get(worker.name, [])), timeout=30,
+                 what="the worker knows the revocation")
+    finally:
+        engine.dispose()
+    locked_events.rollback()
+    want = {e["event_id"] for i, e in enumerate(buffered) if i != 5}
+    wait_for(lambda: len(stored(session)[0]) == 20, timeout=60, what="the 19 buffered and the first recorded")
+    time.sleep(1)
+    ids = stored(session)[0]
+    assert want <= ids and buffered[5]["event_id"] not in ids
+    assert f"Discarding revoked task: voicepipe.events.record[{sent[5].id}]" in worker.log()

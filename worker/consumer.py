@@ -1,0 +1,84 @@
+"""The worker's consumer: Celery's own, with two changes.
+
+- A message whose body cannot be decoded is parked as a dead letter (reason
+  `undecodable`) instead of logged and dropped.
+- On Redis, the messages a lost connection held unacknowledged are restored through the
+  next connection as soon as it is up, instead of by kombu as the lost one closes: that
+  restore goes through the broker that is gone, and kombu 5.7 then raises an
+  AttributeError that stops the worker (the messages would have waited out the
+  visibility timeout). RabbitMQ requeues them itself when the connection closes.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import uuid
+from typing import Any
+
+from celery.worker.consumer import Consumer as CeleryConsumer
+from celery.worker.state import active_requests, reserved_requests
+from kombu.transport import redis as kombu_redis
+
+log = logging.getLogger(__name__)
+
+# The start of an undecodable body that its dead letter keeps (base64), for inspection.
+KEPT_BODY_BYTES = 65_536
+
+
+class Consumer(CeleryConsumer):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lost_tags: list[str] = []
+
+    def on_connection_error_after_connected(self, exc: Exception) -> None:
+        channel = getattr(self.task_consumer, "channel", None)
+        qos = getattr(channel, "qos", None)
+        if isinstance(qos, kombu_redis.QoS):
+            qos.restore_at_shutdown = False  # kombu's public switch: restore_lost does it instead
+            self.lost_tags.extend(
+                req.message.delivery_tag for req in {*reserved_requests, *active_requests}
+                if not req.acknowledged and req.message.channel is channel)
+        from tasks._batching import requests_in_batches
+
+        # Celery cancels each unacknowledged running task; a batch is one job, left to end on
+        # its own (its messages are restored anyway, and a second recording is a no-op).
+        for req in requests_in_batches():
+            active_requests.discard(req)
+        super().on_connection_error_after_connected(exc)
+
+    def restore_lost(self) -> None:
+        """Put back on their queues the messages a lost connection held (tasks/_batching.py's HandBack.start)."""
+        tags, self.lost_tags = self.lost_tags, []
+        if not tags:
+            return
+        try:
+            qos = self.connection.default_channel.qos
+            for tag in tags:
+                qos.restore_by_tag(tag, leftmost=True)  # atomic: only if still unacknowledged
+        except Exception:  # the broker went away again: the visibility timeout returns them
+            log.exception("restoring %d messages held across a connection loss failed", len(tags))
+            return
+        log.warning("restored %d messages held across a connection loss", len(tags))
+
+    def on_decode_error(self, message: Any, exc: Exception) -> None:
+        from voicepipe.deadletters import park
+
+        headers = message.headers if isinstance(message.headers, dict) else {}
+        body = message.body if isinstance(message.body, bytes) else str(message.body).encode("utf-8", "replace")
+        task_id = str(headers.get("id") or uuid.uuid4())[:255]
+        try:
+            parked = park(
+                task_name=str(headers.get("task") or "(unknown)")[:255], task_id=task_id,
+                queue=str((message.delivery_info or {}).get("routing_key") or "")[:64],
+                kwargs={"undecodable_body": base64.b64encode(body[:KEPT_BODY_BYTES]).decode("ascii"),
+                        "body_bytes": len(body), "content_type": message.content_type,
+                        "content_encoding": message.content_encoding},
+                reason="undecodable", error=f"UndecodableMessage: {type(exc).__name__}: {exc}", attempts=0,
+            )
+        except Exception:  # the database is away: left unacknowledged, the broker gives it back later
+            log.exception("UndecodableMessage task_id=%r could not be parked; left unacknowledged", task_id)
+            return
+        log.error("UndecodableMessage task_id=%r parked as dead letter %s (%s)", task_id, parked.id,
+                  type(exc).__name__)
+        message.ack()
