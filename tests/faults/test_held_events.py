@@ -26,8 +26,15 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from models import EventCounter, PipelineEvent
-from tests.faults.support import SHORT_VISIBILITY_APP, lock_waiters, production_producer, start_worker_proc
+from tests.faults.support import (
+    SHORT_VISIBILITY_APP,
+    lock_waiters,
+    pool_children,
+    production_producer,
+    start_worker_proc,
+)
 from tests.helpers import RECENT, Proc, is_amqp, redis_client, wait_for
+from tests.integration.pipeline_support import FAST, ingest, status_of
 from tests.redis_server import OwnRedis
 from voicepipe.observability.queues import queue_depths
 
@@ -113,39 +120,56 @@ def test_an_undecodable_message_among_a_thousand_good_ones_loses_none(
 
 def test_held_events_leave_other_workers_and_tasks_their_own_reservations(
     broker_url: str, client: Celery, session: Session, start_worker: Callable[..., Proc],
-    locked_events: Connection, db_url: str,
 ) -> None:
-    # The events worker's batch waits on the lock: it holds whatever it takes of `events`.
-    events_worker = start_worker(queues="events", VOICEPIPE_LOCK_TIMEOUT_MS="120000")
-    pipeline_worker = start_worker(queues="pipeline,metrics,retry", concurrency=2)
-    singles = [event(n) for n in range(300)]
-    send(client, singles)
-    engine = create_engine(db_url)
+    # The events path blocked: the events worker's pool process frozen inside its first batch.
+    events_worker = start_worker(queues="events")
+    pipeline_worker = start_worker(queues="pipeline,metrics,retry", concurrency=2, **FAST)
+    send(client, [event(n) for n in range(1)])
+    wait_for(lambda: stored(session)[1] == 1, timeout=30, what="the events worker's first event")
+    (pool,) = pool_children(events_worker)
+    os.kill(pool, signal.SIGSTOP)
     try:
-        wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="the batch blocked on the lock")
+        singles = [event(n) for n in range(1, 301)]
+        send(client, singles)
         wait_for(lambda: queue_depths(broker_url, ["events"])["events"] == 0, timeout=30,
                  what="the events worker holding every single-event message")
-        # Organizations upserted on `pipeline` meanwhile: they flow (no table the lock covers).
-        orgs = [client.send_task("voicepipe.directory.upsert_organization", queue="pipeline",
-                                 kwargs={"id": f"held-{n}", "name": f"Held {n}"}) for n in range(50)]
-        wait_for(lambda: int(session.execute(text(
-            "SELECT count(*) FROM organizations WHERE id LIKE 'held-%'")).scalar() or 0) == 50
-                 or bool(session.rollback()), timeout=60, what="the pipeline tasks done beside held events")
-        assert len(orgs) == 50
+        # Meanwhile stage tasks (artifacts through the whole simulated pipeline) and batches flow.
+        artifacts = [ingest(client) for _ in range(5)]
+        batch = [event(n) for n in range(1000, 1050)]
+        client.send_task("voicepipe.events.record_batch", queue="pipeline", kwargs={"events": batch})
+        wait_for(lambda: all(status_of(session, a) == "completed" for a in artifacts), timeout=90,
+                 interval=0.5, what="the five artifacts completed beside the held events")
+        wait_for(lambda: {e["event_id"] for e in batch} <= stored(session)[0], timeout=30,
+                 what="the record_batch written beside the held events")
         inspect = client.control.inspect(destination=[events_worker.name, pipeline_worker.name], timeout=3)
         reserved = inspect.reserved() or {}
         stats = inspect.stats() or {}
         print("reserved per worker:", {k: len(v) for k, v in reserved.items()})
         print("prefetch per worker:", {k: v["prefetch_count"] for k, v in stats.items()})
-        # The pipeline worker's prefetch is its own (one per process), whatever the events worker holds.
+        # The pipeline worker keeps one message per process, whatever the events worker holds;
+        # the events worker holds nothing but single events.
         assert stats[pipeline_worker.name]["prefetch_count"] == 2
-        assert all(t["name"] == "voicepipe.events.record" for t in reserved.get(events_worker.name, []))
         assert len(reserved.get(pipeline_worker.name, [])) <= 2
+        held = reserved.get(events_worker.name, [])
+        assert held and {t["name"] for t in held} == {"voicepipe.events.record"}
+        assert stats[events_worker.name]["prefetch_count"] > 300  # raised for what it holds
+        assert stored(session)[1] < 301  # none of the 300 written while the pool is frozen
     finally:
-        engine.dispose()
-    locked_events.rollback()
-    wait_for(lambda: stored(session)[1] == 300, timeout=60, what="the held events recorded once released")
-    assert {e["event_id"] for e in singles} <= stored(session)[0]
+        os.kill(pool, signal.SIGCONT)
+    wait_for(lambda: {e["event_id"] for e in singles} <= stored(session)[0], timeout=60,
+             what="the held events recorded once the pool runs again")
+
+
+def test_a_worker_of_several_queues_runs_single_events_one_by_one_at_its_own_prefetch(
+    client: Celery, session: Session, start_worker: Callable[..., Proc],
+) -> None:
+    worker = start_worker(queues="pipeline,events")
+    singles = [event(n) for n in range(50)]
+    send(client, singles)
+    wait_for(lambda: stored(session)[1] == 50, timeout=60, what="the 50 single events")
+    stats = client.control.inspect(destination=[worker.name], timeout=3).stats() or {}
+    assert stats[worker.name]["prefetch_count"] == 1  # never raised: it also takes pipeline tasks
+    assert "batch dispatched" not in worker.log()  # each ran as its own task
 
 
 def test_sigterm_hands_back_buffered_events_to_be_batched_again_uncounted(
