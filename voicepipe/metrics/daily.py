@@ -33,7 +33,7 @@ def aggregate_day(session: Session, day: date) -> int:
     """
     day = parse_day(day)
     start = day_start(day)
-    check_recomputable(start, field="day")
+    check_recomputable(start, DAY, field="day")
     hours = hours_of_day(day)
     lock_window(session, DAILY, start)
     for hour in hours:

@@ -8,7 +8,7 @@ organizations, not with events.
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
@@ -31,9 +31,17 @@ _COUNTERS_SQL = (
 )
 
 
-def check_recomputable(start: datetime, field: str = "window_start") -> None:
-    """Refuse windows whose counters may already be deleted: recomputing would zero them."""
-    oldest = recomputable_from(utcnow())
+def check_recomputable(start: datetime, length: timedelta = HOUR, field: str = "window_start") -> None:
+    """Refuse a window that has not closed yet, or whose counters may already be deleted.
+
+    An open window would write snapshots dated in the future (the exporter, the alerts
+    and the dashboard read the newest window); an expired one would be recomputed as zero.
+    """
+    now = utcnow()
+    if start + length > now:
+        raise InvalidInput.field(
+            field, f"{start.isoformat()} has not closed yet (it closes at {(start + length).isoformat()})")
+    oldest = recomputable_from(now)
     if start < oldest:
         raise InvalidInput.field(
             field,

@@ -122,7 +122,12 @@ def group_rows(rows: Iterable[Any]) -> dict[str, UsageGroup]:
 
 
 def check_usage_recomputable(day: date) -> None:
-    oldest = usage_recomputable_from(utcnow())
+    """Refuse a day that has not closed yet, or whose AI usage log may already be deleted."""
+    now = utcnow()
+    if day_start(day) + DAY > now:
+        raise InvalidInput.field(
+            "day", f"{day.isoformat()} has not closed yet (it closes at {(day_start(day) + DAY).isoformat()})")
+    oldest = usage_recomputable_from(now)
     if day_start(day) < oldest:
         raise InvalidInput.field(
             "day",
