@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
-from voicepipe.events.recording import record_parsed
+from voicepipe.events.recording import foreign_artifact_error, foreign_artifact_events, record_parsed
 from voicepipe.events.schema import Event, parse_event
 from voicepipe.gcpause import without_cyclic_gc
 from voicepipe.usage.recording import parse_usage, record_usage
@@ -44,6 +44,14 @@ def record_event_messages(session: Session, raws: Sequence[Any], *, now: datetim
         outcomes.append(None)
     if not good:
         return outcomes
+    foreign = set(foreign_artifact_events(session, good))
+    if foreign:  # refused alone, like any other bad message
+        slots = [i for i, outcome in enumerate(outcomes) if outcome is None]
+        for i in foreign:
+            outcomes[slots[i]] = foreign_artifact_error(good[i])
+        good = [event for i, event in enumerate(good) if i not in foreign]
+        if not good:
+            return outcomes
     inserted = set(record_parsed(session, good).inserted_ids)
     events = iter(good)
     for i, outcome in enumerate(outcomes):

@@ -72,9 +72,33 @@ def parse_events(raws: Sequence[Any], *, now: datetime | None = None) -> list[Ev
     return events
 
 
+def foreign_artifact_events(session: Session, events: Sequence[Event]) -> list[int]:
+    """Positions of the events naming an artifact stored under another organization.
+
+    A producer may only speak of its organization's artifacts: an event credited to one
+    organization about another's artifact would move both organizations' figures.
+    An artifact not stored (yet) is not checked.
+    """
+    ids = list({e.artifact_id for e in events if e.artifact_id is not None})
+    if not ids:
+        return []
+    with dbapi_connection(session).cursor() as cur:
+        owners = dict(cur.execute("SELECT id, organization_id FROM artifacts WHERE id = ANY(%s)", (ids,)).fetchall())
+    return [i for i, e in enumerate(events)
+            if e.artifact_id in owners and owners[e.artifact_id] != e.organization_id]
+
+
+def foreign_artifact_error(event: Event) -> InvalidInput:
+    return InvalidInput.field(
+        "organization_id",
+        f"artifact {event.artifact_id} belongs to another organization than {event.organization_id!r}")
+
+
 def record_event(session: Session, raw: Mapping[str, Any]) -> bool:
     """Record one event; True if it was new, False if its id was already stored."""
     event = parse_event(raw, now=utcnow())
+    if foreign_artifact_events(session, [event]):
+        raise foreign_artifact_error(event)
     return record_parsed(session, [event]).inserted == 1
 
 
@@ -85,7 +109,11 @@ def record_events(session: Session, raws: Sequence[Any], *, now: datetime | None
     ``now`` (default: the clock) is the time the events are checked against (no
     future, nothing past retention); the sweeper passes the time it sweeps at.
     """
-    return record_parsed(session, parse_events(raws, now=now))
+    events = parse_events(raws, now=now)
+    foreign = foreign_artifact_events(session, events)
+    if foreign:
+        raise InvalidInput(f"events[{foreign[0]}].{foreign_artifact_error(events[foreign[0]]).message}")
+    return record_parsed(session, events)
 
 
 def record_parsed(session: Session, events: Sequence[Event]) -> RecordResult:
