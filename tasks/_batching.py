@@ -78,6 +78,10 @@ FLUSH_EVERY = 1000
 # Messages held beyond the prefetch window, per task, at most (memory and redelivery
 # bound if the worker dies): a batch being written per pool process plus one buffered.
 MAX_HELD_PER_PROCESS = 2 * FLUSH_EVERY
+# And by bytes (message bodies), whatever producers send: past this no more prefetch is
+# granted, and a batch carries at most BATCH_BYTES to its pool process.
+MAX_HELD_BYTES_PER_PROCESS = 64 * 2**20
+BATCH_BYTES = 16 * 2**20
 # The prefetch is raised by steps, not one message at a time: on RabbitMQ each change is
 # a basic.qos round trip, and one at a time kept batches at a few messages.
 GRANT_STEP = 200
@@ -150,6 +154,10 @@ def batched(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     return default_strategy(task, app, _Consumer(consumer, batcher.add, events), **kwargs)
 
 
+def _size(req: Request) -> int:
+    return len(req.message.body or b"")
+
+
 def requests_in_batches() -> list[Request]:
     """The messages of every batch being written (a batch is one pool job, not a task each)."""
     return [req for batcher in _batchers.values() for req in batcher.in_batch]
@@ -196,6 +204,7 @@ class _Batcher:
         self.buffer: list[Request] = []
         self.in_flight = 0
         self.held = 0  # messages in the buffer or in a batch being written
+        self.held_bytes = 0  # their bodies' bytes
         self.granted = 0  # how far this batcher has raised the consumer's prefetch
         self.timer: Any = None
         self.closed = False  # handed back or replaced: nothing more is batched here
@@ -223,8 +232,10 @@ class _Batcher:
             return
         self.buffer.append(req)
         self.held += 1
+        self.held_bytes += _size(req)
         limit = MAX_HELD_PER_PROCESS * self.slots()
-        if self.held > self.granted - GRANT_STEP // 2 and self.granted < limit:
+        if (self.held > self.granted - GRANT_STEP // 2 and self.granted < limit
+                and self.held_bytes < MAX_HELD_BYTES_PER_PROCESS * self.slots()):
             # Held messages stop counting against the prefetch window (see the docstring).
             step = min(GRANT_STEP, limit - self.granted)
             self.consumer.qos.increment_eventually(step)
@@ -234,7 +245,7 @@ class _Batcher:
 
             interval = get_settings().record_flush_ms / 1000
             self.timer = self.consumer.timer.call_repeatedly(interval, self.tick)
-        if len(self.buffer) >= FLUSH_EVERY and self.in_flight < self.slots():
+        if (len(self.buffer) >= FLUSH_EVERY or self.held_bytes >= BATCH_BYTES) and self.in_flight < self.slots():
             self.flush()
 
     def tick(self) -> None:
@@ -248,6 +259,7 @@ class _Batcher:
             self.timer = None
         buffered, self.buffer = self.buffer, []
         self.held -= len(buffered)
+        self.held_bytes -= sum(_size(req) for req in buffered)
         return buffered
 
     def hand_back(self) -> None:
@@ -286,8 +298,9 @@ class _Batcher:
             task_ready(req)  # restored on the new connection, like every message the old one held
         return True
 
-    def _release(self, n: int) -> None:
-        self.held = max(0, self.held - n)
+    def _release(self, requests: list[Request]) -> None:
+        self.held = max(0, self.held - len(requests))
+        self.held_bytes = max(0, self.held_bytes - sum(_size(req) for req in requests))
         if self.consumer.connection is not self.connection:
             return  # the prefetch is a new connection's now, not this batcher's to lower
         # Back to the worker's own prefetch when nothing is held; else a step above what is.
@@ -297,14 +310,18 @@ class _Batcher:
             self.granted = target
 
     def flush(self) -> None:
-        batch, self.buffer = self.buffer[:FLUSH_EVERY], self.buffer[FLUSH_EVERY:]
+        n, size = 0, 0
+        while n < min(FLUSH_EVERY, len(self.buffer)) and (n == 0 or size + _size(self.buffer[n]) <= BATCH_BYTES):
+            size += _size(self.buffer[n])
+            n += 1
+        batch, self.buffer = self.buffer[:n], self.buffer[n:]
         # Revoked or expired while buffered: Celery's own answer (acknowledged, task-revoked event).
         kept = [req for req in batch if not req.revoked()]
         if len(kept) < len(batch):
-            for req in batch:
-                if req not in kept:
-                    self.received.pop(req.id, None)
-            self._release(len(batch) - len(kept))
+            revoked = [req for req in batch if req not in kept]
+            for req in revoked:
+                self.received.pop(req.id, None)
+            self._release(revoked)
             batch = kept
             if not batch:
                 return
@@ -329,7 +346,7 @@ class _Batcher:
         def done(answers: list[Any]) -> None:
             self.in_flight -= 1
             self.in_batch.difference_update(batch)
-            self._release(len(batch))
+            self._release(batch)
             if self._lost(batch):
                 return
             runtime = time.monotonic() - started
@@ -348,7 +365,7 @@ class _Batcher:
         def failed(exc_info: ExceptionInfo) -> None:
             self.in_flight -= 1
             self.in_batch.difference_update(batch)
-            self._release(len(batch))
+            self._release(batch)
             if self._lost(batch):  # also a batch whose process Celery ended at the connection loss
                 return
             exc = exc_info.exception

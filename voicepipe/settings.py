@@ -59,6 +59,10 @@ class Settings:
     lock_timeout_ms: int = 10_000
     delivery_limit: int = 5
     max_batch_size: int = 5_000
+    # Byte limits on what producers send: an event's metadata (as UTF-8 JSON), and a whole
+    # task message (its body; a single-event message at most SINGLE_EVENT_MESSAGE_BYTES).
+    max_metadata_bytes: int = 16_384
+    max_message_bytes: int = 8_388_608
     # How long a single-event message may wait in the worker for its batch (tasks/_batching.py).
     record_flush_ms: int = 50
     # VOICEPIPE_EMBEDDED=1: start embedded servers for unset DATABASE_URL/BROKER_URL
@@ -239,6 +243,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         lock_timeout_ms=_int(env, "VOICEPIPE_LOCK_TIMEOUT_MS", 10_000, minimum=1),
         delivery_limit=_int(env, "VOICEPIPE_DELIVERY_LIMIT", 5, minimum=1),
         max_batch_size=_int(env, "VOICEPIPE_MAX_BATCH_SIZE", 5_000, minimum=1),
+        max_metadata_bytes=_int(env, "VOICEPIPE_MAX_METADATA_BYTES", 16_384, minimum=256),
+        max_message_bytes=_int(env, "VOICEPIPE_MAX_MESSAGE_BYTES", 8_388_608, minimum=65_536),
         record_flush_ms=_int(env, "VOICEPIPE_RECORD_FLUSH_MS", 50, minimum=1),
         embedded=_flag(env, "VOICEPIPE_EMBEDDED"),
     )

@@ -2,6 +2,9 @@
 
 - A message whose body cannot be decoded is parked as a dead letter (reason
   `undecodable`) instead of logged and dropped.
+- A message larger than its task may be (VOICEPIPE_MAX_MESSAGE_BYTES; a single-event
+  message SINGLE_EVENT_MESSAGE_BYTES) is parked (reason `too_large`, without its body)
+  before it is decoded: no producer decides how much memory a worker holds.
 - On Redis, the messages a lost connection held unacknowledged are restored through the
   next connection as soon as it is up, instead of by kombu as the lost one closes: that
   restore goes through the broker that is gone, and kombu 5.7 then raises an
@@ -24,6 +27,16 @@ log = logging.getLogger(__name__)
 
 # The start of an undecodable body that its dead letter keeps (base64), for inspection.
 KEPT_BODY_BYTES = 65_536
+# A single event (its metadata at most VOICEPIPE_MAX_METADATA_BYTES) fits well within this.
+SINGLE_EVENT_MESSAGE_BYTES = 262_144
+SINGLE_EVENT_TASKS = frozenset({"voicepipe.events.record", "voicepipe.usage.record"})
+
+
+def byte_limit(task_name: Any) -> int:
+    from voicepipe.settings import get_settings
+
+    limit = get_settings().max_message_bytes
+    return min(limit, SINGLE_EVENT_MESSAGE_BYTES) if task_name in SINGLE_EVENT_TASKS else limit
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
@@ -61,24 +74,39 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             return
         log.warning("restored %d messages held across a connection loss", len(tags))
 
+    def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
+        handle = super().create_task_handler(*args, **kwargs)
+
+        def on_task_received(message: Any) -> Any:
+            headers = message.headers if isinstance(message.headers, dict) else {}
+            size, limit = len(message.body or b""), byte_limit(headers.get("task"))
+            if size > limit:
+                return self._park(message, "too_large", f"MessageTooLarge: {size} bytes, at most {limit}",
+                                  {"body_bytes": size})
+            return handle(message)
+
+        return on_task_received
+
     def on_decode_error(self, message: Any, exc: Exception) -> None:
+        body = message.body if isinstance(message.body, bytes) else str(message.body).encode("utf-8", "replace")
+        self._park(message, "undecodable", f"UndecodableMessage: {type(exc).__name__}: {exc}", {
+            "undecodable_body": base64.b64encode(body[:KEPT_BODY_BYTES]).decode("ascii"), "body_bytes": len(body),
+            "content_type": message.content_type, "content_encoding": message.content_encoding})
+
+    def _park(self, message: Any, reason: str, error: str, kept: dict[str, Any]) -> None:
+        """Park a message no task can run as a dead letter, then acknowledge it."""
         from voicepipe.deadletters import park
 
         headers = message.headers if isinstance(message.headers, dict) else {}
-        body = message.body if isinstance(message.body, bytes) else str(message.body).encode("utf-8", "replace")
         task_id = str(headers.get("id") or uuid.uuid4())[:255]
         try:
             parked = park(
                 task_name=str(headers.get("task") or "(unknown)")[:255], task_id=task_id,
                 queue=str((message.delivery_info or {}).get("routing_key") or "")[:64],
-                kwargs={"undecodable_body": base64.b64encode(body[:KEPT_BODY_BYTES]).decode("ascii"),
-                        "body_bytes": len(body), "content_type": message.content_type,
-                        "content_encoding": message.content_encoding},
-                reason="undecodable", error=f"UndecodableMessage: {type(exc).__name__}: {exc}", attempts=0,
+                kwargs=kept, reason=reason, error=error, attempts=0,
             )
         except Exception:  # the database is away: left unacknowledged, the broker gives it back later
-            log.exception("UndecodableMessage task_id=%r could not be parked; left unacknowledged", task_id)
+            log.exception("%s task_id=%r could not be parked; left unacknowledged", error.split(":")[0], task_id)
             return
-        log.error("UndecodableMessage task_id=%r parked as dead letter %s (%s)", task_id, parked.id,
-                  type(exc).__name__)
+        log.error("%s task_id=%r parked as dead letter %s", error, task_id, parked.id)
         message.ack()

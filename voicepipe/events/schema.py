@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from typing import Any
 
 from voicepipe.domain import EVENT_TYPES, METADATA_INTS, METADATA_NUMBERS, METADATA_TEXTS, STAGES
 from voicepipe.errors import InvalidInput
+from voicepipe.settings import get_settings
 from voicepipe.timebounds import check_event_time
 from voicepipe.validation import (
     check_id,
@@ -97,6 +99,9 @@ def _parse_metadata(raw: Any) -> dict[str, Any]:
     if raw is None:
         return {}
     metadata = check_json_object(raw, "metadata")
+    limit = get_settings().max_metadata_bytes
+    if metadata and len(json.dumps(metadata, separators=(",", ":"))) > limit:
+        raise InvalidInput.field("metadata", f"larger than {limit} bytes as JSON (VOICEPIPE_MAX_METADATA_BYTES)")
     for key in METADATA_INTS:
         if key in metadata:
             metadata[key] = check_int(metadata[key], f"metadata.{key}")
