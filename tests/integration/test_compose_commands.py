@@ -279,11 +279,11 @@ def test_the_operators_flower_cannot_send_or_revoke_tasks_and_the_admin_flower_c
                  "/api/worker/shutdown/pipeline@host", "/api/worker/pool/restart/pipeline@host"):
         status, body = http(base + path, auth, {"kwargs": event})
         assert status == 403, (path, status, body)
-    assert redis_client(broker_url).llen("pipeline") == 0  # nothing was queued
+    assert redis_client(broker_url).llen("events") == 0  # nothing was queued
 
     base, auth = flowers["flower-admin"]
     status, body = http(base + "/api/task/async-apply/voicepipe.events.record", auth, {"kwargs": event})
     assert status == 200, body
-    assert redis_client(broker_url).llen("pipeline") == 1
+    assert redis_client(broker_url).llen("events") == 1  # on the task's route
     # The operators' credentials do not open the admin Flower.
     assert http(base + "/api/workers", flowers["flower"][1])[0] == 401

@@ -246,7 +246,7 @@ def test_an_operator_sends_a_task_through_flowers_api_and_it_runs(
     start_flower: Callable[..., Flower], start_worker: Callable[..., Proc], session: Session
 ) -> None:
     flower = start_flower(FLOWER_BASIC_AUTH=CREDENTIALS)
-    start_worker(queues="pipeline")
+    start_worker(queues="events")  # the task's route: Flower's app sends it there
     payload = event(coach_id="coach-from-flower")
     status, body = flower.post("/api/task/async-apply/voicepipe.events.record", {"kwargs": payload})
     assert status == 200, body

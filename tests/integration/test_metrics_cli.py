@@ -85,7 +85,7 @@ def test_status_reports_windows_failures_and_queue_depths(
     run = voicepipe(["status", "--json"], env)
     assert run.returncode == 0, run.stderr
     status = json.loads(run.stdout)
-    assert status["queues"] == {"metrics": 3, "pipeline": 1, "retry": 0}
+    assert status["queues"] == {"metrics": 3, "pipeline": 1, "retry": 0, "events": 0}
     assert len(status["missing_hours"]) == 3 and len(status["missing_days"]) == 2
     assert status["newest_hourly"] is None
     (failing,) = status["failing_windows"]

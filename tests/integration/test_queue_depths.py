@@ -18,7 +18,7 @@ def test_the_status_queues_are_the_workers_queues() -> None:
 def test_depths_count_every_waiting_message_including_prioritised_ones(broker_url: str) -> None:
     app = producer(broker_url)
     app.conf.task_queues = [Queue(name, routing_key=name) for name in QUEUES]
-    sent = {"metrics": 2, "pipeline": 5, "retry": 1}
+    sent = {"metrics": 2, "pipeline": 5, "retry": 1, "events": 4}
     try:
         for queue, count in sent.items():
             for i in range(count):
