@@ -34,10 +34,16 @@ def check_text(value: Any, field: str, *, max_len: int = MAX_TEXT, optional: boo
 
 
 def check_id(value: Any, field: str, *, optional: bool = False) -> str | None:
-    """A text id from the platform's auth system (organization, user, coach, player)."""
+    """A text id from the platform's auth system (organization, user, coach, player).
+
+    No control characters: an id is written into log lines, exporter labels and pages,
+    where a newline would forge a line of its own.
+    """
     text = check_text(value, field, max_len=MAX_ID, optional=optional)
     if text is not None and text.strip() == "":
         raise InvalidInput.field(field, "must not be empty")
+    if text is not None and not text.isprintable():
+        raise InvalidInput.field(field, "contains a control or non-printable character")
     return text
 
 
