@@ -368,6 +368,11 @@ def test_dashboard_in_a_browser_shows_the_query_functions_figures(
             bad = context.request.get(base + "/api/organizations/club-north/usage?start=2026-13-01")
             assert bad.status == 400 and bad.json()["error"] == "InvalidInput"
             assert context.request.get(base + "/api/organizations?sort=nonsense").json()["error"] == "InvalidInput"
+            for path in ("/organizations/%00", "/api/organizations/club%0Anorth/series",
+                         "/api/organizations/club-north/usage?end=0001-01-01",
+                         "/api/organizations/club-north/usage?start=9999-12-31"):
+                answer = context.request.get(base + path)
+                assert answer.status == 400, (path, answer.status)
             missing = context.request.get(base + "/api/organizations/no-such-club/series")
             assert missing.status == 404 and missing.json()["error"] == "OrganizationNotFound"
             context.close()

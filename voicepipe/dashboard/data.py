@@ -38,6 +38,7 @@ from voicepipe.metrics.queries import (
     stage_breakdown,
 )
 from voicepipe.observability.probe import DueWindows, read_only_session
+from voicepipe.validation import MAX_TS, MIN_TS, check_id
 from voicepipe.windows import floor_day, floor_hour, parse_day
 
 log = logging.getLogger(__name__)
@@ -338,8 +339,7 @@ def aggregation(session: Session, now: datetime) -> dict[str, Any]:
 def organization(session: Session, organization_id: str) -> dict[str, Any]:
     """The organization's id and name ("Unknown" when the directory has none); OrganizationNotFound
     when neither the directory nor any snapshot knows it."""
-    if not organization_id or len(organization_id) > 255:
-        raise InvalidInput.field("organization_id", "expected an organization id of 1 to 255 characters")
+    check_id(organization_id, "organization_id")  # a NUL or control character: 400, not a database error
     name = session.scalar(select(Organization.name).where(Organization.id == organization_id))
     if name is None and not session.scalar(
         select(exists().where(MetricsSnapshot.organization_id == organization_id))
@@ -351,12 +351,22 @@ def organization(session: Session, organization_id: str) -> dict[str, Any]:
 def usage_range(start: str | None, end: str | None, now: datetime) -> tuple[date, date]:
     """The chosen days (YYYY-MM-DD, inclusive); by default the last 30 days up to today."""
     last = parse_day(end, "end") if end else now.date()
-    first = parse_day(start, "start") if start else last - timedelta(days=USAGE_DEFAULT_DAYS - 1)
+    if start:
+        first = parse_day(start, "start")
+        _check_day_in_range(first, "start")
+    _check_day_in_range(last, "end")
+    if not start:
+        first = last - timedelta(days=USAGE_DEFAULT_DAYS - 1)
     if last < first:
         raise InvalidInput.field("end", f"{last.isoformat()} is before start {first.isoformat()}")
     if (last - first).days + 1 > USAGE_MAX_DAYS:
         raise InvalidInput.field("start", f"a range of at most {USAGE_MAX_DAYS} days, got {(last - first).days + 1}")
     return first, last
+
+
+def _check_day_in_range(day: date, field: str) -> None:
+    if not MIN_TS.date() <= day < MAX_TS.date():
+        raise InvalidInput.field(field, f"{day.isoformat()} is outside {MIN_TS.date()}..{MAX_TS.date()}")
 
 
 def usage(session: Session, organization_id: str, first: date, last: date, now: datetime) -> dict[str, Any]:
