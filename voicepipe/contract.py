@@ -25,7 +25,7 @@ from voicepipe.events.schema import MAX_COST_USD, MAX_DURATION_MS, MAX_END_TO_EN
 from voicepipe.retry.service import MAX_REASON, RETRY_STAGES
 from voicepipe.settings import load_settings
 from voicepipe.usage.recording import MAX_TOKENS
-from voicepipe.validation import MAX_ID, MAX_TEXT, MAX_TS, MIN_TS
+from voicepipe.validation import ID_FORBIDDEN_CLASS, MAX_ID, MAX_TEXT, MAX_TS, MIN_TS
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_DIR = Path("contract") / "tasks"
@@ -86,8 +86,8 @@ def text(max_len: int = MAX_TEXT, *, optional: bool = False) -> dict[str, Any]:
 
 
 def ident(*, optional: bool = False) -> dict[str, Any]:
-    """check_id: a text id of the platform (never blank, even when optional)."""
-    schema = {"type": "string", "maxLength": MAX_ID, "pattern": _NOT_BLANK, **_NO_NUL}
+    """check_id: a text id of the platform (never blank, even when optional; no control characters)."""
+    schema = {"type": "string", "maxLength": MAX_ID, "pattern": _NOT_BLANK, "not": {"pattern": ID_FORBIDDEN_CLASS}}
     return _nullable(schema) if optional else schema
 
 

@@ -18,6 +18,12 @@ MIN_TS = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_TS = datetime(2100, 1, 1, tzinfo=UTC)
 
 
+# Not in an id: C0 and C1 controls, DEL, zero-width and bidirectional marks, line and
+# paragraph separators, the byte-order mark (the JSON Schemas carry the same class).
+ID_FORBIDDEN_CLASS = "[\x00-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2060-\u2064\ufeff]"
+ID_FORBIDDEN = re.compile(ID_FORBIDDEN_CLASS)
+
+
 def check_text(value: Any, field: str, *, max_len: int = MAX_TEXT, optional: bool = False) -> str | None:
     if value is None:
         if optional:
@@ -42,7 +48,7 @@ def check_id(value: Any, field: str, *, optional: bool = False) -> str | None:
     text = check_text(value, field, max_len=MAX_ID, optional=optional)
     if text is not None and text.strip() == "":
         raise InvalidInput.field(field, "must not be empty")
-    if text is not None and not text.isprintable():
+    if text is not None and ID_FORBIDDEN.search(text):
         raise InvalidInput.field(field, "contains a control or non-printable character")
     return text
 
