@@ -33,6 +33,11 @@ def grant_app_role(owner_url: str, role: str, password: str) -> None:
         raise SettingsError(f"--app-role must be a lowercase PostgreSQL role name, got {role!r}")
     if password.strip() == "":
         raise SettingsError(f"{PASSWORD_VARIABLE} must be set to the application role's password")
+    from voicepipe.settings import secret_problem
+
+    weak = secret_problem(password)
+    if weak is not None:
+        raise SettingsError(f"{PASSWORD_VARIABLE} {weak} (its value is not shown)")
     engine = create_engine(owner_url, isolation_level="AUTOCOMMIT")
     try:
         with engine.connect() as conn:

@@ -122,6 +122,27 @@ def _optional(env: Mapping[str, str], name: str, check: Callable[[str], bool], w
 PLACEHOLDER_PASSWORD = "change-me"
 
 
+# Secrets anyone guesses first: refused wherever a password or a signing secret is read.
+MIN_SECRET_LENGTH = 12
+WEAK_SECRETS = frozenset({
+    PLACEHOLDER_PASSWORD, "changeme", "password", "passw0rd", "password123", "admin", "administrator",
+    "secret", "letmein", "qwertyuiop", "123456789012", "voicepipe", "postgres", "guest",
+})
+
+
+def secret_problem(secret: str) -> str | None:
+    """Why a password or secret is too weak to use (None when it is not); never includes it."""
+    if not secret.isprintable():
+        return "contains a non-printable character (a zero-width space, a control character)"
+    if secret.strip().lower() == PLACEHOLDER_PASSWORD:
+        return f"still holds the placeholder of .env.example ({PLACEHOLDER_PASSWORD})"
+    if len(secret) < MIN_SECRET_LENGTH:
+        return f"is shorter than {MIN_SECRET_LENGTH} characters"
+    if secret.lower() in WEAK_SECRETS or len(set(secret)) < 4:
+        return "is a well-known or trivial password"
+    return None
+
+
 def basic_auth_problem(value: str) -> str | None:
     """Why a `user:password[,user:password]` value cannot be used (None when it can).
 
@@ -135,8 +156,9 @@ def basic_auth_problem(value: str) -> str | None:
             return "must be user:password (comma-separated for several users)"
         if user.strip() == "" or password.strip() == "":
             return "has a credential with an empty user or password"
-        if password.strip().lower() == PLACEHOLDER_PASSWORD:
-            return f"still holds the placeholder password of .env.example ({PLACEHOLDER_PASSWORD})"
+        weak = secret_problem(password)
+        if weak is not None:
+            return f"has a password that {weak}"
     return None
 
 
@@ -154,8 +176,9 @@ def _directory_secret(env: Mapping[str, str], name: str) -> str | None:
     raw = (env.get(name) or "").strip()
     if raw == "":
         return None  # no message can set platform staff (voicepipe/directory.py)
-    if raw.lower() == PLACEHOLDER_PASSWORD:
-        raise SettingsError(f"{name} still holds the placeholder of .env.example; replace it or leave it empty")
+    weak = secret_problem(raw)
+    if weak is not None:
+        raise SettingsError(f"{name} {weak} (its value is not shown); replace it or leave it empty")
     return raw
 
 

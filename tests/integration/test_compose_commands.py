@@ -30,10 +30,12 @@ from tests.redis_server import free_port
 from worker.routes import QUEUES
 
 # .env.example's placeholders are refused where they guard something (Flower's password,
-# the directory secret): a deployment replaces them, and so do these tests.
+# the directory secret, the application role's password): a deployment replaces them, and
+# so do these tests.
 REAL_VALUES = {"FLOWER_BASIC_AUTH": "operator:compose-test-password",
                "FLOWER_ADMIN_BASIC_AUTH": "admin:compose-test-admin-password",
-               "VOICEPIPE_DIRECTORY_SECRET": "compose-test-directory-secret"}
+               "VOICEPIPE_DIRECTORY_SECRET": "compose-test-directory-secret",
+               "POSTGRES_APP_PASSWORD": "compose-test-app-password"}
 
 
 @pytest.fixture

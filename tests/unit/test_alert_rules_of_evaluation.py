@@ -87,12 +87,13 @@ def header(value: str) -> str:
 
 
 def test_credentials_are_checked_exactly() -> None:
-    creds = parse_credentials({"VOICEPIPE_EXPORTER_AUTH": "prom:pw1,ops:pw2"})
-    assert creds == [("prom", "pw1"), ("ops", "pw2")]
-    assert authorized(header("prom:pw1"), creds) and authorized(header("ops:pw2"), creds)
-    for bad in (None, "", "Bearer x", "Basic !!!", header("prom:pw2"), header("prom:"), header(":"),
-                header("prom"), header("prom:pw1x")):
+    creds = parse_credentials({"VOICEPIPE_EXPORTER_AUTH": "prom:prom-password-1,ops:ops-password-2"})
+    assert creds == [("prom", "prom-password-1"), ("ops", "ops-password-2")]
+    assert authorized(header("prom:prom-password-1"), creds) and authorized(header("ops:ops-password-2"), creds)
+    for bad in (None, "", "Bearer x", "Basic !!!", header("prom:ops-password-2"), header("prom:"), header(":"),
+                header("prom"), header("prom:prom-password-1x")):
         assert not authorized(bad, creds), bad
-    for value in ("", "prom", "prom:", ":pw", "prom:change-me"):
+    for value in ("", "prom", "prom:", ":pw", "prom:change-me", "prom:short", "prom:password123",
+                  "prom:aaaaaaaaaaaaaaaa", "prom:zero\u200bwidth-space-1"):
         with pytest.raises(SettingsError, match="VOICEPIPE_EXPORTER_AUTH"):
             parse_credentials({"VOICEPIPE_EXPORTER_AUTH": value})

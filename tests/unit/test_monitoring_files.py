@@ -21,7 +21,7 @@ from voicepipe.alerts.thresholds import Thresholds, variable
 from voicepipe.observability.exporter import METRICS
 
 PROMETHEUS = REPO_ROOT / "deploy" / "prometheus"
-VALUES = dict(env_example(), VOICEPIPE_EXPORTER_AUTH="prometheus:s3cret,other:pw")
+VALUES = dict(env_example(), VOICEPIPE_EXPORTER_AUTH="prometheus:s3cret-scrape-pw,other:other-password")
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +100,11 @@ def test_prometheus_entrypoint_writes_the_first_credential_and_a_valid_config(
              .replace("exec /bin/prometheus", "exit 0; exec /bin/prometheus"))
     subprocess.run(["sh", "-c", local], env={"VOICEPIPE_EXPORTER_AUTH": VALUES["VOICEPIPE_EXPORTER_AUTH"]},
                    check=True, timeout=30)
-    assert (data / "exporter-password").read_text() == "s3cret"
+    assert (data / "exporter-password").read_text() == "s3cret-scrape-pw"
     config = yaml.safe_load((data / "prometheus.yml").read_text())
     assert config["scrape_configs"][0]["basic_auth"] == {
         "username": "prometheus", "password_file": "/prometheus/exporter-password"}
-    assert "s3cret" not in (data / "prometheus.yml").read_text()
+    assert "s3cret-scrape-pw" not in (data / "prometheus.yml").read_text()
 
 
 def test_every_rule_has_a_runbook_and_uses_only_exported_metrics() -> None:
