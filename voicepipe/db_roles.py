@@ -4,7 +4,8 @@
 `migrate` service); after the migrations it creates or updates the role NAME with the
 password in VOICEPIPE_APP_DB_PASSWORD and grants it rows only. Default privileges make
 tables and sequences that later migrations create (as the same owner) granted too.
-The staff audit stays append-only for the application.
+The staff audit is read-only for the application: its rows are written by the audit
+trigger, which runs with the owner's rights (migration 0007).
 """
 
 from __future__ import annotations
@@ -22,9 +23,8 @@ PASSWORD_VARIABLE = "VOICEPIPE_APP_DB_PASSWORD"
 # Rows only: no TRUNCATE, REFERENCES or TRIGGER, and no CREATE on the schema.
 TABLE_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
 SEQUENCE_PRIVILEGES = "USAGE, SELECT"
-# Tables the application may read and append to but never rewrite.
-APPEND_ONLY = ("staff_audit",)
-READ_ONLY = ("alembic_version",)
+# Tables the application may only read.
+READ_ONLY = ("alembic_version", "staff_audit")
 
 
 def grant_app_role(owner_url: str, role: str, password: str) -> None:
@@ -70,9 +70,6 @@ def _apply(conn: psycopg.Connection[tuple[object, ...]], role: str, password: st
                              + " ON TABLES TO {}").format(ident))
         conn.execute(sql.SQL("ALTER DEFAULT PRIVILEGES IN SCHEMA public GRANT " + SEQUENCE_PRIVILEGES
                              + " ON SEQUENCES TO {}").format(ident))
-        for table in APPEND_ONLY:
-            if _table_exists(conn, table):
-                conn.execute(sql.SQL("REVOKE UPDATE, DELETE ON {} FROM {}").format(sql.Identifier(table), ident))
         for table in READ_ONLY:
             if _table_exists(conn, table):
                 conn.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE ON {} FROM {}").format(
