@@ -16,7 +16,7 @@ from models.dead_letters import DeadLetter, TaskDelivery
 from models.directory import Organization, User
 from models.events import AdditiveParts, EventCounter, PipelineEvent, counter_revision_seq
 from models.metrics import AggregationWindow, LateWindow, MetricsSnapshot, SnapshotMetrics
-from models.security import RetryRefusal, StaffAudit
+from models.security import DeploymentSecret, RetryRefusal, StaffAudit
 from models.usage import AiUsageDailyAggregate, AiUsageLog
 
 __all__ = [
@@ -37,6 +37,7 @@ __all__ = [
     "Organization",
     "PipelineEvent",
     "RetryRefusal",
+    "DeploymentSecret",
     "RetryRequest",
     "SnapshotMetrics",
     "StaffAudit",

@@ -47,3 +47,17 @@ class RetryRefusal(Base):
     refusal: Mapped[str] = mapped_column(String(64))
     message: Mapped[str] = mapped_column(Text)
     refused_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class DeploymentSecret(Base):
+    """A value drawn once per deployment by a migration, never sent to producers.
+
+    event_id_namespace: the uuid5 namespace of the pipeline's own event ids (migration
+    0008), so that no producer can compute, and send first, the id of an event the
+    pipeline will record.
+    """
+
+    __tablename__ = "deployment_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)

@@ -24,7 +24,7 @@ PASSWORD_VARIABLE = "VOICEPIPE_APP_DB_PASSWORD"
 TABLE_PRIVILEGES = "SELECT, INSERT, UPDATE, DELETE"
 SEQUENCE_PRIVILEGES = "USAGE, SELECT"
 # Tables the application may only read.
-READ_ONLY = ("alembic_version", "staff_audit")
+READ_ONLY = ("alembic_version", "staff_audit", "deployment_secrets")
 
 
 def grant_app_role(owner_url: str, role: str, password: str) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import delete, select
+from sqlalchemy import text as sql_text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
@@ -113,12 +114,27 @@ DERIVED: dict[str, type[Any]] = {
     "entity_resolution": EntityResolution,
     "draft_generation": InsightDraft,
 }
-_EVENT_NS = uuid.UUID("5b8e7f52-3f7a-4c1e-9d55-2f0f6f1f8a10")
+_namespaces: dict[str, uuid.UUID] = {}
+
+
+def _event_namespace() -> uuid.UUID:
+    """This deployment's namespace of event ids (migration 0008), read once per database."""
+    from models.session import get_engine
+
+    engine = get_engine()
+    key = engine.url.render_as_string(hide_password=True)
+    namespace = _namespaces.get(key)
+    if namespace is None:
+        with engine.connect() as conn:
+            value = conn.execute(sql_text("SELECT value FROM deployment_secrets WHERE name = 'event_id_namespace'")
+                                 ).scalar_one()
+        namespace = _namespaces[key] = uuid.UUID(value)
+    return namespace
 
 
 def event_id(*parts: object) -> str:
-    """A stable event id for one logical occurrence (duplicates become no-ops)."""
-    return str(uuid.uuid5(_EVENT_NS, "|".join(str(p) for p in parts)))
+    """A stable event id for one logical occurrence (duplicates become no-ops); unknowable to producers."""
+    return str(uuid.uuid5(_event_namespace(), "|".join(str(p) for p in parts)))
 
 
 def lock_artifact(session: Session, artifact_id: uuid.UUID, *, skip_locked: bool = False) -> Artifact | None:
