@@ -63,6 +63,10 @@ class Settings:
     # task message (its body; a single-event message at most SINGLE_EVENT_MESSAGE_BYTES).
     max_metadata_bytes: int = 16_384
     max_message_bytes: int = 8_388_608
+    # Output bounded by configuration, never by what producers send: organizations with
+    # series of their own on the exporter, rows of a breakdown on the dashboard.
+    exporter_max_organizations: int = 1_000
+    dashboard_max_rows: int = 100
     # How long a single-event message may wait in the worker for its batch (tasks/_batching.py).
     record_flush_ms: int = 50
     # VOICEPIPE_EMBEDDED=1: start embedded servers for unset DATABASE_URL/BROKER_URL
@@ -268,6 +272,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_batch_size=_int(env, "VOICEPIPE_MAX_BATCH_SIZE", 5_000, minimum=1),
         max_metadata_bytes=_int(env, "VOICEPIPE_MAX_METADATA_BYTES", 16_384, minimum=256),
         max_message_bytes=_int(env, "VOICEPIPE_MAX_MESSAGE_BYTES", 8_388_608, minimum=65_536),
+        exporter_max_organizations=_int(env, "VOICEPIPE_EXPORTER_MAX_ORGANIZATIONS", 1_000, minimum=1),
+        dashboard_max_rows=_int(env, "VOICEPIPE_DASHBOARD_MAX_ROWS", 100, minimum=1),
         record_flush_ms=_int(env, "VOICEPIPE_RECORD_FLUSH_MS", 50, minimum=1),
         embedded=_flag(env, "VOICEPIPE_EMBEDDED"),
     )

@@ -259,3 +259,28 @@ def test_an_unreachable_database_or_broker_is_reported_not_a_failed_scrape(
     assert got[("voicepipe_up", ())] == 1 and got[("voicepipe_broker_up", ())] == 0
     assert not any(name == "voicepipe_queue_depth" for name, _ in got)
     assert ("voicepipe_window_lag_seconds", (("period", "hourly"),)) in got
+
+
+def test_3000_new_organizations_do_not_grow_the_page_past_its_limit(
+    session: Session, exporter_env: dict[str, str], start_exporter: Callable[[dict[str, str]], int],
+) -> None:
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=3)
+    flood = [{"event_id": str(uuid.uuid4()), "event_type": "artifact_received", "organization_id": f"new-{n:04d}",
+              "occurred_at": (hour + timedelta(seconds=n)).isoformat()} for n in range(3000)]
+    busy = [{"event_id": str(uuid.uuid4()), "event_type": "artifact_received", "organization_id": "org-busy",
+             "occurred_at": (hour + timedelta(seconds=n)).isoformat()} for n in range(7)]
+    record_events(session, flood + busy)
+    session.commit()
+    aggregate_hour(session, hour)
+    session.commit()
+    port = start_exporter({**exporter_env, "VOICEPIPE_EXPORTER_MAX_ORGANIZATIONS": "100"})
+    status_code, body, _ = scrape(port)
+    assert status_code == 200, body
+    received = {labels: value for (name, labels), value in samples(body).items()
+                if name == "voicepipe_organization_artifacts_received"}
+    assert len(received) == 101  # 100 organizations and the rest
+    assert received[(("organization", "org-busy"),)] == 7
+    assert sum(received.values()) == 3007
+    assert received[(("organization", ""),)] == 3000 - 99  # 99 of the 1-artifact organizations shown
+    assert samples(body)[("voicepipe_organizations_not_shown", ())] == 2901
+    assert len(body.encode()) < 100_000  # about 30 KB, whatever the number of organizations

@@ -78,3 +78,21 @@ def test_direct_exposition_parses_back_to_every_organization_and_value() -> None
     assert set(received) >= set(AWKWARD)
     cost = parsed["voicepipe_organization_ai_cost_usd"]
     assert all(cost[o.organization_id] == o.ai_cost for o in orgs)
+
+
+def test_beyond_the_limit_organizations_are_summed_into_one_series_without_a_p95() -> None:
+    orgs = organizations(random.Random(13))
+    parsed = {f.name: {s.labels.get("organization", ""): s.value for s in f.samples}
+              for f in text_string_to_metric_families(organization_exposition(health(orgs), limit=50).decode())}
+    ranked = sorted(orgs, key=lambda o: (-o.artifacts_received, o.organization_id))
+    shown, rest = ranked[:50], ranked[50:]
+    received = parsed["voicepipe_organization_artifacts_received"]
+    assert received == {**{o.organization_id: float(o.artifacts_received) for o in shown},
+                        "": float(sum(o.artifacts_received for o in rest))}
+    finished = sum(o.artifacts_completed + o.artifacts_failed for o in rest)
+    assert parsed["voicepipe_organization_artifacts_finished"][""] == finished
+    assert parsed["voicepipe_organization_failure_rate"][""] == sum(o.artifacts_failed for o in rest) / finished
+    assert math.isclose(parsed["voicepipe_organization_ai_cost_usd"][""], sum(o.ai_cost for o in rest))
+    assert "" not in parsed["voicepipe_organization_p95_latency_seconds"]
+    assert len(parsed["voicepipe_organization_p95_latency_seconds"]) == 50
+    assert parsed["voicepipe_organizations_not_shown"] == {"": float(len(rest))}

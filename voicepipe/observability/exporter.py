@@ -72,6 +72,9 @@ METRICS: dict[str, tuple[str, str]] = {
         "gauge", "95th percentile end-to-end latency of the organization in the newest hourly snapshot"),
     "voicepipe_organization_ai_cost_usd": (
         "gauge", "AI cost (USD) of the organization in the newest hourly snapshot"),
+    "voicepipe_organizations_not_shown": (
+        "gauge", "Organizations of the newest hourly snapshot beyond VOICEPIPE_EXPORTER_MAX_ORGANIZATIONS, "
+                 "summed into the series with an empty organization label"),
     "voicepipe_scrape_duration_seconds": ("gauge", "Time this scrape spent reading the database and broker"),
 }
 
@@ -142,21 +145,51 @@ def _label_value(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def organization_exposition(health: PipelineHealth) -> bytes:
+def organization_exposition(health: PipelineHealth, limit: int | None = None) -> bytes:
     """The per-organization families in the text format, written directly.
 
     They are five series per organization of the newest hour: 50,000 samples for 10,000
     organizations, which prometheus_client's generic writer formats at ~4 us each
     (0.2 s a scrape); one f-string a line here. Same HELP, TYPE, escaping and value
     format (floatToGoString) as the generic writer.
+
+    With a limit (VOICEPIPE_EXPORTER_MAX_ORGANIZATIONS), only the organizations with the
+    most artifacts received keep series of their own; the rest are summed into one series
+    with an empty organization label (which no organization id can be), without a p95,
+    so producers sending new organization ids cannot grow the page.
     """
+    orgs = health.organizations
+    rest: list[Any] = []
+    if limit is not None and len(orgs) > limit:
+        ranked = sorted(orgs, key=lambda o: (-o.artifacts_received, o.organization_id))
+        keep = {id(o) for o in ranked[:limit]}
+        rest = [o for o in orgs if id(o) not in keep]
+        orgs = [o for o in orgs if id(o) in keep]
     lines: list[str] = []
-    labels = [_label_value(o.organization_id) for o in health.organizations]
+    labels = [_label_value(o.organization_id) for o in orgs]
+    rest_values = _rest(rest) if rest else {}
     for name, value in PER_ORGANIZATION:
         lines.append(f"# HELP {name} {METRICS[name][1]}\n# TYPE {name} gauge\n")
         lines.extend(f'{name}{{organization="{label}"}} {floatToGoString(value(o))}\n'
-                     for label, o in zip(labels, health.organizations, strict=True))
+                     for label, o in zip(labels, orgs, strict=True))
+        if name in rest_values:
+            lines.append(f'{name}{{organization=""}} {floatToGoString(rest_values[name])}\n')
+    if limit is not None:
+        name = "voicepipe_organizations_not_shown"
+        lines.append(f"# HELP {name} {METRICS[name][1]}\n# TYPE {name} gauge\n{name} {float(len(rest))}\n")
     return "".join(lines).encode()
+
+
+def _rest(orgs: list[Any]) -> dict[str, float]:
+    """The summed figures of the organizations beyond the limit (no p95: it does not add up)."""
+    completed = sum(o.artifacts_completed for o in orgs)
+    failed = sum(o.artifacts_failed for o in orgs)
+    return {
+        "voicepipe_organization_artifacts_received": float(sum(o.artifacts_received for o in orgs)),
+        "voicepipe_organization_artifacts_finished": float(completed + failed),
+        "voicepipe_organization_failure_rate": failed / (completed + failed) if completed + failed else 0.0,
+        "voicepipe_organization_ai_cost_usd": float(sum(o.ai_cost for o in orgs)),
+    }
 
 
 class PipelineCollector(Collector):
@@ -190,7 +223,11 @@ class PipelineCollector(Collector):
         """The whole /metrics page: the registry's families, then this reading's per-organization ones."""
         body = generate_latest(registry)
         health = getattr(self._local, "health", None)
-        return body + organization_exposition(health) if health is not None else body
+        if health is None:
+            return body
+        from voicepipe.settings import get_settings
+
+        return body + organization_exposition(health, get_settings().exporter_max_organizations)
 
 
 def read_health_now(
