@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import create_engine
+from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
 from tests.helpers import REPO_ROOT, Proc, service_env, spawn, wait_for
@@ -533,3 +534,38 @@ def test_a_changed_range_gives_the_previous_breakdown_marked_refreshing_until_th
     waited = cached(wait=True)
     assert (received(waited), waited.refreshing) == ([("club-r", 9)], False)
     data._breakdowns.clear()
+
+
+def test_20000_operation_names_leave_the_organization_page_its_size(
+    db_url: str, broker_url: str, service_data_dir: Path, tmp_path: Path, engine: Any,
+) -> None:
+    from voicepipe.usage.recording import record_usage
+
+    now = datetime.now(UTC).replace(microsecond=0)
+    calls = [{"id": str(uuid.uuid4()), "organization_id": "club-flood", "operation": f"op-{n:05d}", "model": "m",
+              "input_tokens": 10, "output_tokens": 5, "cost": 0.001 if n >= 3 else 1.0,
+              "occurred_at": (now - timedelta(minutes=5)).isoformat()} for n in range(20_000)]
+    with Session(engine) as s:
+        s.execute(sql_text("INSERT INTO organizations (id, name) VALUES ('club-flood', 'Flood Club')"))
+        record_usage(s, calls)
+        s.commit()
+    env = service_env(db_url, broker_url, service_data_dir, VOICEPIPE_DASHBOARD_AUTH=CREDENTIALS,
+                      VOICEPIPE_DASHBOARD_MAX_ROWS="50")
+    proc, port = start_dashboard(env, tmp_path / "dashboard.log")
+    try:
+        code, body, _ = get(port, "/api/organizations/club-flood/usage", CREDENTIALS)
+        assert code == 200, body
+        usage = json.loads(body)
+        assert len(usage["by_operation"]) == 50
+        assert {"op-00000", "op-00001", "op-00002"} <= set(usage["by_operation"])  # the costliest kept
+        other = usage["other_operations"]
+        assert other["count"] == 19_950 and other["calls"] == 19_950
+        shown = sum(Decimal(t["cost"]) for t in usage["by_operation"].values())
+        assert shown + Decimal(other["cost"]) == Decimal(usage["totals"]["cost"]) == Decimal("3") + Decimal(
+            "0.001") * 19_997
+        code, page, _ = get(port, "/organizations/club-flood", CREDENTIALS)
+        assert code == 200
+        assert len(page) < 300_000, len(page)  # was 33.5 MB for 20,000 operations
+        assert b"19950 other operations" in page
+    finally:
+        proc.stop()

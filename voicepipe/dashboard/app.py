@@ -317,7 +317,9 @@ def organization_page(request: Request) -> Response:
             "now": now, "org": info, "sections": _series_sections(s, now, org), "usage": usage,
             "usage_api": usage_api,
             "usage_bars": charts.bar_chart(
-                "usage-by-operation", [(op, float(t["cost"])) for op, t in usage["by_operation"].items()],
+                "usage-by-operation", [(op, float(t["cost"])) for op, t in usage["by_operation"].items()]
+                + ([(f"{usage['other_operations']['count']} others", float(usage["other_operations"]["cost"]))]
+                   if usage["other_operations"] else []),
                 lambda v: f"${v:,.4f}",
                 usage_api),
             "alerts": [a for a in data.alerts(s)["alerts"] if a["organization_id"] == org],

@@ -371,6 +371,21 @@ def _check_day_in_range(day: date, field: str) -> None:
 
 def usage(session: Session, organization_id: str, first: date, last: date, now: datetime) -> dict[str, Any]:
     """AI usage over [first, last]: totals, by operation, top coaches and players (usage_for_organization)."""
-    from voicepipe.usage.queries import usage_for_organization
+    from voicepipe.settings import get_settings
+    from voicepipe.usage.queries import ranked, usage_for_organization
+    from voicepipe.usage.rollup import UsageTotals
 
-    return usage_for_organization(session, organization_id, first, last, now=now).to_json()
+    summary = usage_for_organization(session, organization_id, first, last, now=now)
+    out = summary.to_json()
+    # At most VOICEPIPE_DASHBOARD_MAX_ROWS operations (the costliest), the rest summed in one
+    # row: producers name operations, and must not decide the size of the page.
+    limit = get_settings().dashboard_max_rows
+    out["other_operations"] = None
+    if len(summary.by_operation) > limit:
+        order = ranked(summary.by_operation)
+        rest = UsageTotals()
+        for _, totals in order[limit:]:
+            rest.add(totals)
+        out["by_operation"] = {k: v.to_json() for k, v in sorted(order[:limit])}
+        out["other_operations"] = {"count": len(order) - limit, **rest.to_json()}
+    return out

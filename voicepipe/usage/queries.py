@@ -54,8 +54,13 @@ class UsageSummary:
         }
 
 
+def ranked(items: dict[str, UsageTotals]) -> list[tuple[str, UsageTotals]]:
+    """Costliest first, then most calls, then by key."""
+    return sorted(items.items(), key=lambda kv: (-kv[1].cost, -kv[1].calls, kv[0]))
+
+
 def _top(items: dict[str, UsageTotals], n: int) -> list[tuple[str, UsageTotals]]:
-    return sorted(items.items(), key=lambda kv: (-kv[1].cost, -kv[1].calls, kv[0]))[:n]
+    return ranked(items)[:n]
 
 
 _FIELDS = (("cost", "numeric"), ("calls", "bigint"), ("input_tokens", "bigint"), ("cached_tokens", "bigint"),
