@@ -16,7 +16,7 @@ from models.dead_letters import DeadLetter, TaskDelivery
 from models.directory import Organization, User
 from models.events import AdditiveParts, EventCounter, PipelineEvent, counter_revision_seq
 from models.metrics import AggregationWindow, LateWindow, MetricsSnapshot, SnapshotMetrics
-from models.security import DeploymentSecret, RetryRefusal, StaffAudit
+from models.security import DeploymentSecret, RetryRefusal, SignatureRefusal, StaffAudit, UsedNonce
 from models.usage import AiUsageDailyAggregate, AiUsageLog
 
 __all__ = [
@@ -38,6 +38,8 @@ __all__ = [
     "PipelineEvent",
     "RetryRefusal",
     "DeploymentSecret",
+    "SignatureRefusal",
+    "UsedNonce",
     "RetryRequest",
     "SnapshotMetrics",
     "StaffAudit",

@@ -25,3 +25,6 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(10_000))
     is_platform_staff: Mapped[bool] = mapped_column(Boolean, server_default="false")
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+    # When the latest authority over the staff flag spoke: the issue time of the last signed
+    # directory message applied, or an operator's change. An older signed message is refused.
+    staff_decided_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

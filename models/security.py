@@ -61,3 +61,26 @@ class DeploymentSecret(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class UsedNonce(Base):
+    """A signed message's nonce, kept while a message of its age is accepted: one use each."""
+
+    __tablename__ = "used_nonces"
+
+    nonce: Mapped[str] = mapped_column(String(255), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(255))
+    used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)
+
+
+class SignatureRefusal(Base):
+    """A directory message refused for its signature: missing, wrong, stale, reused or out of order."""
+
+    __tablename__ = "signature_refusals"
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(), primary_key=True)
+    task_name: Mapped[str] = mapped_column(String(255))
+    subject: Mapped[str | None] = mapped_column(String(255))
+    refusal: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    refused_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now(), index=True)

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from models.security import SignatureRefusal
 from models.session import session_scope
 from tasks._base import public_task, take
 from voicepipe import directory
+from voicepipe.authority import SIGNATURE_FIELDS
+from voicepipe.errors import PermissionDenied
 from voicepipe.settings import get_settings
+
+log = logging.getLogger(__name__)
 
 
 @public_task("voicepipe.directory.upsert_organization", time_limit=60, parks=True)
@@ -20,10 +26,22 @@ def upsert_organization(**kwargs: Any) -> None:
 
 @public_task("voicepipe.directory.upsert_user", time_limit=60, parks=True)
 def upsert_user(**kwargs: Any) -> None:
-    """Create or update a user; its platform-staff flag only from a signed message."""
-    args = take(kwargs, required=("id", "email", "is_platform_staff"), optional=("signature",))
-    with session_scope() as session:
-        directory.upsert_user(
-            session, id=args["id"], email=args["email"], is_platform_staff=args["is_platform_staff"],
-            signature=args.get("signature"), secret=get_settings().directory_secret,
-        )
+    """Create or update a user; its platform-staff flag only from a signed, fresh, unused message."""
+    args = take(kwargs, required=("id", "email", "is_platform_staff"), optional=SIGNATURE_FIELDS)
+    try:
+        with session_scope() as session:
+            directory.upsert_user(session, **args, secret=get_settings().directory_secret)
+    except PermissionDenied as exc:
+        log.warning("upsert_user refused id=%r: %s", args.get("id"), exc)
+        _record_refusal(args.get("id"), exc)
+        raise
+
+
+def _record_refusal(subject: Any, exc: Exception) -> None:
+    """Keep the refusal in signature_refusals, in a transaction of its own (the task's rolled back)."""
+    try:
+        with session_scope() as session:
+            session.add(SignatureRefusal(task_name=directory.UPSERT_USER, subject=str(subject)[:255],
+                                         refusal=type(exc).__name__, message=str(exc)[:2000]))
+    except Exception:  # the caller still gets the named refusal; the log line has it
+        log.exception("could not record the refused upsert_user")

@@ -9,18 +9,23 @@ from celery import Task
 
 from models.session import session_scope
 from tasks._base import public_task, take
-from voicepipe.errors import REFUSALS
+from voicepipe.authority import SIGNATURE_FIELDS, verify
+from voicepipe.clock import utcnow
+from voicepipe.errors import REFUSALS, PermissionDenied
 from voicepipe.retry.refusals import record_refusal
 from voicepipe.retry.service import RETRY_STAGES, request_retry
+from voicepipe.settings import get_settings
 
 log = logging.getLogger(__name__)
 
 
 def _retry(stage: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    args = take(kwargs, required=("artifact_id", "requested_by"), optional=("reason", "request_id"))
+    args = take(kwargs, required=("artifact_id", "requested_by"), optional=("reason", "request_id", *SIGNATURE_FIELDS))
     try:
         with session_scope() as session:
-            outcome = request_retry(session, stage=stage, **args)
+            _check_authority(session, f"voicepipe.retry.{stage}", args)
+            retry = {k: v for k, v in args.items() if k not in SIGNATURE_FIELDS}
+            outcome = request_retry(session, stage=stage, **retry)
     except REFUSALS as exc:
         # A refusal is an answer, not an incident: logged with who asked and why, then
         # raised as the named error for the caller (never retried, see tasks/_base.py).
@@ -32,6 +37,22 @@ def _retry(stage: str, kwargs: dict[str, Any]) -> dict[str, Any]:
         _record_refusal(stage, args, exc)
         raise
     return outcome.to_json()
+
+
+def _check_authority(session: Any, task_name: str, args: dict[str, Any]) -> None:
+    """requested_by counts only when the platform signed the request (voicepipe/authority.py).
+
+    VOICEPIPE_UNSIGNED_RETRIES=1 (a closed deployment's choice) trusts an unsigned one as before.
+    """
+    settings = get_settings()
+    if "signature" not in args and settings.unsigned_retries:
+        return
+    if settings.directory_secret is None:
+        raise PermissionDenied(
+            "signature: retries must be signed by the platform, and VOICEPIPE_DIRECTORY_SECRET is not "
+            "configured (a closed deployment may set VOICEPIPE_UNSIGNED_RETRIES=1)")
+    verify(session, task_name, args, settings.directory_secret, now=utcnow(),
+           max_age_s=settings.signature_max_age_seconds, skew_s=settings.max_clock_skew_seconds)
 
 
 def _record_refusal(stage: str, args: dict[str, Any], exc: Exception) -> None:

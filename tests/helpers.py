@@ -157,6 +157,9 @@ def service_env(db_url: str, broker_url: str, data_dir: Path, **extra: str) -> d
         BROKER_URL=broker_url,
         VOICEPIPE_DATA_DIR=str(data_dir),
         PYTHONUNBUFFERED="1",
+        # Retries trusted unsigned, as a closed deployment may choose: the tests of what a
+        # retry does send them plainly; tests/integration/test_signed_authority.py sets 0.
+        VOICEPIPE_UNSIGNED_RETRIES="1",
     )
     env.update(extra)
     return env

@@ -66,9 +66,16 @@ class Producer:
 
     ``result_backend``: where the worker stores outcomes (with Redis, the broker itself,
     the default; with RabbitMQ, the workers' ``db+postgresql://...`` if you read results).
+
+    ``signing_secret``: the platform's VOICEPIPE_DIRECTORY_SECRET. With it, ``retry`` and
+    ``upsert_user`` are signed here (fresh issue time, new nonce), and their signature and
+    email are left out of what Flower shows; without it they are sent unsigned (a worker
+    then refuses staff grants, and retries unless VOICEPIPE_UNSIGNED_RETRIES=1).
     """
 
-    def __init__(self, broker_url: str, *, result_backend: str | None = None, timeout_s: float = 5.0) -> None:
+    def __init__(self, broker_url: str, *, result_backend: str | None = None, timeout_s: float = 5.0,
+                 signing_secret: str | None = None) -> None:
+        self.signing_secret = signing_secret
         amqp = broker_url.startswith(("amqp://", "amqps://", "pyamqp://"))
         backend = result_backend or (None if amqp else broker_url)
         self.app = Celery("voicepipe-producer", broker=broker_url, backend=backend, set_as_current=False)
@@ -111,7 +118,23 @@ class Producer:
             kwargs["reason"] = reason
         if request_id is not None:
             kwargs["request_id"] = request_id
-        return self.send(f"voicepipe.retry.{stage}", kwargs)
+        return self._send_signed(f"voicepipe.retry.{stage}", kwargs)
+
+    def upsert_user(self, user_id: str, *, email: str, is_platform_staff: bool) -> AsyncResult:
+        """The directory sync: create or update a user; the staff flag counts only when signed."""
+        return self._send_signed("voicepipe.directory.upsert_user",
+                                 {"id": user_id, "email": email, "is_platform_staff": is_platform_staff})
+
+    def _send_signed(self, task: str, kwargs: dict[str, Any]) -> AsyncResult:
+        from datetime import UTC, datetime
+
+        from voicepipe.authority import REDACTED_FIELDS, redact, sign
+
+        if self.signing_secret is None:
+            return self.send(task, kwargs)
+        signed = sign(task, kwargs, self.signing_secret, now=datetime.now(UTC))
+        # What task events (Flower) show of it: no signature, no email.
+        return self.send(task, signed, kwargsrepr=repr(redact(signed, REDACTED_FIELDS)))
 
     def close(self) -> None:
         self.app.close()

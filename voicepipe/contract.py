@@ -73,6 +73,12 @@ NESTED_JSON = ("metadata: values nested in it hold no NUL character, integers wi
                "at most 16 levels deep")
 
 
+SIGNED_RULE = ("signature: HMAC-SHA256 hex, with VOICEPIPE_DIRECTORY_SECRET, of the canonical JSON of the other "
+               "arguments plus \"task\": <this task's name> (keys sorted, no spaces, non-ASCII as \\uXXXX); "
+               "issued_at within VOICEPIPE_SIGNATURE_MAX_AGE_SECONDS of now; each nonce accepted once "
+               "(PermissionDenied otherwise); voicepipe.client.Producer(signing_secret=...) signs for you")
+
+
 # --------------------------------------------------------------- field schemas
 def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
     return {"anyOf": [{"type": "null"}, schema]}
@@ -101,6 +107,12 @@ def timestamp(*, optional: bool = False) -> dict[str, Any]:
     schema = {"type": "string", "pattern": TIMESTAMP_PATTERN,
               "description": "RFC 3339 date and time with a UTC offset (Z or +HH:MM)"}
     return _nullable(schema) if optional else schema
+
+
+def _signed() -> dict[str, Any]:
+    """The signed authority's fields (voicepipe/authority.py)."""
+    return {"issued_at": timestamp(optional=True), "nonce": ident(optional=True),
+            "signature": _nullable({"type": "string"})}
 
 
 def number(hi: float, *, optional: bool = True) -> dict[str, Any]:
@@ -239,8 +251,8 @@ def task_schemas() -> dict[str, dict[str, Any]]:
         **{f"voicepipe.retry.{stage}": (
             f"Retry an artifact's {stage.replace('_', ' ')} (platform staff only).",
             _object({"artifact_id": uuid(), "requested_by": ident(), "reason": text(MAX_REASON, optional=True),
-                     "request_id": ident(optional=True)}, ("artifact_id", "requested_by")),
-            ("requested_by: must be platform staff (PermissionDenied otherwise, not InvalidInput)",),
+                     "request_id": ident(optional=True), **_signed()}, ("artifact_id", "requested_by")),
+            ("requested_by: must be platform staff (PermissionDenied otherwise, not InvalidInput)", SIGNED_RULE),
         ) for stage in RETRY_STAGES},
         "voicepipe.events.record": ("Record one pipeline event.", event(),
                                     (TIME_BOUNDS_EVENT, YEAR_EDGES, NESTED_JSON)),
@@ -262,10 +274,10 @@ def task_schemas() -> dict[str, dict[str, Any]]:
             "Create or rename an organization.", _object({"id": ident(), "name": text()}, ("id", "name")), ()),
         "voicepipe.directory.upsert_user": (
             "Create or update a user.",
-            _object({"id": ident(), "email": text(), "is_platform_staff": {"type": "boolean"},
-                     "signature": _nullable({"type": "string"})}, ("id", "email", "is_platform_staff")),
-            (("signature: HMAC-SHA256 hex of the canonical JSON of the other arguments with "
-              "VOICEPIPE_DIRECTORY_SECRET; without a secret configured a signature is refused (PermissionDenied)"),),
+            _object({"id": ident(), "email": text(), "is_platform_staff": {"type": "boolean"}, **_signed()},
+                    ("id", "email", "is_platform_staff")),
+            (SIGNED_RULE, "without VOICEPIPE_DIRECTORY_SECRET configured a signature is refused (PermissionDenied)",
+             "issued_at: not older than this user's last signed message or operator change (PermissionDenied)"),
         ),
     }
     missing = set(TASK_QUEUES) ^ set(describe)

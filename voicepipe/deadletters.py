@@ -45,7 +45,15 @@ def park(
     attempts: int,
     deliveries: int = 1,
 ) -> Parked:
-    """Store the message as a dead letter in its own transaction (a re-park updates the row)."""
+    """Store the message as a dead letter in its own transaction (a re-park updates the row).
+
+    A signed message is stored without its signature and email: a replay of it is refused
+    (an authority must be signed afresh by the platform), so they would only be exposed.
+    """
+    from voicepipe.authority import REDACTED_FIELDS, redact, signed_tasks
+
+    if task_name in signed_tasks():
+        kwargs = redact(kwargs, REDACTED_FIELDS)
     now = func.now()
     values = {
         "task_id": task_id, "task_name": task_name, "queue": queue, "kwargs": kwargs, "reason": reason,

@@ -66,6 +66,10 @@ class Settings:
     # Output bounded by configuration, never by what producers send: organizations with
     # series of their own on the exporter, rows of a breakdown on the dashboard.
     exporter_max_organizations: int = 1_000
+    # Signed authority (voicepipe/authority.py): how old a signed message may be; whether a
+    # retry's requested_by is trusted unsigned (a closed deployment's choice, off by default).
+    signature_max_age_seconds: int = 900
+    unsigned_retries: bool = False
     dashboard_max_rows: int = 100
     # How long a single-event message may wait in the worker for its batch (tasks/_batching.py).
     record_flush_ms: int = 50
@@ -273,6 +277,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_metadata_bytes=_int(env, "VOICEPIPE_MAX_METADATA_BYTES", 16_384, minimum=256),
         max_message_bytes=_int(env, "VOICEPIPE_MAX_MESSAGE_BYTES", 8_388_608, minimum=65_536),
         exporter_max_organizations=_int(env, "VOICEPIPE_EXPORTER_MAX_ORGANIZATIONS", 1_000, minimum=1),
+        signature_max_age_seconds=_int(env, "VOICEPIPE_SIGNATURE_MAX_AGE_SECONDS", 900, minimum=1),
+        unsigned_retries=_flag(env, "VOICEPIPE_UNSIGNED_RETRIES"),
         dashboard_max_rows=_int(env, "VOICEPIPE_DASHBOARD_MAX_ROWS", 100, minimum=1),
         record_flush_ms=_int(env, "VOICEPIPE_RECORD_FLUSH_MS", 50, minimum=1),
         embedded=_flag(env, "VOICEPIPE_EMBEDDED"),

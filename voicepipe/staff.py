@@ -1,4 +1,5 @@
-"""Platform-staff status: who may retry. Changed only by the signed directory sync or an operator.
+"""Platform-staff status: who may retry. Changed only by the signed directory sync (voicepipe/directory.py,
+voicepipe/authority.py) or an operator.
 
 Every change is recorded in staff_audit by a trigger on users (migration 0003); the
 writers here name themselves (who, which path, why) in transaction-local settings
@@ -7,44 +8,21 @@ the trigger reads, so the record cannot be skipped by a code path that forgets i
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models.directory import User
 from models.security import StaffAudit
-from voicepipe.errors import InvalidInput, PermissionDenied
+from voicepipe.errors import InvalidInput
 from voicepipe.validation import check_id, check_text
 
 PATH_DIRECTORY_SYNC = "directory_sync"
 PATH_CLI = "cli"
 MAX_REASON = 2000
-
-
-def canonical_json(fields: dict[str, Any]) -> str:
-    """The signed text: keys sorted, no spaces, non-ASCII escaped (Python's json.dumps defaults)."""
-    return json.dumps(fields, sort_keys=True, separators=(",", ":"))
-
-
-def sign(fields: dict[str, Any], secret: str) -> str:
-    """HMAC-SHA256 (hex) of the canonical JSON of `fields` with `secret`: what the directory sync sends."""
-    return hmac.new(secret.encode(), canonical_json(fields).encode(), hashlib.sha256).hexdigest()
-
-
-def verify_signature(fields: dict[str, Any], signature: Any, secret: str) -> None:
-    """Raise PermissionDenied unless `signature` is the HMAC of `fields` with `secret`."""
-    if signature is None:
-        raise PermissionDenied("signature: upsert_user must be signed (VOICEPIPE_DIRECTORY_SECRET is configured)")
-    if not isinstance(signature, str):
-        raise InvalidInput.field("signature", f"expected a hex string, got {type(signature).__name__}")
-    if not hmac.compare_digest(signature.strip().lower().encode(), sign(fields, secret).encode()):
-        raise PermissionDenied("signature: does not match the message (HMAC-SHA256 with VOICEPIPE_DIRECTORY_SECRET)")
 
 
 def name_the_change(session: Session, *, by: str, path: str, reason: str | None) -> None:
@@ -86,6 +64,8 @@ def set_staff(session: Session, user_id: Any, staff: bool, *, by: Any, reason: A
     if old != staff:
         name_the_change(session, by=who, path=PATH_CLI, reason=why)
         user.is_platform_staff = staff
+        # The operator's decision fences the directory sync's older signed messages.
+        user.staff_decided_at = func.now()
         session.flush()
     return StaffChange(uid, old, staff)
 

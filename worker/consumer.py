@@ -2,6 +2,8 @@
 
 - A message whose body cannot be decoded is parked as a dead letter (reason
   `undecodable`) instead of logged and dropped.
+- A signed message (a staff grant, a retry) shows its arguments in task events (Flower)
+  without its signature and email, whatever repr its producer sent.
 - A message larger than its task may be (VOICEPIPE_MAX_MESSAGE_BYTES; a single-event
   message SINGLE_EVENT_MESSAGE_BYTES) is parked (reason `too_large`, without its body)
   before it is decoded: no producer decides how much memory a worker holds.
@@ -23,6 +25,8 @@ from celery.worker.consumer import Consumer as CeleryConsumer
 from celery.worker.state import active_requests, reserved_requests
 from kombu.transport import redis as kombu_redis
 
+from voicepipe.authority import signed_tasks
+
 log = logging.getLogger(__name__)
 
 # The start of an undecodable body that its dead letter keeps (base64), for inspection.
@@ -37,6 +41,18 @@ def byte_limit(task_name: Any) -> int:
 
     limit = get_settings().max_message_bytes
     return min(limit, SINGLE_EVENT_MESSAGE_BYTES) if task_name in SINGLE_EVENT_TASKS else limit
+
+
+def _redact_repr(message: Any, headers: dict[str, Any]) -> None:
+    """What task events (Flower, its persistent file) show of a signed message: no signature, no email."""
+    from voicepipe.authority import REDACTED_FIELDS, redact
+
+    try:
+        _, kwargs, _ = message.decode()
+    except Exception:  # left to Celery's own decoding, which parks it (on_decode_error)
+        return
+    if isinstance(kwargs, dict):
+        headers["kwargsrepr"] = repr(redact(kwargs, REDACTED_FIELDS))
 
 
 class Consumer(CeleryConsumer):  # type: ignore[misc]
@@ -83,6 +99,8 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             if size > limit:
                 return self._park(message, "too_large", f"MessageTooLarge: {size} bytes, at most {limit}",
                                   {"body_bytes": size})
+            if headers.get("task") in signed_tasks():
+                _redact_repr(message, headers)
             return handle(message)
 
         return on_task_received

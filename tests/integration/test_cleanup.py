@@ -76,3 +76,18 @@ def test_a_deadline_stops_between_batches_and_the_next_run_finishes(session: Ses
     assert not first.complete and first.total == 0
     second = run_cleanup(engine, NOW, batch_size=1)
     assert second.complete and second.deleted["pipeline_events"] == 3
+
+
+def test_nonces_are_kept_as_long_as_a_message_of_their_age_is_accepted(engine: Engine) -> None:
+    now = datetime.now(UTC)
+    with engine.begin() as conn:  # type: ignore[attr-defined]
+        for name, minutes in (("fresh-nonce-000001", 5), ("edge-nonce-0000001", 29), ("old-nonce-00000001", 31),
+                              ("older-nonce-000001", 60 * 48)):
+            conn.execute(text("INSERT INTO used_nonces (nonce, task_name, used_at) VALUES (:n, 't', :at)"),
+                         {"n": name, "at": now - timedelta(minutes=minutes)})
+    result = run_cleanup(engine, now)  # type: ignore[arg-type]
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        kept = sorted(conn.execute(text("SELECT nonce FROM used_nonces")).scalars())
+    # Twice VOICEPIPE_SIGNATURE_MAX_AGE_SECONDS (900 s): a message older than that is refused as stale.
+    assert kept == ["edge-nonce-0000001", "fresh-nonce-000001"]
+    assert result.deleted["used_nonces"] == 2

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 
 import pytest
 from celery import Celery
@@ -39,11 +40,13 @@ def test_a_producer_with_only_celery_records_events_usage_and_directory_rows(
         "occurred_at": f"{RECENT_DAY}T10:00:00Z"})
     client.send_task("voicepipe.directory.upsert_organization", kwargs={"id": "org-1", "name": "Club"},
                      queue="pipeline")
-    # Signed as the platform's directory sync signs it (contract.md): HMAC-SHA256 hex of the
-    # canonical JSON of the other arguments.
-    user = {"id": "u1", "email": "a@b.c", "is_platform_staff": True}
-    signature = hmac.new(b"test-directory-secret", b'{"email":"a@b.c","id":"u1","is_platform_staff":true}',
-                         hashlib.sha256).hexdigest()
+    # Signed as the platform's directory sync signs it (README, Security): HMAC-SHA256 hex of the
+    # canonical JSON of the other arguments and the task's name, with a fresh issue time and a nonce.
+    issued, nonce = datetime.now(UTC).isoformat(), "n0nce-" + uuid.uuid4().hex
+    user = {"id": "u1", "email": "a@b.c", "is_platform_staff": True, "issued_at": issued, "nonce": nonce}
+    canonical = ('{"email":"a@b.c","id":"u1","is_platform_staff":true,"issued_at":"' + issued + '","nonce":"'
+                 + nonce + '","task":"voicepipe.directory.upsert_user"}')
+    signature = hmac.new(b"test-directory-secret", canonical.encode(), hashlib.sha256).hexdigest()
     client.send_task("voicepipe.directory.upsert_user", queue="pipeline", kwargs={**user, "signature": signature})
 
     wait_for(lambda: count(session, PipelineEvent) == 2 and count(session, AiUsageLog) == 1

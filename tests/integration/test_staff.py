@@ -6,13 +6,12 @@ operator path). Signatures are computed here with hmac directly, as a producer w
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +23,14 @@ from sqlalchemy.orm import Session
 from models import PipelineEvent, StaffAudit, User
 from tests.helpers import REPO_ROOT, Proc, service_env
 from tests.integration.pipeline_support import FAST, add_artifact, add_user, fresh
+from voicepipe.authority import sign
 
 SECRET = "directory-test-secret"
 
 
-def signature(fields: dict[str, Any], secret: str = SECRET) -> str:
-    body = json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
-    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def signed(fields: dict[str, Any], secret: str = SECRET) -> dict[str, Any]:
+    """What the platform's directory sync sends (voicepipe/authority.py)."""
+    return sign("voicepipe.directory.upsert_user", fields, secret, now=datetime.now(UTC))
 
 
 def upsert(client: Celery, **kwargs: Any) -> Any:
@@ -76,7 +76,7 @@ def test_without_the_secret_no_message_grants_staff_and_that_users_retry_stays_r
     art = add_artifact(session, status="failed", failed_stage="transcription")
     asking = {"id": "mallory", "email": "m@example.org", "is_platform_staff": True}
 
-    for kwargs in (asking, {**asking, "signature": signature(asking)}):
+    for kwargs in (asking, signed(asking)):
         error = upsert(client, **kwargs)
         assert type(error).__name__ == "PermissionDenied", error
     assert users(session) == {}  # nothing created, nothing changed
@@ -103,12 +103,13 @@ def test_with_the_secret_only_a_correctly_signed_message_sets_staff_and_it_is_au
     before_users, before_audit = users(session), audit(session)
     grant = {"id": "carol", "email": "carol@example.com", "is_platform_staff": True}
 
+    good = signed(grant)
     wrong = [
         grant,  # unsigned
-        {**grant, "signature": signature(grant, "another-secret")},
-        {**grant, "signature": signature({**grant, "is_platform_staff": False})},  # signed something else
-        {**grant, "signature": signature(grant)[:-1]},
-        {**grant, "id": "dave", "signature": signature(grant)},  # replayed for another user
+        signed(grant, "another-secret"),
+        {**signed({**grant, "is_platform_staff": False}), "is_platform_staff": True},  # signed something else
+        {**good, "signature": good["signature"][:-1]},
+        {**signed(grant), "id": "dave"},  # replayed for another user
     ]
     for kwargs in wrong:
         error = upsert(client, **kwargs)
@@ -117,7 +118,7 @@ def test_with_the_secret_only_a_correctly_signed_message_sets_staff_and_it_is_au
     assert users(session) == before_users and audit(session) == before_audit
     assert type(retry(client, art, "carol")).__name__ == "PermissionDenied"
 
-    assert upsert(client, **grant, signature=signature(grant)) is None
+    assert upsert(client, **good) is None
     assert users(session)["carol"] == ("carol@example.com", True)
     assert audit(session)[len(before_audit):] == [("carol", "directory_sync", "directory_sync", False, True, None)]
     outcome = retry(client, art, "carol")

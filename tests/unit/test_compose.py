@@ -164,9 +164,10 @@ def test_the_operators_flower_is_read_only_and_the_admin_one_runs_only_in_its_pr
     assert not any(arg.startswith("--read_only") for arg in admin["command"])
     assert admin["environment"]["FLOWER_BASIC_AUTH"] == env_example()["FLOWER_ADMIN_BASIC_AUTH"]
     assert all(p.startswith("127.0.0.1:") for p in admin["ports"])
-    # Only the pipeline worker verifies the directory sync's signatures.
+    # Only the workers that verify the platform's signatures hold its secret: the directory
+    # sync's (pipeline) and the retries' (retry).
     holders = [name for name, s in svc.items() if "VOICEPIPE_DIRECTORY_SECRET" in (s.get("environment") or {})]
-    assert holders == ["worker-pipeline"]
+    assert sorted(holders) == ["worker-pipeline", "worker-retry"]
 
 
 def test_env_example_documents_every_variable_with_placeholders_only() -> None:

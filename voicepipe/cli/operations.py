@@ -96,9 +96,18 @@ def _positive_float(value: str) -> float:
 
 
 def _send(name: str, /, **kwargs: Any) -> Any:
+    """Send a task; a retry or a user upsert signed with VOICEPIPE_DIRECTORY_SECRET when it is set."""
+    from voicepipe.authority import REDACTED_FIELDS, redact, sign, signed_tasks
+    from voicepipe.clock import utcnow
+    from voicepipe.settings import get_settings
     from worker import app
     from worker.routes import TASK_QUEUES
 
+    secret = get_settings().directory_secret
+    if name in signed_tasks() and secret:
+        kwargs = sign(name, kwargs, secret, now=utcnow())
+        return app.send_task(name, kwargs=kwargs, queue=TASK_QUEUES[name],
+                             kwargsrepr=repr(redact(kwargs, REDACTED_FIELDS)))
     return app.send_task(name, kwargs=kwargs, queue=TASK_QUEUES[name])
 
 
@@ -155,15 +164,8 @@ def run_simulate(args: argparse.Namespace) -> int:
         _grant_sim_staff(True)
     else:
         # Never platform staff through a message: an unsigned upsert_user cannot grant it.
-        user = {"id": SIM_STAFF, "email": "staff@simulated.example", "is_platform_staff": False}
-        from voicepipe.settings import get_settings
-
-        secret = get_settings().directory_secret
-        if secret:
-            from voicepipe.staff import sign
-
-            user["signature"] = sign(user, secret)
-        _send("voicepipe.directory.upsert_user", **user)
+        _send("voicepipe.directory.upsert_user", id=SIM_STAFF, email="staff@simulated.example",
+              is_platform_staff=False)  # signed by _send when a secret is configured
     print(f"simulate: {len(orgs)} organizations, user {SIM_STAFF} "
           f"({'platform staff for this run' if args.grant_staff else 'not staff: no retries'})",
           flush=True)

@@ -134,6 +134,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     env.update(DATABASE_URL=db_url, BROKER_URL=broker, VOICEPIPE_DEV="1", PYTHONUNBUFFERED="1")
     env.setdefault("VOICEPIPE_BEAT_INTERVAL_SECONDS", str(args.beat_interval))
+    # A local stack is a closed deployment: `voicepipe retry` works unsigned here.
+    env.setdefault("VOICEPIPE_UNSIGNED_RETRIES", "1")
     # Flower always asks for credentials, also in dev (any local process or web page could
     # otherwise send tasks through it): a password generated for this run, unless set.
     env.pop("FLOWER_UNAUTHENTICATED_API", None)

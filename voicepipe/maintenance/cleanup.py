@@ -172,4 +172,15 @@ def run_cleanup(
     _older_than(engine, AiUsageLog, AiUsageLog.occurred_at, c.ai_usage, result, deadline, batch_size)
     _older_than(engine, AiUsageDailyAggregate, AiUsageDailyAggregate.day, c.ai_usage_daily,
                 result, deadline, batch_size)
+    # A nonce only has to outlive the messages that may still carry it (older ones are stale).
+    from models.security import UsedNonce
+    from voicepipe.settings import get_settings
+
+    nonces_until = now - 2 * timedelta(seconds=get_settings().signature_max_age_seconds)
+    _batches(
+        engine, UsedNonce.__tablename__,
+        lambda n: select(UsedNonce.nonce).where(UsedNonce.used_at < nonces_until).order_by(UsedNonce.used_at).limit(n),
+        lambda ids: delete(UsedNonce).where(UsedNonce.nonce.in_(ids)),
+        result, deadline, batch_size,
+    )
     return result
