@@ -43,6 +43,8 @@ class Settings:
     retention_daily_days: int = 730
     retention_ai_usage_days: int = 90
     retention_ai_usage_daily_days: int = 730
+    # Records of handled incidents: settled dead letters, refusals, delivery counts.
+    retention_records_days: int = 365
     max_retry_attempts: int = 3
     stall_timeout_seconds: int = 900
     max_clock_skew_seconds: int = 300
@@ -256,6 +258,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_counters_days=_int(env, "VOICEPIPE_RETENTION_COUNTERS_DAYS", 35, minimum=8),
         retention_hourly_days=_int(env, "VOICEPIPE_RETENTION_HOURLY_DAYS", 90, minimum=1),
         retention_daily_days=_int(env, "VOICEPIPE_RETENTION_DAILY_DAYS", 730, minimum=1),
+        retention_records_days=_int(env, "VOICEPIPE_RETENTION_RECORDS_DAYS", 365, minimum=1),
         retention_ai_usage_days=_int(env, "VOICEPIPE_RETENTION_AI_USAGE_DAYS", 90, minimum=8),
         retention_ai_usage_daily_days=_int(env, "VOICEPIPE_RETENTION_AI_USAGE_DAILY_DAYS", 730, minimum=1),
         max_retry_attempts=_int(env, "VOICEPIPE_MAX_RETRY_ATTEMPTS", 3, minimum=1),

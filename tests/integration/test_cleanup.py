@@ -91,3 +91,30 @@ def test_nonces_are_kept_as_long_as_a_message_of_their_age_is_accepted(engine: E
     # Twice VOICEPIPE_SIGNATURE_MAX_AGE_SECONDS (900 s): a message older than that is refused as stale.
     assert kept == ["edge-nonce-0000001", "fresh-nonce-000001"]
     assert result.deleted["used_nonces"] == 2
+
+
+def test_records_of_handled_incidents_go_after_their_retention_and_parked_letters_stay(engine: Engine) -> None:
+    now = datetime.now(UTC)
+    old, recent = now - timedelta(days=400), now - timedelta(days=10)  # retention of records: 365 days
+    with engine.begin() as conn:  # type: ignore[attr-defined]
+        for status, at in (("parked", old), ("replayed", old), ("discarded", old), ("replayed", recent)):
+            conn.execute(text(
+                "INSERT INTO dead_letters (task_id, task_name, queue, kwargs, reason, error, attempts, status, "
+                "first_failed_at, last_failed_at, replayed_at, discarded_at) VALUES (:id, 't', 'q', '{}', 'failed', "
+                "'e', 1, :s, :at, :at, :replayed, :discarded)"),
+                {"id": f"{status}-{at.date()}", "s": status, "at": at,
+                 "replayed": at if status == "replayed" else None, "discarded": at if status == "discarded" else None})
+        for at in (old, recent):
+            conn.execute(text("INSERT INTO retry_refusals (artifact_id, stage, refusal, message, refused_at) "
+                              "VALUES ('a', 'transcription', 'PermissionDenied', 'm', :at)"), {"at": at})
+            conn.execute(text("INSERT INTO signature_refusals (task_name, refusal, message, refused_at) "
+                              "VALUES ('t', 'PermissionDenied', 'm', :at)"), {"at": at})
+            conn.execute(text("INSERT INTO task_deliveries (task_id, retries, deliveries, updated_at) "
+                              "VALUES (:id, 0, 2, :at)"), {"id": f"task-{at.date()}", "at": at})
+    result = run_cleanup(engine, now)  # type: ignore[arg-type]
+    assert {k: result.deleted[k] for k in ("dead_letters", "retry_refusals", "signature_refusals",
+                                           "task_deliveries")} == {
+        "dead_letters": 2, "retry_refusals": 1, "signature_refusals": 1, "task_deliveries": 1}
+    with engine.connect() as conn:  # type: ignore[attr-defined]
+        letters = sorted(conn.execute(text("SELECT status FROM dead_letters")).scalars())
+    assert letters == ["parked", "replayed"]  # the old parked one is work still to do

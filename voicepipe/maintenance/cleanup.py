@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, delete, select
+from sqlalchemy import Engine, delete, select, text
 from sqlalchemy.orm import Session
 
 from models.events import EventCounter, PipelineEvent
@@ -45,6 +45,7 @@ class Cutoffs:
     daily: datetime
     ai_usage: datetime
     ai_usage_daily: date
+    records: datetime
 
 
 def cutoffs(now: datetime, settings: Settings | None = None) -> Cutoffs:
@@ -59,6 +60,7 @@ def cutoffs(now: datetime, settings: Settings | None = None) -> Cutoffs:
         daily=days(s.retention_daily_days),
         ai_usage=days(s.retention_ai_usage_days),
         ai_usage_daily=days(s.retention_ai_usage_daily_days).date(),
+        records=days(s.retention_records_days),
     )
 
 
@@ -98,6 +100,23 @@ def _older_than(
         lambda ids: delete(model).where(model.id.in_(ids)),
         result, deadline, batch_size,
     )
+
+
+# Records of handled incidents, by the time they were last touched. A parked dead letter is
+# work still to do and stays; the staff audit stays too (read-only for the application).
+_RECORDS = (
+    ("dead_letters", "status <> 'parked' AND coalesce(discarded_at, replayed_at, last_failed_at) < :cutoff"),
+    ("retry_refusals", "refused_at < :cutoff"),
+    ("signature_refusals", "refused_at < :cutoff"),
+    ("task_deliveries", "updated_at < :cutoff"),
+)
+
+
+def _records(engine: Engine, cutoff: datetime, result: CleanupResult) -> None:
+    for table, condition in _RECORDS:
+        with Session(engine) as session, session.begin():
+            deleted = session.execute(text(f"DELETE FROM {table} WHERE {condition}"), {"cutoff": cutoff})
+        result.deleted[table] = int(deleted.rowcount or 0)  # type: ignore[attr-defined]
 
 
 def _batches(
@@ -172,6 +191,7 @@ def run_cleanup(
     _older_than(engine, AiUsageLog, AiUsageLog.occurred_at, c.ai_usage, result, deadline, batch_size)
     _older_than(engine, AiUsageDailyAggregate, AiUsageDailyAggregate.day, c.ai_usage_daily,
                 result, deadline, batch_size)
+    _records(engine, c.records, result)
     # A nonce only has to outlive the messages that may still carry it (older ones are stale).
     from models.security import UsedNonce
     from voicepipe.settings import get_settings
