@@ -70,6 +70,18 @@ def check_flower_auth(**_: Any) -> None:
     reason = refusal(os.environ, options.basic_auth, options.auth)
     if reason is not None:
         raise FlowerAuthMissing(reason)
+    _metrics_behind_auth()
+
+
+def _metrics_behind_auth() -> None:
+    """Flower serves /metrics (task names, workers, counts) without login; ask for it like the UI."""
+    from flower.views.monitor import Metrics
+    from tornado import web
+
+    if not getattr(Metrics.get, "_voicepipe_authenticated", False):
+        guarded = web.authenticated(Metrics.get)
+        guarded._voicepipe_authenticated = True  # type: ignore[attr-defined]
+        Metrics.get = guarded  # type: ignore[method-assign]
 
 
 def install() -> None:

@@ -288,15 +288,20 @@ def test_an_operator_retries_a_failed_artifact_through_flowers_api(
     assert json.loads(body)["task-id"] in done
 
 
-def test_prometheus_metrics_are_served_without_credentials(
+def test_prometheus_metrics_ask_for_the_credentials_like_the_ui(
     start_flower: Callable[..., Flower], start_worker: Callable[..., Proc], client: Celery
 ) -> None:
     flower = start_flower(FLOWER_BASIC_AUTH=CREDENTIALS)
     start_worker(queues="pipeline")
     client.send_task("voicepipe.events.record", kwargs=event(), queue="pipeline")
 
+    for auth in (None, "operator:wrong-password"):
+        status, body = flower.get("/metrics", auth=auth)
+        assert status in (401, 403), (status, body[:200])
+        assert "voicepipe" not in body
+
     def scraped() -> str | None:
-        status, body = flower.get("/metrics", auth=None)
+        status, body = flower.get("/metrics")
         return body if status == 200 and 'task="voicepipe.events.record"' in body else None
 
     body = wait_for(scraped, timeout=30, what="task metrics on /metrics")
