@@ -284,3 +284,21 @@ def test_3000_new_organizations_do_not_grow_the_page_past_its_limit(
     assert received[(("organization", ""),)] == 3000 - 99  # 99 of the 1-artifact organizations shown
     assert samples(body)[("voicepipe_organizations_not_shown", ())] == 2901
     assert len(body.encode()) < 100_000  # about 30 KB, whatever the number of organizations
+
+
+def test_idle_unauthenticated_connections_are_closed_by_the_exporter(
+    exporter_env: dict[str, str], start_exporter: Callable[[dict[str, str]], int],
+) -> None:
+    import socket
+
+    port = start_exporter(exporter_env)
+    idle = [socket.create_connection(("127.0.0.1", port), timeout=30) for _ in range(50)]
+    for s in idle:
+        s.sendall(b"GET /metrics HTTP/1.1\r\n")  # and never the rest of the request
+    try:
+        for s in idle:  # each is closed by the server (an empty read), well before our own 30 s
+            assert s.recv(1024) == b""
+    finally:
+        for s in idle:
+            s.close()
+    assert scrape(port)[0] == 200  # and it still serves

@@ -411,4 +411,6 @@ def serve(address: str, port: int, env: Mapping[str, str]) -> None:
 
     credentials = parse_credentials(env, AUTH_VARIABLE, "the dashboard")
     log.info("dashboard serving http://%s:%d/", address, port)
-    uvicorn.run(create_app(credentials), host=address, port=port, log_level="warning", access_log=False)
+    # Idle keep-alive connections closed after 5 s; past 200 at once, new ones get 503.
+    uvicorn.run(create_app(credentials), host=address, port=port, log_level="warning", access_log=False,
+                timeout_keep_alive=5, limit_concurrency=200)

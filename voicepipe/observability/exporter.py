@@ -276,10 +276,15 @@ def authorized(header: str | None, credentials: list[tuple[str, str]]) -> bool:
     return ok
 
 
+IDLE_TIMEOUT_S = 10
+
+
 def make_server(address: str, port: int, body: Callable[[], bytes],
                 credentials: list[tuple[str, str]]) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
         server_version = "voicepipe-exporter"
+        # A connection that sends no complete request within this is closed (each holds a thread).
+        timeout = IDLE_TIMEOUT_S
 
         def do_GET(self) -> None:
             if not authorized(self.headers.get("Authorization"), credentials):
