@@ -9,6 +9,7 @@ from models.session import session_scope
 from tasks._base import check_batch_size, public_task, take
 from tasks._ids import current_task_id, with_id
 from voicepipe.events.recording import record_event, record_events
+from voicepipe.settings import get_settings
 from voicepipe.usage.recording import record_usage
 
 log = logging.getLogger(__name__)
@@ -42,7 +43,7 @@ def record_batch(**kwargs: Any) -> dict[str, int]:
         task_id = current_task_id()
         events = [with_id(event, "event_id", task_id, i) for i, event in enumerate(events)]
     with session_scope() as session:
-        result = record_events(session, events)
+        result = record_events(session, events, max_late_hours=get_settings().max_late_hours)
     log.info("event batch recorded inserted=%d duplicates=%d", result.inserted, result.duplicates)
     return {"inserted": result.inserted, "duplicates": result.duplicates}
 

@@ -65,6 +65,8 @@ class Settings:
     # task message (its body; a single-event message at most SINGLE_EVENT_MESSAGE_BYTES).
     max_metadata_bytes: int = 16_384
     max_message_bytes: int = 8_388_608
+    # Closed hours one batch of late events may touch (each is aggregated again).
+    max_late_hours: int = 72
     # Output bounded by configuration, never by what producers send: organizations with
     # series of their own on the exporter, rows of a breakdown on the dashboard.
     exporter_max_organizations: int = 1_000
@@ -279,6 +281,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         max_batch_size=_int(env, "VOICEPIPE_MAX_BATCH_SIZE", 5_000, minimum=1),
         max_metadata_bytes=_int(env, "VOICEPIPE_MAX_METADATA_BYTES", 16_384, minimum=256),
         max_message_bytes=_int(env, "VOICEPIPE_MAX_MESSAGE_BYTES", 8_388_608, minimum=65_536),
+        max_late_hours=_int(env, "VOICEPIPE_MAX_LATE_HOURS", 72, minimum=1),
         exporter_max_organizations=_int(env, "VOICEPIPE_EXPORTER_MAX_ORGANIZATIONS", 1_000, minimum=1),
         signature_max_age_seconds=_int(env, "VOICEPIPE_SIGNATURE_MAX_AGE_SECONDS", 900, minimum=1),
         unsigned_retries=_flag(env, "VOICEPIPE_UNSIGNED_RETRIES"),
