@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection
 
 from tests.helpers import is_amqp
 from tests.redis_server import OwnRedis
@@ -36,3 +38,15 @@ def own_redis(tmp_path: Path) -> Iterator[OwnRedis]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def locked_events(db_url: str) -> Iterator[Connection]:
+    """A connection holding an ACCESS EXCLUSIVE lock on pipeline_events until the test rolls it back."""
+    engine = create_engine(db_url)
+    conn = engine.connect()
+    conn.execute(text("LOCK TABLE pipeline_events IN ACCESS EXCLUSIVE MODE"))
+    yield conn
+    conn.rollback()
+    conn.close()
+    engine.dispose()

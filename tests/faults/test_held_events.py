@@ -12,7 +12,7 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -66,12 +66,30 @@ def deliveries_counted(session: Session) -> int:
 
 def unacked(broker_url: str) -> int:
     """Messages a Redis consumer holds unacknowledged (kombu's `unacked` hash); 0 on RabbitMQ."""
-    return 0 if is_amqp(broker_url) else int(redis_client(broker_url).hlen("unacked"))
+    if is_amqp(broker_url):
+        return 0
+    with redis_client(broker_url) as client:
+        return int(client.hlen("unacked"))
+
+
+def redis_lengths(server: OwnRedis) -> tuple[int, int]:
+    """(messages queued on `events`, messages held unacknowledged) on a Redis of the test's own."""
+    with server.client() as client:
+        return int(client.llen("events")), int(client.hlen("unacked"))
 
 
 def send(client: Celery, bodies: list[dict[str, Any]]) -> None:
     for body in bodies:
         client.send_task("voicepipe.events.record", kwargs=body, queue="events", ignore_result=True)
+
+
+def queue_before_the_worker(broker_url: str, bodies: list[dict[str, Any]]) -> None:
+    """Queued with the production configuration before any worker starts: it finds them all at once."""
+    client = production_producer(broker_url)
+    try:
+        send(client, bodies)
+    finally:
+        client.close()
 
 
 def publish_undecodable(broker_url: str, task_id: str) -> None:
@@ -80,18 +98,6 @@ def publish_undecodable(broker_url: str, task_id: str) -> None:
         KombuProducer(conn.default_channel).publish(
             b"\xff{not json", routing_key="events", exchange="", content_type="application/json",
             content_encoding="utf-8", headers={"task": "voicepipe.events.record", "id": task_id, "lang": "py"})
-
-
-@pytest.fixture
-def locked_events(db_url: str) -> Iterator[Connection]:
-    """A connection holding an ACCESS EXCLUSIVE lock on pipeline_events until the test rolls it back."""
-    engine = create_engine(db_url)
-    conn = engine.connect()
-    conn.execute(text("LOCK TABLE pipeline_events IN ACCESS EXCLUSIVE MODE"))
-    yield conn
-    conn.rollback()
-    conn.close()
-    engine.dispose()
 
 
 def test_an_undecodable_message_among_a_thousand_good_ones_loses_none(
@@ -177,11 +183,7 @@ def test_sigterm_hands_back_buffered_events_to_be_batched_again_uncounted(
 ) -> None:
     n = 4000
     bodies = [event(i) for i in range(n)]
-    client = production_producer(broker_url)
-    try:
-        send(client, bodies)
-    finally:
-        client.close()
+    queue_before_the_worker(broker_url, bodies)
     env = {"VOICEPIPE_LOCK_TIMEOUT_MS": "120000"}
     first = start_worker_proc(db_url, broker_url, tmp_path, "deployed", queues="events", concurrency=2, env=env)
     engine = create_engine(db_url)
@@ -219,17 +221,13 @@ def test_redis_restart_with_a_batch_in_flight_records_every_event_once_within_a_
 ) -> None:
     n = 1000
     bodies = [event(i) for i in range(n)]
-    client = production_producer(own_redis.url)
-    try:
-        send(client, bodies)
-    finally:
-        client.close()
+    queue_before_the_worker(own_redis.url, bodies)
     worker = start_worker_proc(db_url, own_redis.url, tmp_path, "held", queues="events", concurrency=1,
                                env={"VOICEPIPE_LOCK_TIMEOUT_MS": "120000"})
     engine = create_engine(db_url)
     try:
         wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="a batch blocked on the lock")
-        wait_for(lambda: own_redis.client().llen("events") == 0, timeout=30, what="every message held")
+        wait_for(lambda: redis_lengths(own_redis)[0] == 0, timeout=30, what="every message held")
         own_redis.kill()  # kill -9 with a batch in its transaction and the rest buffered
         locked_events.rollback()  # the batch commits while Redis is away: it cannot be acknowledged
         time.sleep(2)
@@ -240,7 +238,7 @@ def test_redis_restart_with_a_batch_in_flight_records_every_event_once_within_a_
         ids, counted = stored(session)
         assert ids == {e["event_id"] for e in bodies} and counted == n
         assert worker.alive(), worker.log()[-3000:]
-        wait_for(lambda: own_redis.client().hlen("unacked") == 0 and own_redis.client().llen("events") == 0,
+        wait_for(lambda: redis_lengths(own_redis) == (0, 0),
                  timeout=30, what="nothing left held or queued")
         assert "messages held across a connection loss" in worker.log()
     finally:
@@ -255,11 +253,7 @@ def test_messages_of_a_failed_batch_stay_unacknowledged_until_each_has_run_alone
     # way; the worker is killed while they do. Those not yet run must come back, not be lost.
     n = 30
     bodies = [event(i) for i in range(n)]
-    client = production_producer(broker_url)
-    try:
-        send(client, bodies)
-    finally:
-        client.close()
+    queue_before_the_worker(broker_url, bodies)
     app = "worker" if is_amqp(broker_url) else SHORT_VISIBILITY_APP
     env = {"VOICEPIPE_LOCK_TIMEOUT_MS": "300", "VOICEPIPE_RECORD_FLUSH_MS": "1000", "VP_TEST_VISIBILITY_TIMEOUT_S": "3"}
     first = start_worker_proc(db_url, broker_url, tmp_path, "failing", queues="events", app=app, env=env)

@@ -18,14 +18,13 @@ import re
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
@@ -54,18 +53,6 @@ def committed(session: Session) -> tuple[set[str], int, int]:
     rows = int(session.scalar(select(func.count()).select_from(PipelineEvent)) or 0)
     counted = int(session.scalar(select(func.coalesce(func.sum(EventCounter.n_artifact_received), 0))) or 0)
     return ids, rows, counted
-
-
-@pytest.fixture
-def locked_events(db_url: str) -> Iterator[Connection]:
-    """A connection holding an ACCESS EXCLUSIVE lock on pipeline_events until the test commits it."""
-    engine = create_engine(db_url)
-    conn = engine.connect()
-    conn.execute(text("LOCK TABLE pipeline_events IN ACCESS EXCLUSIVE MODE"))
-    yield conn
-    conn.rollback()
-    conn.close()
-    engine.dispose()
 
 
 @pytest.mark.parametrize("moment", ["worker-killed-before-commit", "worker-killed-after-commit-before-ack",
