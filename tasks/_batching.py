@@ -150,7 +150,7 @@ def batched(task: Any, app: Any, consumer: Any, **kwargs: Any) -> Any:
     batcher = _Batcher(task, consumer, events)
     old, _batchers[task.name] = _batchers.get(task.name), batcher
     if old is not None:
-        old.replaced_by(consumer)
+        old.retire()
     return default_strategy(task, app, _Consumer(consumer, batcher.add, events), **kwargs)
 
 
@@ -175,7 +175,7 @@ class HandBack(bootsteps.StartStopStep):
 
     def stop(self, c: Any) -> None:
         # Also called when the consumer restarts after a connection loss: that connection
-        # is gone, and the next one restores what it held (_Batcher.replaced_by).
+        # is gone, and the next one restores what it held (Consumer.restore_lost).
         if c.blueprint.state != bootsteps.CLOSE or not any(b.buffer for b in _batchers.values()):
             return
         if c.task_consumer is not None:
@@ -286,7 +286,7 @@ class _Batcher:
         _acknowledge(sent)
         log.info("handed back task=%s size=%d at shutdown", self.task.name, len(sent))
 
-    def replaced_by(self, consumer: Any) -> None:
+    def retire(self) -> None:
         """The consumer reconnected: this batcher's messages are restored by it (worker/consumer.py)."""
         self._stop()
 

@@ -1,4 +1,4 @@
-"""The worker's consumer: Celery's own, with two changes.
+"""The worker's consumer: Celery's own, with these changes.
 
 - A message whose body cannot be decoded is parked as a dead letter (reason
   `undecodable`) instead of logged and dropped.
