@@ -58,7 +58,9 @@ def test_single_event_messages_are_recorded_in_batches_each_answered_alone(
         client.send_task("voicepipe.events.record", kwargs={"event_type": "artifact_exploded"}, queue="events"),
         client.send_task("voicepipe.events.record", kwargs=event(3, duration_ms=-5), queue="events"),
     ]
-    worker = start_worker(queues="events")
+    # Ticks of 1 s: kombu's transport takes one message per round trip, and on a slow broker
+    # (the embedded one) 50 ms ticks can flush before 50 have arrived.
+    worker = start_worker(queues="events", VOICEPIPE_RECORD_FLUSH_MS="1000")
 
     assert [r.get(timeout=60) for r in sent] == [True] * n
     assert sorted(r.get(timeout=30) for r in twins) == [False, True]
@@ -109,7 +111,7 @@ def test_single_usage_messages_are_recorded_in_batches_and_a_bad_one_is_refused_
         client.send_task("voicepipe.usage.record", kwargs=call, queue="events")
     bad = client.send_task("voicepipe.usage.record", queue="events",
                            kwargs={**calls[0], "cached_tokens": 500})  # more cached than input tokens
-    worker = start_worker(queues="events")
+    worker = start_worker(queues="events", VOICEPIPE_RECORD_FLUSH_MS="1000")  # see the first test
 
     with pytest.raises(Exception) as excinfo:
         bad.get(timeout=30)
