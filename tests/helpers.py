@@ -168,8 +168,3 @@ def service_env(db_url: str, broker_url: str, data_dir: Path, **extra: str) -> d
 def celery_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker", *args]
 
-
-def socket_path(url: str) -> str | None:
-    if url.startswith("redis+socket://"):
-        return urlsplit(url).path
-    return None

