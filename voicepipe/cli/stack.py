@@ -142,8 +142,8 @@ def cmd_dev(args: argparse.Namespace) -> int:
     print(f"voicepipe dev: database {'(embedded) ' if not settings.database_url else ''}ready", flush=True)
     from kombu.utils.url import maybe_sanitize_url
 
-    print(f"voicepipe dev: broker {'(embedded) ' if not settings.broker_url else ''}{maybe_sanitize_url(broker)}",
-          flush=True)
+    where = "" if settings.broker_url else f" (embedded; password in {data_dir / embedded.BROKER_STATE})"
+    print(f"voicepipe dev: broker {maybe_sanitize_url(broker)}{where}", flush=True)
     upgrade(db_url)
     print("voicepipe dev: migrations applied", flush=True)
 
