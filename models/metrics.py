@@ -35,7 +35,7 @@ def _total() -> Mapped[int]:
 
 
 class SnapshotMetrics:
-    """The derived figures of domain.md, one column each."""
+    """The derived figures (voicepipe/metrics/derive.py), one column each."""
 
     artifacts_received: Mapped[int] = _total()
     artifacts_completed: Mapped[int] = _total()

@@ -1,4 +1,4 @@
-"""The pipeline's vocabulary (domain.md): stages, statuses, event types."""
+"""The pipeline's vocabulary: stages, statuses, event types."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ EVENT_TYPES: tuple[str, ...] = (
 )
 assert len(EVENT_TYPES) == 27
 
-# Entity-resolution outcomes (domain.md): both count as "resolved" for latency and totals.
+# Entity-resolution outcomes: both count as "resolved" for latency and totals.
 ENTITY_OUTCOMES: tuple[str, ...] = ("entity_resolution_completed", "entity_needs_disambiguation")
 
 # Metadata keys with a known type; other keys are kept as given.

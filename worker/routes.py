@@ -1,4 +1,4 @@
-"""The public task names and their queues (contract.md). Producers depend on these."""
+"""The public task names and their queues (contract/tasks/*.schema.json). Producers depend on these."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Test-side helpers for the metrics tests: a seeded event stream and an independent recount.
 
 Nothing here imports product code that computes metrics: the expected figures are
-written from domain.md's formulas directly over the events the test generated.
+written from the metric formulas directly over the events the test generated.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def random_event(rng: random.Random, start: datetime, hours: int, orgs: list[str
 def add_random_values(rng: random.Random, event: dict[str, Any]) -> None:
     """Give the event, whatever its type, a duration (90 %) and each metadata value (at random).
 
-    Only some types count towards each figure (domain.md); values on every other type
+    Only some types count towards each figure; values on every other type
     are there so a formula that reads them from the wrong type fails the recount.
     """
     if rng.random() < 0.9:
@@ -101,7 +101,7 @@ def exact_p95(values: list[float]) -> float:
 
 
 def expected(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """Every snapshot figure of domain.md, straight from the events."""
+    """Every snapshot figure, straight from the events."""
     evs = list(events)
 
     def n(*types: str) -> int:

@@ -79,7 +79,7 @@ def test_a_request_id_repeated_after_its_artifact_failed_again_returns_its_outco
                           request_id="req-7")
     session.commit()
     assert snapshot(engine) == state
-    # The first retry's attempt and id, its outcome as it stands now (domain.md: failed again).
+    # The first retry's attempt and id, its outcome as it stands now (failed again).
     assert (again.retry_id, again.attempt, again.stage, again.status, again.outcome, again.duplicate) == (
         first.retry_id, 1, "transcription", "transcribing", "failed", True)
     # The same id for another stage of that artifact is refused by name.

@@ -1,11 +1,11 @@
-"""Retry steps 5 and 6 as committed, and who may be retried (domain.md "Retry operations").
+"""Retry steps 5 and 6 as committed, and who may be retried.
 
 Most tests apply the retry with voicepipe.retry.service.request_retry in a session
 of the test's own and commit; no worker runs, so what they read is the state the
 retry's transaction left, before any stage could run. One goes through the retry
 tasks on a real worker, on artifacts a real pipeline run left failed, with the
 pipeline queue not consumed. The expected rows and
-statuses are written here from domain.md, not taken from the product's tables.
+statuses are written here from the specification, not taken from the product's tables.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from voicepipe.errors import RetryLimitExceeded, RetryNotAllowed
 from voicepipe.retry.service import request_retry
 from voicepipe.settings import reset_settings
 
-# domain.md, step 6: the status each retry kind resets the artifact to.
+# Step 6: the status each retry kind resets the artifact to.
 ENTRY_STATUS = {
     "full_pipeline": "received",
     "transcription": "transcribing",

@@ -1,1 +1,1 @@
-"""Event validation, additive counters, and recording (domain.md "Counters")."""
+"""Event validation, additive counters, and recording."""

@@ -5,7 +5,7 @@ counter revisions differs from the source_revision it was computed from (a late
 event or a counter rebuild happened since). Both are decided at call time from the
 clock and the database, so a late, missed or doubled beat emission changes nothing.
 
-The horizon bounds the catch-up of *missing* windows only (domain.md): a window never
+The horizon bounds the catch-up of *missing* windows only: a window never
 computed and older than the horizon is left to `voicepipe backfill`. Changes to
 computed windows older than the horizon are found by what changed, not by scanning:
 recording and rebuilds mark the closed hours whose counters they touch

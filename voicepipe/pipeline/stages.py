@@ -70,7 +70,7 @@ STAGE_TASKS: dict[str, str] = {
     "draft_generation": "voicepipe.pipeline.generate_drafts",
 }
 # Statuses in which a stage may be claimed: the one before it (first run) or its own
-# working status (a retry resets to it, domain.md "Retry operations" step 6).
+# working status (a retry resets to it: retry/service.py).
 CLAIMABLE: dict[str, tuple[str, ...]] = {
     "transcription": ("received", "transcribing"),
     "claims_extraction": ("transcribed", "processing"),
@@ -405,7 +405,7 @@ def _write_results(
                              needs_disambiguation=e.resolved_entity_id is None, created_at=now)
             for e in result.entities
         )
-        # Both are entity-resolution outcomes (domain.md); which one says whether a
+        # Both are entity-resolution outcomes; which one says whether a
         # coach must pick between candidates.
         event_type = "entity_needs_disambiguation" if result.disambiguation_count else "entity_resolution_completed"
         return base_event(art, event_type, stage, **common, metadata={

@@ -1,4 +1,4 @@
-"""One retry of one artifact, by platform staff, in one transaction (domain.md "Retry operations").
+"""One retry of one artifact, by platform staff, in one transaction.
 
 Everything is validated before anything changes, with the artifact row locked
 (SELECT ... FOR UPDATE): of concurrent retries of one artifact the first to take
