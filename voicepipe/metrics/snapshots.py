@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import functools
 import operator
-from collections.abc import Container, Mapping, Sequence
+from collections.abc import Container, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -237,6 +238,22 @@ _E2E_COUNT = SCALAR_PARTS.index("end_to_end_latency_count")
 SUM_WORK_MEM = "64MB"
 
 
+@contextmanager
+def sum_plan_settings(cur: Any) -> Iterator[None]:
+    """The planner settings of the summing statement, restored after it.
+
+    - work_mem: room for the per-organization hash of ~100 sums (25 MB for 10,000
+      organizations) and the float sort, which spilled to disk at the default 4 MB.
+    - No nested loop: with statistics taken before a burst of rows the planner expects
+      one row from each aggregate and re-ran the ordered one once per organization;
+      the aggregates are joined by hash whatever the statistics say.
+    """
+    previous = cur.execute("SELECT current_setting('work_mem'), current_setting('enable_nestloop')").fetchone()
+    cur.execute("SELECT set_config('work_mem', %s, true), set_config('enable_nestloop', 'off', true)", (SUM_WORK_MEM,))
+    yield
+    cur.execute("SELECT set_config('work_mem', %s, true), set_config('enable_nestloop', %s, true)", tuple(previous))
+
+
 @without_cyclic_gc
 def sum_snapshot_parts(
     session: Session, period_type: str, lo: datetime, hi: datetime
@@ -257,14 +274,11 @@ def sum_snapshot_parts(
     """
     params = {"period_type": period_type, "lo": lo, "hi": hi}
     with dbapi_connection(session).cursor() as cur:
-        # Room for the per-organization hash of ~100 sums (25 MB for 10,000 organizations)
-        # and the float sort: at the default 4 MB both spilled to disk. For this
-        # transaction only.
-        cur.execute("SELECT set_config('work_mem', %s, true)", (SUM_WORK_MEM,))
         used = tuple(cur.execute(_USED_BUCKETS_SQL, params).fetchone()[0])
-        sums = _sums(cur, used, params)
-        if used != _ALL_BUCKETS and sums is None:
-            sums = _sums(cur, _ALL_BUCKETS, params)
+        with sum_plan_settings(cur):
+            sums = _sums(cur, used, params)
+            if used != _ALL_BUCKETS and sums is None:
+                sums = _sums(cur, _ALL_BUCKETS, params)
     return sums or {}
 
 
