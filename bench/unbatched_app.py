@@ -7,11 +7,11 @@ task and its own transaction, as before batching. Benchmark-only.
 
 from __future__ import annotations
 
-from tasks.events import record, record_usage_call
+from tasks import events, usage
 from worker import app
 
 DEFAULT_STRATEGY = "celery.worker.strategy:default"
-record.Strategy = DEFAULT_STRATEGY
-record_usage_call.Strategy = DEFAULT_STRATEGY
+events.record.Strategy = DEFAULT_STRATEGY
+usage.record.Strategy = DEFAULT_STRATEGY
 
 __all__ = ["app"]

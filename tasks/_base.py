@@ -4,9 +4,11 @@ and, for write tasks, parking as a dead letter instead of dropping the message."
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import time
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import kombu.exceptions
@@ -86,7 +88,12 @@ def public_task(
     parks: bool = False,
     strategy: str | None = None,
 ) -> Callable[[Callable[..., Any]], Task]:
-    """Declare a task with its contract name and queue; keyword arguments only.
+    """Declare a task with its contract name and queue from a keyword-only typed function.
+
+    The function is named after the last part of the task name, and its signature is
+    the task's arguments: a message's arguments are bound against it, and unknown or
+    missing ones refused by name (InvalidInput) before the body runs. The values are
+    checked by the body's validators (voicepipe/validation.py), as the schemas say.
 
     parks=True (write tasks): a message whose transient retries run out, that hits its
     time limit, fails unexpectedly, or is delivered more than VOICEPIPE_DELIVERY_LIMIT
@@ -98,14 +105,28 @@ def public_task(
         raise KeyError(f"{name} has no route in worker/routes.py")
 
     def decorate(fn: Callable[..., Any]) -> Task:
+        required, optional = arguments(name, fn)
+
+        def bound(**kwargs: Any) -> Any:
+            take(kwargs, required, optional)
+            token = _SENT.set(kwargs)
+            try:
+                return fn(**kwargs)
+            finally:
+                _SENT.reset(token)
+
         @functools.wraps(fn)
         def run(self: Task, *args: Any, **kwargs: Any) -> Any:
             if args:
                 raise InvalidInput.field(
                     "args", f"{name} takes keyword arguments only, got {len(args)} positional"
                 )
-            return _run(self, fn, kwargs, retry_transient=retry_transient, parks=parks)
+            return _run(self, bound, kwargs, retry_transient=retry_transient, parks=parks)
 
+        # The bound task's signature is the function's (Flower, `celery inspect`, help()).
+        signature = inspect.signature(fn)
+        run.__signature__ = signature.replace(  # type: ignore[attr-defined]
+            parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *signature.parameters.values()])
         return app.task(  # type: ignore[no-any-return]
             bind=True,
             base=VoicepipeTask,
@@ -125,6 +146,26 @@ def public_task(
         )(run)
 
     return decorate
+
+
+def arguments(name: str, fn: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(required, optional) argument names of a task function; TypeError if it is not one."""
+    if fn.__name__ != name.rsplit(".", 1)[1]:
+        raise TypeError(f"{name}: its function is named {fn.__name__}, not {name.rsplit('.', 1)[1]}")
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is not inspect.Parameter.KEYWORD_ONLY for p in params):
+        raise TypeError(f"{name}: {fn.__name__} must take keyword-only arguments: def {fn.__name__}(*, ...)")
+    return (tuple(p.name for p in params if p.default is inspect.Parameter.empty),
+            tuple(p.name for p in params if p.default is not inspect.Parameter.empty))
+
+
+# The running task's arguments as its message carried them: what a producer signed.
+_SENT: ContextVar[Mapping[str, Any]] = ContextVar("voicepipe_sent_arguments")
+
+
+def sent() -> dict[str, Any]:
+    """The running task's arguments exactly as sent: absent ones absent, nulls kept."""
+    return dict(_SENT.get())
 
 
 def _run(task: Task, fn: Callable[..., Any], kwargs: dict[str, Any], *, retry_transient: bool, parks: bool) -> Any:

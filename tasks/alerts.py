@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from models.session import session_scope
-from tasks._base import public_task, take
+from tasks._base import public_task
 from voicepipe.alerts.evaluate import evaluate as run_checks
 from voicepipe.alerts.thresholds import load_thresholds
 from voicepipe.clock import utcnow
@@ -16,9 +16,8 @@ log = logging.getLogger(__name__)
 
 
 @public_task("voicepipe.alerts.evaluate", time_limit=120, ignore_result=False)
-def evaluate(**kwargs: Any) -> dict[str, Any]:
+def evaluate() -> dict[str, Any]:
     """Evaluate every health condition and open, refresh or close its alert."""
-    take(kwargs)
     thresholds = load_thresholds()  # a bad VOICEPIPE_ALERT_* fails here, naming itself
     now = utcnow()
     with session_scope() as session:

@@ -7,9 +7,8 @@ from typing import Any
 
 from models.security import SignatureRefusal
 from models.session import session_scope
-from tasks._base import public_task, take
+from tasks._base import public_task, sent
 from voicepipe import directory
-from voicepipe.authority import SIGNATURE_FIELDS
 from voicepipe.errors import PermissionDenied
 from voicepipe.settings import get_settings
 
@@ -17,23 +16,25 @@ log = logging.getLogger(__name__)
 
 
 @public_task("voicepipe.directory.upsert_organization", time_limit=60, parks=True)
-def upsert_organization(**kwargs: Any) -> None:
+def upsert_organization(*, id: str, name: str) -> None:
     """Create or rename an organization."""
-    args = take(kwargs, required=("id", "name"))
     with session_scope() as session:
-        directory.upsert_organization(session, id=args["id"], name=args["name"])
+        directory.upsert_organization(session, id=id, name=name)
 
 
 @public_task("voicepipe.directory.upsert_user", time_limit=60, parks=True)
-def upsert_user(**kwargs: Any) -> None:
+def upsert_user(
+    *, id: str, email: str, is_platform_staff: bool, issued_at: str | None = None, nonce: str | None = None,
+    signature: str | None = None,
+) -> None:
     """Create or update a user; its platform-staff flag only from a signed, fresh, unused message."""
-    args = take(kwargs, required=("id", "email", "is_platform_staff"), optional=SIGNATURE_FIELDS)
     try:
         with session_scope() as session:
-            directory.upsert_user(session, **args, secret=get_settings().directory_secret)
+            # As sent: the signature covers exactly the arguments the producer gave.
+            directory.upsert_user(session, **sent(), secret=get_settings().directory_secret)
     except PermissionDenied as exc:
-        log.warning("upsert_user refused id=%r: %s", args.get("id"), exc)
-        _record_refusal(args.get("id"), exc)
+        log.warning("upsert_user refused id=%r: %s", id, exc)
+        _record_refusal(id, exc)
         raise
 
 

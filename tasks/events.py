@@ -1,4 +1,4 @@
-"""Recording pipeline events and AI usage rows."""
+"""Recording pipeline events: one per message, or a batch per message."""
 
 from __future__ import annotations
 
@@ -6,26 +6,30 @@ import logging
 from typing import Any
 
 from models.session import session_scope
-from tasks._base import check_batch_size, public_task, take
+from tasks._base import check_batch_size, public_task, sent
 from tasks._ids import current_task_id, with_id
 from voicepipe.events.recording import record_event, record_events
 from voicepipe.settings import get_settings
-from voicepipe.usage.recording import record_usage
 
 log = logging.getLogger(__name__)
 
 
 # One event (or AI call) per message, as producers send them: the worker records them in
-# batches, one transaction each (tasks/_batching.py); this function is the per-message
-# path (redeliveries, retries, refusals, a batch that failed).
+# batches, one transaction each (tasks/_batching.py); the task function is the
+# per-message path (redeliveries, retries, refusals, a batch that failed).
 BATCHED = "tasks._batching:batched"
 
 
 @public_task("voicepipe.events.record", time_limit=60, parks=True, strategy=BATCHED)
-def record(**event: Any) -> bool:
+def record(
+    *, event_type: str, event_id: str | None = None, artifact_id: str | None = None,
+    organization_id: str | None = None, coach_id: str | None = None, stage: str | None = None,
+    occurred_at: str | None = None, duration_ms: float | None = None, error_code: str | None = None,
+    error_message: str | None = None, metadata: dict[str, Any] | None = None,
+) -> bool:
     """Record one pipeline event and its counters; True if new (a repeated event_id is a no-op)."""
     # Without an event_id, the id comes from the task id: a redelivery records nothing twice.
-    event = with_id(event, "event_id", current_task_id(), 0)
+    event = with_id(sent(), "event_id", current_task_id(), 0)
     with session_scope() as session:
         new = record_event(session, event)
     if not new:
@@ -34,10 +38,8 @@ def record(**event: Any) -> bool:
 
 
 @public_task("voicepipe.events.record_batch", time_limit=120, parks=True)
-def record_batch(**kwargs: Any) -> dict[str, int]:
+def record_batch(*, events: list[dict[str, Any]]) -> dict[str, int]:
     """Record a batch of pipeline events in one transaction."""
-    args = take(kwargs, required=("events",))
-    events = args["events"]
     check_batch_size("events", events)
     if isinstance(events, list):
         task_id = current_task_id()
@@ -46,26 +48,3 @@ def record_batch(**kwargs: Any) -> dict[str, int]:
         result = record_events(session, events, max_late_hours=get_settings().max_late_hours)
     log.info("event batch recorded inserted=%d duplicates=%d", result.inserted, result.duplicates)
     return {"inserted": result.inserted, "duplicates": result.duplicates}
-
-
-@public_task("voicepipe.usage.record", time_limit=60, parks=True, strategy=BATCHED)
-def record_usage_call(**call: Any) -> None:
-    """Record one AI call (a repeated id is a no-op)."""
-    with session_scope() as session:
-        record_usage(session, [with_id(call, "id", current_task_id(), 0)])
-
-
-@public_task("voicepipe.usage.record_batch", time_limit=120, parks=True)
-def record_usage_batch(**kwargs: Any) -> int:
-    """Record a batch of AI calls in one transaction."""
-    args = take(kwargs, required=("records",))
-    records = args["records"]
-    if not isinstance(records, list):
-        from voicepipe.errors import InvalidInput
-
-        raise InvalidInput.field("records", "expected a list of AI usage records")
-    check_batch_size("records", records)
-    task_id = current_task_id()
-    records = [with_id(record, "id", task_id, i) for i, record in enumerate(records)]
-    with session_scope() as session:
-        return record_usage(session, records)

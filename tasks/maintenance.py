@@ -1,4 +1,4 @@
-"""Retention cleanup. (voicepipe.maintenance.requeue_stalled lives in tasks/recovery.py.)"""
+"""Maintenance: retention cleanup, and the sweeper that recovers stalled artifacts."""
 
 from __future__ import annotations
 
@@ -6,10 +6,11 @@ import logging
 import time
 from typing import Any
 
-from models.session import get_engine
-from tasks._base import public_task, take
+from models.session import get_engine, session_scope
+from tasks._base import public_task
 from voicepipe.clock import utcnow
 from voicepipe.maintenance.cleanup import run_cleanup
+from voicepipe.pipeline.recovery import requeue_stalled as sweep
 
 log = logging.getLogger(__name__)
 
@@ -20,9 +21,17 @@ BUDGET_S = TIME_LIMIT_S - 120
 
 
 @public_task("voicepipe.maintenance.cleanup", time_limit=TIME_LIMIT_S)
-def cleanup(**kwargs: Any) -> dict[str, int]:
+def cleanup() -> dict[str, int]:
     """Delete rows past their retention in bounded batches (one commit per batch)."""
-    take(kwargs)
     result = run_cleanup(get_engine(), utcnow(), deadline=time.monotonic() + BUDGET_S)
     log.info("cleanup done complete=%s deleted=%s", result.complete, result.deleted)
     return result.deleted
+
+
+@public_task("voicepipe.maintenance.requeue_stalled", time_limit=120, ignore_result=False)
+def requeue_stalled() -> dict[str, Any]:
+    """Re-queue the stage of every stalled artifact, or fail it after too many re-queues."""
+    with session_scope() as session:
+        report = sweep(session, utcnow())
+    log.info("stall sweep done requeued=%d failed=%d", len(report.requeued), len(report.failed))
+    return report.to_json()

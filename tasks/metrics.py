@@ -20,13 +20,12 @@ from datetime import date, datetime
 from typing import Any, TypeVar
 
 from models.session import session_scope
-from tasks._base import public_task, take
+from tasks._base import public_task
 from voicepipe.clock import utcnow
 from voicepipe.errors import REFUSALS
+from voicepipe.metrics import daily, hourly
 from voicepipe.metrics.bookkeeping import DAILY, HOURLY, record_failure
-from voicepipe.metrics.daily import aggregate_day
 from voicepipe.metrics.due import due_days, plan_and_clear
-from voicepipe.metrics.hourly import aggregate_hour
 from voicepipe.settings import get_settings
 from voicepipe.windows import day_start, parse_day, parse_hour
 
@@ -61,33 +60,32 @@ def _run(period_type: str, start: datetime, work: Callable[[Any], T]) -> T:
 
 
 @public_task("voicepipe.metrics.aggregate_hour", time_limit=300)
-def aggregate_hour_task(**kwargs: Any) -> int:
+def aggregate_hour(*, window_start: str) -> int:
     """Aggregate one closed UTC hour from its counters (idempotent upsert)."""
-    hour = parse_hour(take(kwargs, required=("window_start",))["window_start"])
-    return _run(HOURLY, hour, lambda session: aggregate_hour(session, hour))
+    hour = parse_hour(window_start)
+    return _run(HOURLY, hour, lambda session: hourly.aggregate_hour(session, hour))
 
 
 @public_task("voicepipe.metrics.aggregate_day", time_limit=600)
-def aggregate_day_task(**kwargs: Any) -> int:
+def aggregate_day(*, day: str) -> int:
     """Aggregate one UTC day from its 24 hourly snapshots (refreshing stale hours first)."""
-    day = parse_day(take(kwargs, required=("day",))["day"])
-    return _run(DAILY, day_start(day), lambda session: aggregate_day(session, day))
+    start = parse_day(day)
+    return _run(DAILY, day_start(start), lambda session: daily.aggregate_day(session, start))
 
 
 def send_hours(hours: list[datetime]) -> None:
     for hour in hours:
-        aggregate_hour_task.apply_async(kwargs={"window_start": hour.isoformat()}, expires=FANOUT_EXPIRES_S)
+        aggregate_hour.apply_async(kwargs={"window_start": hour.isoformat()}, expires=FANOUT_EXPIRES_S)
 
 
 def send_days(days: list[date]) -> None:
     for day in days:
-        aggregate_day_task.apply_async(kwargs={"day": day.isoformat()}, expires=FANOUT_EXPIRES_S)
+        aggregate_day.apply_async(kwargs={"day": day.isoformat()}, expires=FANOUT_EXPIRES_S)
 
 
 @public_task("voicepipe.metrics.aggregate_hourly_due", time_limit=60)
-def aggregate_hourly_due(**kwargs: Any) -> None:
+def aggregate_hourly_due() -> None:
     """Send one aggregate_hour per due hour, and one aggregate_day per stale closed day."""
-    take(kwargs)
     now = utcnow()  # at execution, never when beat emitted the message
     settings = get_settings()
     with session_scope() as session:
@@ -105,9 +103,8 @@ def aggregate_hourly_due(**kwargs: Any) -> None:
 
 
 @public_task("voicepipe.metrics.aggregate_daily_due", time_limit=60)
-def aggregate_daily_due(**kwargs: Any) -> None:
+def aggregate_daily_due() -> None:
     """Send one aggregate_day per missing closed day in the horizon, and per stale or late day."""
-    take(kwargs)
     now = utcnow()
     with session_scope() as session:
         days = due_days(session, now, get_settings().daily_horizon_days)

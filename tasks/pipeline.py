@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from celery import current_task
 
 from models.session import session_scope
-from tasks._base import public_task, take
+from tasks._base import public_task
 from tasks._ids import with_id
 from voicepipe.pipeline import stages
 
@@ -26,42 +25,42 @@ def _task_id() -> str | None:
 
 
 @public_task("voicepipe.pipeline.ingest", time_limit=60, parks=True)
-def ingest(**kwargs: Any) -> None:
+def ingest(*, organization_id: str, coach_id: str | None, source_channel: str, media_ref: str | None = None,
+           artifact_id: str | None = None) -> None:
     """Create an artifact for a voice note and queue its transcription."""
-    args = take(kwargs, required=("organization_id", "coach_id", "source_channel"),
-                optional=("media_ref", "artifact_id"))
+    args = {"organization_id": organization_id, "coach_id": coach_id, "source_channel": source_channel,
+            "media_ref": media_ref, "artifact_id": artifact_id}
     # Without an artifact_id, the id comes from the task id: a redelivery creates no second artifact.
     args = with_id(args, "artifact_id", _task_id(), 0)
     with session_scope() as session:
         stages.ingest(session, **args)
 
 
-def _stage(stage: str, kwargs: dict[str, Any]) -> str:
-    args = take(kwargs, required=("artifact_id",))
+def _stage(stage: str, artifact_id: str) -> str:
     # The task id marks the claim: a redelivery of this same message may resume the
     # stage, a duplicate message (another id) leaves it alone.
-    return stages.run_stage(stage, args["artifact_id"], run_id=_task_id())
+    return stages.run_stage(stage, artifact_id, run_id=_task_id())
 
 
 @public_task("voicepipe.pipeline.transcribe", time_limit=STAGE_TIME_LIMIT_S, parks=True)
-def transcribe(**kwargs: Any) -> str:
+def transcribe(*, artifact_id: str) -> str:
     """Transcribe an artifact's voice note, then queue claims extraction."""
-    return _stage("transcription", kwargs)
+    return _stage("transcription", artifact_id)
 
 
 @public_task("voicepipe.pipeline.extract_claims", time_limit=STAGE_TIME_LIMIT_S, parks=True)
-def extract_claims(**kwargs: Any) -> str:
+def extract_claims(*, artifact_id: str) -> str:
     """Extract claims from an artifact's transcript, then queue entity resolution."""
-    return _stage("claims_extraction", kwargs)
+    return _stage("claims_extraction", artifact_id)
 
 
 @public_task("voicepipe.pipeline.resolve_entities", time_limit=STAGE_TIME_LIMIT_S, parks=True)
-def resolve_entities(**kwargs: Any) -> str:
+def resolve_entities(*, artifact_id: str) -> str:
     """Resolve the players and teams an artifact's claims mention, then queue drafts."""
-    return _stage("entity_resolution", kwargs)
+    return _stage("entity_resolution", artifact_id)
 
 
 @public_task("voicepipe.pipeline.generate_drafts", time_limit=STAGE_TIME_LIMIT_S, parks=True)
-def generate_drafts(**kwargs: Any) -> str:
+def generate_drafts(*, artifact_id: str) -> str:
     """Generate insight drafts for an artifact and complete it."""
-    return _stage("draft_generation", kwargs)
+    return _stage("draft_generation", artifact_id)

@@ -8,7 +8,7 @@ from typing import Any
 from celery import Task
 
 from models.session import session_scope
-from tasks._base import public_task, take
+from tasks._base import public_task, sent
 from voicepipe.authority import SIGNATURE_FIELDS, verify
 from voicepipe.clock import utcnow
 from voicepipe.errors import REFUSALS, PermissionDenied
@@ -19,8 +19,7 @@ from voicepipe.settings import get_settings
 log = logging.getLogger(__name__)
 
 
-def _retry(stage: str, kwargs: dict[str, Any]) -> dict[str, Any]:
-    args = take(kwargs, required=("artifact_id", "requested_by"), optional=("reason", "request_id", *SIGNATURE_FIELDS))
+def _retry(stage: str, args: dict[str, Any]) -> dict[str, Any]:
     try:
         with session_scope() as session:
             _check_authority(session, f"voicepipe.retry.{stage}", args)
@@ -66,8 +65,11 @@ def _record_refusal(stage: str, args: dict[str, Any], exc: Exception) -> None:
 
 
 def _declare(stage: str) -> Task:
-    def retry(**kwargs: Any) -> dict[str, Any]:
-        return _retry(stage, kwargs)
+    def retry(
+        *, artifact_id: str, requested_by: str, reason: str | None = None, request_id: str | None = None,
+        issued_at: str | None = None, nonce: str | None = None, signature: str | None = None,
+    ) -> dict[str, Any]:
+        return _retry(stage, sent())  # as sent: the signature covers exactly what the producer gave
 
     retry.__name__ = retry.__qualname__ = stage
     retry.__doc__ = f"Retry an artifact's {stage.replace('_', ' ')} (platform staff only)."
@@ -75,11 +77,5 @@ def _declare(stage: str) -> Task:
     return public_task(f"voicepipe.retry.{stage}", time_limit=60, ignore_result=False, parks=True)(retry)
 
 
-transcription = _declare("transcription")
-claims_extraction = _declare("claims_extraction")
-entity_resolution = _declare("entity_resolution")
-draft_generation = _declare("draft_generation")
-full_pipeline = _declare("full_pipeline")
-
-assert {t.name.rsplit(".", 1)[1] for t in (transcription, claims_extraction, entity_resolution,
-                                            draft_generation, full_pipeline)} == set(RETRY_STAGES)
+# One task per stage a retry may ask for: voicepipe.retry.transcription ... .full_pipeline.
+RETRY_TASKS: dict[str, Task] = {stage: _declare(stage) for stage in RETRY_STAGES}

@@ -1,4 +1,4 @@
-"""AI usage rollup tasks. (voicepipe.usage.record lives in tasks/events.py.)
+"""AI usage: recording calls (one per message, or a batch) and the daily rollup.
 
 The wrapper fans out one task per due day, oldest first, for the same reasons as
 the metrics wrappers (tasks/metrics.py): per-day retries and visibility.
@@ -10,11 +10,15 @@ import logging
 from typing import Any
 
 from models.session import session_scope
-from tasks._base import public_task, take
+from tasks._base import check_batch_size, public_task, sent
+from tasks._ids import current_task_id, with_id
+from tasks.events import BATCHED
 from voicepipe import late
 from voicepipe.clock import utcnow
+from voicepipe.errors import InvalidInput
 from voicepipe.maintenance.cleanup import usage_recomputable_from
 from voicepipe.settings import get_settings
+from voicepipe.usage.recording import record_usage
 from voicepipe.usage.rollup import aggregate_usage_day, usage_plan
 from voicepipe.windows import parse_day
 
@@ -23,18 +27,40 @@ log = logging.getLogger(__name__)
 FANOUT_EXPIRES_S = 2 * 3600
 
 
-@public_task("voicepipe.usage.aggregate_day", time_limit=300)
-def usage_aggregate_day(**kwargs: Any) -> int:
-    """Roll up one UTC day of AI usage per organization (idempotent upsert)."""
-    day = parse_day(take(kwargs, required=("day",))["day"])
+@public_task("voicepipe.usage.record", time_limit=60, parks=True, strategy=BATCHED)
+def record(
+    *, organization_id: str, operation: str, model: str, cost: float, id: str | None = None,
+    occurred_at: str | None = None, coach_id: str | None = None, player_id: str | None = None,
+    input_tokens: int = 0, cached_tokens: int = 0, output_tokens: int = 0,
+) -> None:
+    """Record one AI call (a repeated id is a no-op)."""
     with session_scope() as session:
-        return aggregate_usage_day(session, day)
+        record_usage(session, [with_id(sent(), "id", current_task_id(), 0)])
+
+
+@public_task("voicepipe.usage.record_batch", time_limit=120, parks=True)
+def record_batch(*, records: list[dict[str, Any]]) -> int:
+    """Record a batch of AI calls in one transaction."""
+    if not isinstance(records, list):
+        raise InvalidInput.field("records", "expected a list of AI usage records")
+    check_batch_size("records", records)
+    task_id = current_task_id()
+    records = [with_id(record, "id", task_id, i) for i, record in enumerate(records)]
+    with session_scope() as session:
+        return record_usage(session, records)
+
+
+@public_task("voicepipe.usage.aggregate_day", time_limit=300)
+def aggregate_day(*, day: str) -> int:
+    """Roll up one UTC day of AI usage per organization (idempotent upsert)."""
+    start = parse_day(day)
+    with session_scope() as session:
+        return aggregate_usage_day(session, start)
 
 
 @public_task("voicepipe.usage.aggregate_daily_due", time_limit=60)
-def usage_aggregate_daily_due(**kwargs: Any) -> None:
+def aggregate_daily_due() -> None:
     """Send one usage aggregate_day per closed day (in the horizon, or late) whose rollups differ from the log."""
-    take(kwargs)
     now = utcnow()
     with session_scope() as session:
         plan = usage_plan(session, now, get_settings().daily_horizon_days)
@@ -42,5 +68,5 @@ def usage_aggregate_daily_due(**kwargs: Any) -> None:
         late.clear(session, late.USAGE_DAY, plan.fresh_marks)
     days = plan.days
     for day in days:
-        usage_aggregate_day.apply_async(kwargs={"day": day.isoformat()}, expires=FANOUT_EXPIRES_S)
+        aggregate_day.apply_async(kwargs={"day": day.isoformat()}, expires=FANOUT_EXPIRES_S)
     log.info("usage wrapper now=%s due_days=%s", now.isoformat(), [d.isoformat() for d in days])

@@ -9,7 +9,8 @@
         outcome = vp.retry("full_pipeline", artifact_id, requested_by="staff-1").get(timeout=30)
 
 Nothing here imports the worker, the models or the database driver: a producer
-service installs voicepipe (or copies this file) beside Celery. The arguments are
+service installs voicepipe (or copies this file and voicepipe/domain.py, whose
+stage names it uses) beside Celery. The arguments are
 those of contract/tasks/*.schema.json; the worker validates them again and refuses
 bad ones with InvalidInput (stored as the task's error when results are kept).
 """
@@ -18,10 +19,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Self
 
 from celery import Celery
 from celery.result import AsyncResult
+
+from voicepipe.domain import RETRY_STAGES
 
 # The public task names and their queues: worker/routes.py's TASK_QUEUES, copied so that
 # a producer needs no worker import (tests/unit/test_task_schemas.py pins them equal).
@@ -39,11 +42,7 @@ TASK_QUEUES: dict[str, str] = {
     "voicepipe.pipeline.extract_claims": "pipeline",
     "voicepipe.pipeline.resolve_entities": "pipeline",
     "voicepipe.pipeline.generate_drafts": "pipeline",
-    "voicepipe.retry.transcription": "retry",
-    "voicepipe.retry.claims_extraction": "retry",
-    "voicepipe.retry.entity_resolution": "retry",
-    "voicepipe.retry.draft_generation": "retry",
-    "voicepipe.retry.full_pipeline": "retry",
+    **{f"voicepipe.retry.{stage}": "retry" for stage in RETRY_STAGES},
     "voicepipe.events.record": "events",
     "voicepipe.usage.record": "events",
     "voicepipe.directory.upsert_organization": "pipeline",
@@ -53,8 +52,6 @@ TASK_QUEUES: dict[str, str] = {
     "voicepipe.alerts.evaluate": "metrics",
 }
 
-RetryStage = Literal["transcription", "claims_extraction", "entity_resolution", "draft_generation",
-                     "full_pipeline"]
 
 
 class Producer:
@@ -110,9 +107,12 @@ class Producer:
         """A batch of AI calls, recorded in one transaction (all or none)."""
         return self.send("voicepipe.usage.record_batch", {"records": [dict(c) for c in calls]})
 
-    def retry(self, stage: RetryStage, artifact_id: str, *, requested_by: str, reason: str | None = None,
+    def retry(self, stage: str, artifact_id: str, *, requested_by: str, reason: str | None = None,
               request_id: str | None = None) -> AsyncResult:
-        """Ask for a retry as platform staff; the result is the outcome or the named refusal."""
+        """Ask for a retry of STAGE (one of RETRY_STAGES) as platform staff; the result is the
+        outcome or the named refusal. An unknown stage is a ValueError here: it has no task."""
+        if stage not in RETRY_STAGES:
+            raise ValueError(f"unknown retry stage {stage!r}; one of {', '.join(RETRY_STAGES)}")
         kwargs: dict[str, Any] = {"artifact_id": artifact_id, "requested_by": requested_by}
         if reason is not None:
             kwargs["reason"] = reason

@@ -13,18 +13,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
+from voicepipe.domain import STAGES
 from voicepipe.errors import SettingsError
 
 T = TypeVar("T")
-
-STAGE_NAMES = (
-    "ingestion",
-    "transcription",
-    "claims_extraction",
-    "entity_resolution",
-    "draft_generation",
-    "confirmation",
-)
 
 
 @dataclass(frozen=True)
@@ -198,9 +190,9 @@ def _stages(env: Mapping[str, str], name: str) -> tuple[str, ...]:
     raw = env.get(name, "")
     stages = tuple(s.strip() for s in raw.split(",") if s.strip())
     for stage in stages:
-        if stage not in STAGE_NAMES:
+        if stage not in STAGES:
             raise SettingsError(
-                f"{name} names an unknown stage {stage!r}; stages are {', '.join(STAGE_NAMES)}"
+                f"{name} names an unknown stage {stage!r}; stages are {', '.join(STAGES)}"
             )
     return stages
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from voicepipe.domain import RETRY_STAGES
+
 # `events` holds only the single-event messages, which a worker of its own records in
 # batches (tasks/_batching.py); workers of the other queues never hold them.
 QUEUES: tuple[str, ...] = ("metrics", "pipeline", "retry", "events")
@@ -21,11 +23,7 @@ TASK_QUEUES: dict[str, str] = {
     "voicepipe.pipeline.extract_claims": "pipeline",
     "voicepipe.pipeline.resolve_entities": "pipeline",
     "voicepipe.pipeline.generate_drafts": "pipeline",
-    "voicepipe.retry.transcription": "retry",
-    "voicepipe.retry.claims_extraction": "retry",
-    "voicepipe.retry.entity_resolution": "retry",
-    "voicepipe.retry.draft_generation": "retry",
-    "voicepipe.retry.full_pipeline": "retry",
+    **{f"voicepipe.retry.{stage}": "retry" for stage in RETRY_STAGES},
     # Sent to `pipeline` by producers of earlier releases: still recorded there, one by one.
     "voicepipe.events.record": "events",
     "voicepipe.usage.record": "events",
@@ -44,7 +42,6 @@ TASK_MODULES: tuple[str, ...] = (
     "tasks.metrics",
     "tasks.usage",
     "tasks.maintenance",
-    "tasks.recovery",
     "tasks.pipeline",
     "tasks.retry",
     "tasks.alerts",

@@ -11,7 +11,9 @@ task refuses it.
 
 from __future__ import annotations
 
+import inspect
 import json
+import re
 import string
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -42,7 +44,7 @@ NO_ARGUMENTS = ("voicepipe.metrics.aggregate_hourly_due", "voicepipe.metrics.agg
 
 
 def _usage_batch(kwargs: Mapping[str, Any]) -> None:
-    # tasks/events.py record_usage_batch's checks, then record_usage's per-row parse.
+    # tasks/usage.py record_batch's checks, then record_usage's per-row parse.
     records = take(kwargs, required=("records",))["records"]
     if not isinstance(records, list):
         raise InvalidInput.field("records", "expected a list of AI usage records")
@@ -435,3 +437,32 @@ def test_hypothesis_days_agree(day: Any) -> None:
 @given(times(lo=timedelta(days=3650), hi=timedelta(days=-3650), hours=True))
 def test_hypothesis_hours_agree(text: Any) -> None:
     agree("voicepipe.metrics.aggregate_hour", {"window_start": text})
+
+
+def test_every_task_is_a_typed_function_whose_parameters_are_its_schema() -> None:
+    from worker import app
+
+    app.loader.import_default_modules()
+    names = sorted(n for n in app.tasks if n.startswith("voicepipe."))
+    assert names == sorted(TASK_QUEUES)
+    for name in names:
+        run = app.tasks[name].run
+        params = inspect.signature(run).parameters.values()  # what Flower and `celery inspect` show
+        assert run.__name__ == name.rsplit(".", 1)[1], name
+        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params), name
+        assert all(p.annotation is not inspect.Parameter.empty for p in params), name
+        assert {p.name for p in params} == set(SCHEMAS[name].get("properties", {})), name
+        required = {p.name for p in params if p.default is inspect.Parameter.empty}
+        assert required == set(SCHEMAS[name].get("required", [])), name
+
+
+@pytest.mark.parametrize("kwargs, refused", [
+    ({}, "window_start: is required"),
+    ({"window_start": "2026-01-01T00:00:00Z", "day": "2026-01-01"}, "day: unknown argument (allowed: window_start)"),
+])
+def test_a_message_is_bound_against_the_signature_before_the_body_runs(kwargs: dict[str, Any], refused: str) -> None:
+    from worker import app
+
+    app.loader.import_default_modules()
+    with pytest.raises(InvalidInput, match=re.escape(refused)):
+        app.tasks["voicepipe.metrics.aggregate_hour"].run(**kwargs)

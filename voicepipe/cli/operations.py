@@ -19,10 +19,10 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
+from voicepipe.domain import RETRY_STAGES
+
 log = logging.getLogger("voicepipe.simulate")
 
-RETRY_STAGE_NAMES = ("transcription", "claims_extraction", "entity_resolution", "draft_generation",
-                     "full_pipeline")
 STAGE_ALIASES = {"full": "full_pipeline"}
 SIM_STAFF = "sim-staff"
 EVENT_BATCH = 1000  # events per voicepipe.events.record_batch message
@@ -33,7 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            description="Send voicepipe.retry.<stage> through the broker and print its task id.")
     retry.add_argument("artifact", help="the artifact id (UUID)")
     retry.add_argument("--stage", required=True, type=_stage,
-                       help=f"one of {', '.join(RETRY_STAGE_NAMES)} (or 'full')")
+                       help=f"one of {', '.join(RETRY_STAGES)} (or 'full')")
     retry.add_argument("--as", dest="requested_by", required=True, metavar="USER",
                        help="the requesting user's id; must be platform staff in the users table")
     retry.add_argument("--reason", help="why (kept in the retry history and the retry_initiated event)")
@@ -69,8 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def _stage(value: str) -> str:
     stage = STAGE_ALIASES.get(value, value)
-    if stage not in RETRY_STAGE_NAMES:
-        raise argparse.ArgumentTypeError(f"unknown stage {value!r}; one of {', '.join(RETRY_STAGE_NAMES)}, full")
+    if stage not in RETRY_STAGES:
+        raise argparse.ArgumentTypeError(f"unknown stage {value!r}; one of {', '.join(RETRY_STAGES)}, full")
     return stage
 
 
@@ -264,6 +264,6 @@ def _retry_failed(orgs: list[str], retried: set[str]) -> None:
         if key in retried:
             continue
         retried.add(key)
-        name = stage if stage in RETRY_STAGE_NAMES else "full_pipeline"
+        name = stage if stage in RETRY_STAGES else "full_pipeline"
         _send(f"voicepipe.retry.{name}", artifact_id=key, requested_by=SIM_STAFF,
               reason="simulated staff retry", request_id=f"sim-{key}")

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from voicepipe.domain import ENTITY_OUTCOMES, EVENT_TYPES
+from voicepipe.domain import ENTITY_OUTCOMES, EVENT_TYPES, PIPELINE
 from voicepipe.events import histogram
 
 Parts = dict[str, Any]
@@ -21,10 +21,7 @@ COUNT_PARTS: tuple[str, ...] = tuple(f"n_{t}" for t in EVENT_TYPES)
 
 # (event types, sum column, count column): mean durations of those events.
 LATENCIES: tuple[tuple[tuple[str, ...], str], ...] = (
-    (("transcription_completed",), "transcription_latency"),
-    (("claims_extracted",), "claims_extraction_latency"),
-    (ENTITY_OUTCOMES, "entity_resolution_latency"),
-    (("drafts_generated",), "draft_generation_latency"),
+    *((stage.completed_events, stage.latency) for stage in PIPELINE),
     (("artifact_completed",), "end_to_end_latency"),
 )
 CONFIDENCES: tuple[tuple[str, str], ...] = (

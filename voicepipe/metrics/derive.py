@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from voicepipe.domain import PIPELINE
 from voicepipe.events import histogram
 from voicepipe.events.parts import HISTOGRAM_PART
 
@@ -130,16 +131,8 @@ def derive(parts: Mapping[str, Any]) -> dict[str, Any]:
 
 
 # Per-stage figures for the stage breakdown: (stage, completed event types, failed type, latency part).
-STAGES: tuple[tuple[str, tuple[str, ...], str, str], ...] = (
-    ("transcription", ("transcription_completed",), "transcription_failed", "transcription_latency"),
-    ("claims_extraction", ("claims_extracted",), "claims_extraction_failed", "claims_extraction_latency"),
-    (
-        "entity_resolution",
-        ("entity_resolution_completed", "entity_needs_disambiguation"),
-        "entity_resolution_failed",
-        "entity_resolution_latency",
-    ),
-    ("draft_generation", ("drafts_generated",), "draft_generation_failed", "draft_generation_latency"),
+STAGES: tuple[tuple[str, tuple[str, ...], str, str], ...] = tuple(
+    (stage.name, stage.completed_events, stage.failed_event, stage.latency) for stage in PIPELINE
 )
 
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from voicepipe.domain import STAGE_ORDER
 from voicepipe.pipeline.processor import (
     ClaimsInput,
     ClaimsResult,
@@ -33,13 +34,8 @@ from voicepipe.pipeline.processor import (
 from voicepipe.settings import Settings
 
 # Nominal mean durations in seconds at time scale 1.0 (what providers take for a
-# one-minute voice note): speech-to-text dominates, entity lookup is quick.
-MEAN_SECONDS = {
-    "transcription": 20.0,
-    "claims_extraction": 8.0,
-    "entity_resolution": 4.0,
-    "draft_generation": 10.0,
-}
+# one-minute voice note), in STAGE_ORDER: speech-to-text dominates, entity lookup is quick.
+MEAN_SECONDS = dict(zip(STAGE_ORDER, (20.0, 8.0, 4.0, 10.0), strict=True))
 # Provider-style failures, in rough order of how often they happen.
 FAILURE_CODES: tuple[tuple[str, str], ...] = (
     ("PROVIDER_TIMEOUT", "the provider did not answer within its deadline"),
@@ -47,12 +43,8 @@ FAILURE_CODES: tuple[tuple[str, str], ...] = (
     ("PROVIDER_ERROR", "the provider returned 503 Service Unavailable"),
     ("INVALID_OUTPUT", "the model's answer did not parse as the expected JSON"),
 )
-MODELS = {
-    "transcription": "whisper-1",
-    "claims_extraction": "gpt-4o-mini",
-    "entity_resolution": "gpt-4o-mini",
-    "draft_generation": "claude-3-5-sonnet",
-}
+# The model each stage calls, in STAGE_ORDER.
+MODELS = dict(zip(STAGE_ORDER, ("whisper-1", "gpt-4o-mini", "gpt-4o-mini", "claude-3-5-sonnet"), strict=True))
 # USD: whisper per audio minute; LLMs per input / output token.
 WHISPER_PER_MINUTE = 0.006
 PRICE_PER_TOKEN = {

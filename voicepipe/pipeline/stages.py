@@ -41,6 +41,7 @@ from models.artifacts import (
 )
 from models.session import session_scope
 from voicepipe.clock import utcnow
+from voicepipe.domain import PIPELINE, STAGE_ORDER
 from voicepipe.errors import ArtifactNotFound
 from voicepipe.events.recording import record_events
 from voicepipe.pipeline.dispatch import send_after_commit
@@ -61,59 +62,18 @@ from voicepipe.validation import check_id, check_text, check_uuid
 
 log = logging.getLogger(__name__)
 
-# The stages a processor runs, in order (ingestion and confirmation have no AI work).
-STAGE_ORDER: tuple[str, ...] = ("transcription", "claims_extraction", "entity_resolution", "draft_generation")
-STAGE_TASKS: dict[str, str] = {
-    "transcription": "voicepipe.pipeline.transcribe",
-    "claims_extraction": "voicepipe.pipeline.extract_claims",
-    "entity_resolution": "voicepipe.pipeline.resolve_entities",
-    "draft_generation": "voicepipe.pipeline.generate_drafts",
-}
-# Statuses in which a stage may be claimed: the one before it (first run) or its own
-# working status (a retry resets to it: retry/service.py).
-CLAIMABLE: dict[str, tuple[str, ...]] = {
-    "transcription": ("received", "transcribing"),
-    "claims_extraction": ("transcribed", "processing"),
-    "entity_resolution": ("processing",),
-    "draft_generation": ("processing",),
-}
-WORKING_STATUS: dict[str, str] = {
-    "transcription": "transcribing",
-    "claims_extraction": "processing",
-    "entity_resolution": "processing",
-    "draft_generation": "processing",
-}
-DONE_STATUS: dict[str, str] = {
-    "transcription": "transcribed",
-    "claims_extraction": "processing",
-    "entity_resolution": "processing",
-    "draft_generation": "completed",
-}
-NEXT_STAGE: dict[str, str | None] = {
-    "transcription": "claims_extraction",
-    "claims_extraction": "entity_resolution",
-    "entity_resolution": "draft_generation",
-    "draft_generation": None,
-}
-STARTED_EVENT = {
-    "transcription": "transcription_started",
-    "claims_extraction": "claims_extraction_started",
-    "entity_resolution": "entity_resolution_started",
-    "draft_generation": "draft_generation_started",
-}
-FAILED_EVENT = {
-    "transcription": "transcription_failed",
-    "claims_extraction": "claims_extraction_failed",
-    "entity_resolution": "entity_resolution_failed",
-    "draft_generation": "draft_generation_failed",
-}
+# The stages a processor runs, in order (ingestion and confirmation have no AI work),
+# and what each needs, from the one table of stages (voicepipe/domain.py).
+STAGE_TASKS: dict[str, str] = {s.name: s.task for s in PIPELINE}
+CLAIMABLE: dict[str, tuple[str, ...]] = {s.name: s.claimable for s in PIPELINE}
+WORKING_STATUS: dict[str, str] = {s.name: s.working for s in PIPELINE}
+DONE_STATUS: dict[str, str] = {s.name: s.done for s in PIPELINE}
+NEXT_STAGE: dict[str, str | None] = dict(zip(STAGE_ORDER, (*STAGE_ORDER[1:], None), strict=True))
+STARTED_EVENT: dict[str, str] = {s.name: s.started_event for s in PIPELINE}
+FAILED_EVENT: dict[str, str] = {s.name: s.failed_event for s in PIPELINE}
 # Derived rows of each stage; a retry deletes its stage's and every later stage's.
-DERIVED: dict[str, type[Any]] = {
-    "transcription": Transcript,
-    "claims_extraction": Claim,
-    "entity_resolution": EntityResolution,
-    "draft_generation": InsightDraft,
-}
+_MODELS: dict[str, type[Any]] = {m.__tablename__: m for m in (Transcript, Claim, EntityResolution, InsightDraft)}
+DERIVED: dict[str, type[Any]] = {s.name: _MODELS[s.derived_table] for s in PIPELINE}
 _namespaces: dict[str, uuid.UUID] = {}
 
 

@@ -13,6 +13,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
+from voicepipe.domain import STAGE_BY_NAME
 from voicepipe.pipeline.processor import (
     ClaimsInput,
     DraftsInput,
@@ -21,12 +22,10 @@ from voicepipe.pipeline.processor import (
     StageInput,
 )
 from voicepipe.pipeline.simulated import SimulatedProcessor
-from voicepipe.pipeline.stages import FAILED_EVENT, STAGE_ORDER, STARTED_EVENT, WORKING_STATUS
+from voicepipe.pipeline.stages import DONE_STATUS, FAILED_EVENT, STAGE_ORDER, STARTED_EVENT, WORKING_STATUS
 
 CHANNELS = (("whatsapp_audio", 0.6), ("app_recording", 0.3), ("whatsapp_text", 0.1))
 HISTORY_FAILURE_RATE = 0.06  # per stage run: ~1 artifact in 5 fails somewhere
-_DONE_STATUS = {"transcription": "transcribed", "claims_extraction": "processing",
-                "entity_resolution": "processing", "draft_generation": "completed"}
 
 
 class _Recorder:
@@ -109,7 +108,7 @@ def _artifact_life(
         attempt += 1
         first = STAGE_ORDER.index(stage)
         at += timedelta(minutes=rng.uniform(3, 40))
-        entry = {"transcription": "transcribing", "claims_extraction": "transcribed"}.get(stage, "processing")
+        entry = STAGE_BY_NAME[stage].retry_status
         rec.add(at, "retry_initiated", stage=stage,
                 metadata=meta(attempt, requestedBy=staff_user, reason="provider error", retryStage=stage), **common)
         rec.add(at, "artifact_status_changed", stage=stage,
@@ -165,10 +164,10 @@ def _run_stages(
         rec.add(at, event, stage=stage, duration_ms=round(rec.slept * 1000, 3), metadata=meta(
             item.attempt, aiModel=result.cost.ai_model, aiCost=result.cost.ai_cost,
             confidenceScore=result.confidence, **extra), **common)
-        if _DONE_STATUS[stage] != status:
+        if DONE_STATUS[stage] != status:
             rec.add(at, "artifact_status_changed", stage=stage,
-                    metadata=meta(item.attempt, fromStatus=status, toStatus=_DONE_STATUS[stage]), **common)
-            status = _DONE_STATUS[stage]
+                    metadata=meta(item.attempt, fromStatus=status, toStatus=DONE_STATUS[stage]), **common)
+            status = DONE_STATUS[stage]
     return None, at, status
 
 

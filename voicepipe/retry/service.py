@@ -25,6 +25,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -35,7 +36,7 @@ from models.artifacts import Artifact
 from voicepipe import late
 from voicepipe.bulk import dbapi_connection
 from voicepipe.clock import utcnow
-from voicepipe.domain import WORKING_STATUSES
+from voicepipe.domain import FULL_PIPELINE, PIPELINE, RETRY_STAGES, WORKING_STATUSES
 from voicepipe.errors import (
     ArtifactNotFound,
     InvalidInput,
@@ -61,16 +62,9 @@ from voicepipe.windows import HOUR, floor_hour, hour_label
 
 log = logging.getLogger(__name__)
 
-FULL = "full_pipeline"
-RETRY_STAGES: tuple[str, ...] = (*STAGE_ORDER, FULL)
+FULL = FULL_PIPELINE
 # Step 6: the status each retry resets the artifact to.
-ENTRY_STATUS: dict[str, str] = {
-    FULL: "received",
-    "transcription": "transcribing",
-    "claims_extraction": "transcribed",
-    "entity_resolution": "processing",
-    "draft_generation": "processing",
-}
+ENTRY_STATUS: dict[str, str] = {FULL: "received", **{s.name: s.retry_status for s in PIPELINE}}
 MAX_REASON = 2000
 # pg_advisory_xact_lock(int4, int4) namespace of retry request ids (hashtext of the id).
 _REQUEST_LOCK_NAMESPACE = 0x76700004
@@ -113,6 +107,17 @@ def first_stage(stage: str) -> str:
     return STAGE_ORDER[0] if stage == FULL else stage
 
 
+@dataclass(frozen=True)
+class _Request:
+    """A retry request's arguments, validated."""
+
+    stage: str
+    artifact_id: uuid.UUID
+    requested_by: str
+    reason: str | None
+    request_id: str | None
+
+
 def request_retry(
     session: Session,
     *,
@@ -128,6 +133,24 @@ def request_retry(
     RetryLimitExceeded before changing anything.
     """
     # Arguments first: nothing is read or locked for a malformed request.
+    req = _validated(stage, artifact_id, requested_by, reason, request_id)
+    # The statements below bypass the ORM: whatever the caller's session holds is
+    # written first, as the ORM's autoflush would have (nothing is sent when clean).
+    session.flush()
+    now = utcnow()
+    with dbapi_connection(session).cursor() as cur:
+        checked = _lock_and_check(cur, req, now)
+        if isinstance(checked, RetryOutcome):
+            return checked
+        art, attempt = checked
+        applied = _apply(cur, req, art, attempt, now)
+        if isinstance(applied, RetryOutcome):
+            return applied
+    retry_id, events, inserted_ids = applied
+    return _accepted(session, req, attempt, retry_id, events, inserted_ids)
+
+
+def _validated(stage: Any, artifact_id: Any, requested_by: Any, reason: Any, request_id: Any) -> _Request:
     if not isinstance(stage, str) or stage not in RETRY_STAGES:
         raise InvalidInput.field("stage", f"unknown retry stage {str(stage)[:64]!r} "
                                           f"(one of {', '.join(RETRY_STAGES)})")
@@ -136,91 +159,96 @@ def request_retry(
     why = check_text(reason, "reason", max_len=MAX_REASON, optional=True)
     req_id = check_id(request_id, "request_id", optional=True)
     assert art_id is not None and user_id is not None
+    return _Request(stage, art_id, user_id, why, req_id)
 
-    # The statements below bypass the ORM: whatever the caller's session holds is
-    # written first, as the ORM's autoflush would have (nothing is sent when clean).
-    session.flush()
-    cur = dbapi_connection(session).cursor()
+
+def _lock_and_check(cur: Any, req: _Request, now: datetime) -> tuple[Artifact, int] | RetryOutcome:
+    """Steps 1-3: staff, the locks, the artifact retryable; (artifact, attempt), or the
+    outcome a repeated request id already had."""
+    # Steps 1 and 2 in one statement. Staff status is read now, from the users
+    # table, never trusted from the message; only for staff is anything locked:
+    # the request id's advisory lock (one transaction per request id at a time,
+    # whichever artifact it names), then the artifact row for the rest of the
+    # transaction. A second use of a request id waits here, and then finds the
+    # first one's row (the next statement reads with a snapshot taken after the
+    # wait) instead of failing on the unique index at commit.
+    cur.execute(_lock_sql(req.request_id is not None),
+                {"user_id": req.requested_by, "artifact_id": req.artifact_id, "request_id": req.request_id})
+    found_user, is_staff, *columns = cur.fetchone()
+    if found_user is None:
+        raise PermissionDenied(f"user {req.requested_by} is unknown; only platform staff may retry artifacts")
+    if not is_staff:
+        raise PermissionDenied(
+            f"user {req.requested_by} is not platform staff; only platform staff may retry artifacts")
+    if columns[0] is None:
+        raise ArtifactNotFound(f"artifact {req.artifact_id} not found")
+    art = Artifact(**dict(zip(_ARTIFACT_ATTRS, columns, strict=True)))  # transient: read only
+
+    settings = get_settings()
     try:
-        # Steps 1 and 2 in one statement. Staff status is read now, from the users
-        # table, never trusted from the message; only for staff is anything locked:
-        # the request id's advisory lock (one transaction per request id at a time,
-        # whichever artifact it names), then the artifact row for the rest of the
-        # transaction. A second use of a request id waits here, and then finds the
-        # first one's row (the next statement reads with a snapshot taken after the
-        # wait) instead of failing on the unique index at commit.
-        cur.execute(_lock_sql(req_id is not None), {"user_id": user_id, "artifact_id": art_id, "request_id": req_id})
-        found_user, is_staff, *columns = cur.fetchone()
-        if found_user is None:
-            raise PermissionDenied(f"user {user_id} is unknown; only platform staff may retry artifacts")
-        if not is_staff:
-            raise PermissionDenied(
-                f"user {user_id} is not platform staff; only platform staff may retry artifacts")
-        if columns[0] is None:
-            raise ArtifactNotFound(f"artifact {art_id} not found")
-        art = Artifact(**dict(zip(_ARTIFACT_ATTRS, columns, strict=True)))  # transient: read only
+        _check_retryable(art, req.stage, now, settings.stall_timeout_seconds)
+        # 3. The attempt number, bounded.
+        used = int((art.metadata_ or {}).get("retryAttempt", 0))
+        if used + 1 > settings.max_retry_attempts:
+            raise RetryLimitExceeded(
+                f"artifact {req.artifact_id} has used {used} of its {settings.max_retry_attempts} retry attempts"
+            )
+    except (RetryNotAllowed, RetryLimitExceeded):
+        if req.request_id is not None:
+            # A repeated request id finds its own retry in flight (or used up the
+            # attempts): it gets that retry's outcome, not a refusal. Read under
+            # the request id's lock, in a snapshot taken after it.
+            cur.execute(_REQUEST_SQL, {"request_id": req.request_id})
+            done = cur.fetchone()
+            if done is not None:
+                return _duplicate(done, req.artifact_id, req.stage, req.request_id)
+        raise
+    return art, used + 1
 
-        settings = get_settings()
-        now = utcnow()
-        try:
-            _check_retryable(art, stage, now, settings.stall_timeout_seconds)
-            # 3. The attempt number, bounded.
-            used = int((art.metadata_ or {}).get("retryAttempt", 0))
-            attempt = used + 1
-            if attempt > settings.max_retry_attempts:
-                raise RetryLimitExceeded(
-                    f"artifact {art_id} has used {used} of its {settings.max_retry_attempts} retry attempts"
-                )
-        except (RetryNotAllowed, RetryLimitExceeded):
-            if req_id is not None:
-                # A repeated request id finds its own retry in flight (or used up the
-                # attempts): it gets that retry's outcome, not a refusal. Read under
-                # the request id's lock, in a snapshot taken after it.
-                cur.execute(_REQUEST_SQL, {"request_id": req_id})
-                done = cur.fetchone()
-                if done is not None:
-                    return _duplicate(done, art_id, stage, req_id)
-            raise
 
-        # Validated: from here on the retry is applied.
-        entry = ENTRY_STATUS[stage]
-        stage_column = None if stage == FULL else stage
-        # 4. retry_initiated, and the status change of step 6.
-        raws = [
-            base_event(art, "retry_initiated", stage_column, event_id=event_id(art_id, "retry", attempt),
-                       occurred_at=now, metadata={"retryAttempt": attempt, "requestedBy": user_id,
-                                                  "reason": why, "retryStage": stage}),
-        ]
-        if art.status != entry:
-            raws.append(status_event(art, entry, stage_column, f"retry|{attempt}", now, retryAttempt=attempt))
-        events = parse_events(raws)
-        grouped = _counter_parts(events)
-        counter_columns = tuple(n for n in SCALAR_PARTS if any(p[n] for p in grouped.values()))
-        histogram = any(any(p[HISTOGRAM_PART]) for p in grouped.values())
+def _apply(cur: Any, req: _Request, art: Artifact, attempt: int, now: datetime
+           ) -> tuple[uuid.UUID, list[Event], list[Any]] | RetryOutcome:
+    """Steps 3-6 in one statement: (retry id, events, ids of those stored), or, when an
+    earlier transaction stored the same request id, its outcome (nothing written)."""
+    entry = ENTRY_STATUS[req.stage]
+    stage_column = None if req.stage == FULL else req.stage
+    # 4. retry_initiated, and the status change of step 6.
+    raws = [
+        base_event(art, "retry_initiated", stage_column, event_id=event_id(req.artifact_id, "retry", attempt),
+                   occurred_at=now, metadata={"retryAttempt": attempt, "requestedBy": req.requested_by,
+                                              "reason": req.reason, "retryStage": req.stage}),
+    ]
+    if art.status != entry:
+        raws.append(status_event(art, entry, stage_column, f"retry|{attempt}", now, retryAttempt=attempt))
+    events = parse_events(raws)
+    grouped = _counter_parts(events)
+    counter_columns = tuple(n for n in SCALAR_PARTS if any(p[n] for p in grouped.values()))
+    histogram = any(any(p[HISTOGRAM_PART]) for p in grouped.values())
 
-        retry_id = uuid.uuid4()
-        start = STAGE_ORDER.index(first_stage(stage))
-        # 3-6 in one statement; with a request id, only if no earlier transaction
-        # stored it (else nothing is written and its row is returned).
-        cur.execute(
-            _apply_sql(STAGE_ORDER[start:], req_id is not None, counter_columns, histogram),
-            {
-                "artifact_id": art_id, "request_id": req_id, "retry_id": retry_id, "stage": stage,
-                "requested_by": user_id, "reason": why, "attempt": attempt, "now": now,
-                "status": entry, "current_stage": first_stage(stage),
-                "metadata": Jsonb({**(art.metadata_ or {}), "retryAttempt": attempt}),
-                "events": Jsonb([_event_json(e) for e in events]),
-                "n_events": len(events),
-                "counters": Jsonb([_counter_json(key, parts, counter_columns, histogram)
-                                   for key, parts in grouped.items()]),
-            },
-        )
-        inserted_ids, *done_row = cur.fetchone()
-        if done_row and done_row[0] is not None:
-            return _duplicate(tuple(done_row), art_id, stage, req_id)
-    finally:
-        cur.close()
+    retry_id = uuid.uuid4()
+    start = STAGE_ORDER.index(first_stage(req.stage))
+    cur.execute(
+        _apply_sql(STAGE_ORDER[start:], req.request_id is not None, counter_columns, histogram),
+        {
+            "artifact_id": req.artifact_id, "request_id": req.request_id, "retry_id": retry_id,
+            "stage": req.stage, "requested_by": req.requested_by, "reason": req.reason, "attempt": attempt,
+            "now": now, "status": entry, "current_stage": first_stage(req.stage),
+            "metadata": Jsonb({**(art.metadata_ or {}), "retryAttempt": attempt}),
+            "events": Jsonb([_event_json(e) for e in events]),
+            "n_events": len(events),
+            "counters": Jsonb([_counter_json(key, parts, counter_columns, histogram)
+                               for key, parts in grouped.items()]),
+        },
+    )
+    inserted_ids, *done_row = cur.fetchone()
+    if done_row and done_row[0] is not None:
+        return _duplicate(tuple(done_row), req.artifact_id, req.stage, req.request_id)
+    return retry_id, events, inserted_ids
 
+
+def _accepted(session: Session, req: _Request, attempt: int, retry_id: uuid.UUID, events: list[Event],
+              inserted_ids: list[Any]) -> RetryOutcome:
+    """What follows an applied retry in the same transaction; the stage task is sent after commit."""
     stored = set(inserted_ids)
     inserted = [e for e in events if e.event_id in stored]
     if len(inserted) < len(events):
@@ -231,17 +259,18 @@ def request_retry(
     late.mark(session, late.HOURLY, late.closed_before((floor_hour(e.occurred_at) for e in inserted),
                                                       utcnow(), HOUR))
     # The caller's session may hold the artifact as it was: it is reloaded on next use.
-    cached = session.identity_map.get(session.identity_key(Artifact, art_id))
+    cached = session.identity_map.get(session.identity_key(Artifact, req.artifact_id))
     if cached is not None:
         session.expire(cached)
 
-    task = STAGE_TASKS[first_stage(stage)]
-    send_after_commit(session, task, artifact_id=str(art_id))
+    task = STAGE_TASKS[first_stage(req.stage)]
+    send_after_commit(session, task, artifact_id=str(req.artifact_id))
     log.info("retry accepted artifact_id=%s stage=%s attempt=%d requested_by=%s reason=%r request_id=%s",
-             art_id, stage, attempt, user_id, why, req_id)
+             req.artifact_id, req.stage, attempt, req.requested_by, req.reason, req.request_id)
     return RetryOutcome(
-        retry_id=retry_id, request_id=req_id, artifact_id=art_id, stage=stage, attempt=attempt,
-        requested_by=user_id, reason=why, status=entry, queued_task=task, outcome="in_flight",
+        retry_id=retry_id, request_id=req.request_id, artifact_id=req.artifact_id, stage=req.stage,
+        attempt=attempt, requested_by=req.requested_by, reason=req.reason, status=ENTRY_STATUS[req.stage],
+        queued_task=task, outcome="in_flight",
     )
 
 
