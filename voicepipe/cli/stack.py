@@ -13,7 +13,7 @@ import time
 from datetime import timedelta
 
 from voicepipe.errors import SettingsError
-from voicepipe.settings import get_settings
+from voicepipe.settings import Settings, get_settings
 
 CHILD_STOP_TIMEOUT_S = 20
 DEV_FLOWER_USER = "dev"
@@ -123,68 +123,18 @@ def cmd_upgrade_embedded(args: argparse.Namespace) -> int:
 
 def cmd_dev(args: argparse.Namespace) -> int:
     from voicepipe import embedded
-    from voicepipe.migrate import upgrade
 
     settings = get_settings()
-    configured = [name for name, value in (("DATABASE_URL", settings.database_url),
-                                           ("BROKER_URL", settings.broker_url)) if value]
-    if configured and not args.no_simulate and not args.simulate_on_configured_servers:
-        raise SettingsError(
-            f"voicepipe dev refuses to run the simulator against {' and '.join(configured)} (not the "
-            "embedded servers): it would write simulated data there. Unset them, pass --no-simulate, "
-            "or pass --simulate-on-configured-servers if that is what you want"
-        )
+    _refuse_simulating_on_configured_servers(settings, args)
     data_dir = settings.data_dir
     data_dir.mkdir(parents=True, exist_ok=True)
     started_embedded = not (settings.database_url and settings.broker_url)
-    print(f"voicepipe dev: data in {data_dir}", flush=True)
-    db_url, broker = embedded.resolve_urls(settings.database_url, settings.broker_url, data_dir)
-    print(f"voicepipe dev: database {'(embedded) ' if not settings.database_url else ''}ready", flush=True)
-    from kombu.utils.url import maybe_sanitize_url
-
-    where = "" if settings.broker_url else f" (embedded; password in {data_dir / embedded.BROKER_STATE})"
-    print(f"voicepipe dev: broker {maybe_sanitize_url(broker)}{where}", flush=True)
-    upgrade(db_url)
-    print("voicepipe dev: migrations applied", flush=True)
-
-    env = dict(os.environ)
-    env.update(DATABASE_URL=db_url, BROKER_URL=broker, VOICEPIPE_DEV="1", PYTHONUNBUFFERED="1")
-    env.setdefault("VOICEPIPE_BEAT_INTERVAL_SECONDS", str(args.beat_interval))
-    # A local stack is a closed deployment: `voicepipe retry` works unsigned here.
-    env.setdefault("VOICEPIPE_UNSIGNED_RETRIES", "1")
-    # Flower always asks for credentials, also in dev (any local process or web page could
-    # otherwise send tasks through it): a password generated for this run, unless set.
-    env.pop("FLOWER_UNAUTHENTICATED_API", None)
-    flower_auth = settings.flower_basic_auth or f"{DEV_FLOWER_USER}:{secrets.token_urlsafe(18)}"
-    env["FLOWER_BASIC_AUTH"] = flower_auth
-    # The dashboard asks for credentials too: its own variable if set, else Flower's (generated) ones.
-    dashboard_auth = (os.environ.get("VOICEPIPE_DASHBOARD_AUTH") or "").strip() or flower_auth
-    env["VOICEPIPE_DASHBOARD_AUTH"] = dashboard_auth
-    from voicepipe.observability.exporter import parse_credentials
-
-    parse_credentials(env, "VOICEPIPE_DASHBOARD_AUTH", "the dashboard")  # refuse before starting anything
-    # Stage work at 5 % of its realistic duration so artifacts flow through in seconds.
-    env.setdefault("VOICEPIPE_SIMULATOR_TIME_SCALE", "0.05")
+    db_url, broker = _servers_ready(settings)
+    env, flower_auth, dashboard_auth = _child_env(settings, args, db_url, broker)
     dashboard_port = args.dashboard_port if args.dashboard_port is not None else _dashboard_port()
     logs = data_dir / "logs"
     logs.mkdir(exist_ok=True)
-    celery = [sys.executable, "-m", "celery", "-A", "worker"]
-    children: dict[str, list[str]] = {
-        "worker": celery + ["worker", "-Q", "metrics,pipeline,retry", "-c", str(args.concurrency),
-                            "-n", "dev@%h", "-l", settings.log_level],
-        # Single-event messages have a worker of their own, which records them in batches.
-        "events": celery + ["worker", "-Q", "events", "-c", "1", "-n", "events@%h", "-l", settings.log_level],
-        "beat": celery + ["beat", "-s", str(data_dir / "celerybeat-schedule"), "-l", settings.log_level],
-        "flower": celery + ["flower", f"--port={args.flower_port}", "--address=127.0.0.1",
-                            f"--logging={settings.log_level}"],
-        "dashboard": [sys.executable, "-m", "voicepipe.cli", "dashboard", "--port", str(dashboard_port)],
-    }
-    if not args.no_simulate:
-        children["simulator"] = [sys.executable, "-m", "voicepipe.cli", "simulate", "--artifacts", "0",
-                                 "--rate", "0.5", "--history-hours", "6"]
-        if not settings.database_url:
-            # Embedded database only: the simulated staff user may retry, for this run.
-            children["simulator"].append("--grant-staff")
+    children = _children(settings, args, dashboard_port)
     procs: dict[str, subprocess.Popen[bytes]] = {}
     from voicepipe.cli.output import Prefixer
 
@@ -208,31 +158,14 @@ def cmd_dev(args: argparse.Namespace) -> int:
             output.pump(name, child.stdout, logs / f"{name}.log")
             print(f"voicepipe dev: started {name} (pid {procs[name].pid}, log {logs / (name + '.log')})",
                   flush=True)
-        if settings.flower_basic_auth:
-            user = flower_auth.split(",", 1)[0].split(":", 1)[0]
-            print(f"voicepipe dev: Flower at http://127.0.0.1:{args.flower_port} "
-                  f"(user {user}, password from FLOWER_BASIC_AUTH)", flush=True)
-        else:
-            user, password = flower_auth.split(":", 1)
-            print(f"voicepipe dev: Flower at http://{user}:{password}@127.0.0.1:{args.flower_port} "
-                  f"(user {user}, password {password}, generated for this run)", flush=True)
-        if dashboard_auth != flower_auth or settings.flower_basic_auth:
-            user = dashboard_auth.split(",", 1)[0].split(":", 1)[0]
-            source = "VOICEPIPE_DASHBOARD_AUTH" if dashboard_auth != flower_auth else "FLOWER_BASIC_AUTH"
-            print(f"voicepipe dev: dashboard at http://127.0.0.1:{dashboard_port}/ "
-                  f"(user {user}, password from {source})", flush=True)
-        else:
-            user, password = dashboard_auth.split(":", 1)
-            print(f"voicepipe dev: dashboard at http://{user}:{password}@127.0.0.1:{dashboard_port}/ "
-                  f"(user {user}, Flower's generated password)", flush=True)
+        _print_addresses(settings, args, flower_auth, dashboard_auth, dashboard_port)
         print("voicepipe dev: press Ctrl-C to stop everything", flush=True)
         while not stopping:
-            for name, proc in procs.items():
-                if proc.poll() is not None:
-                    print(f"voicepipe dev: {name} exited with {proc.returncode}; "
-                          f"see {logs / (name + '.log')}; stopping", flush=True)
-                    stopping = True
-                    break
+            exited = next((name for name, proc in procs.items() if proc.poll() is not None), None)
+            if exited is not None:
+                print(f"voicepipe dev: {exited} exited with {procs[exited].returncode}; "
+                      f"see {logs / (exited + '.log')}; stopping", flush=True)
+                break
             time.sleep(0.5)
     finally:
         _stop_children(procs)
@@ -241,6 +174,103 @@ def cmd_dev(args: argparse.Namespace) -> int:
             embedded.stop(data_dir)
         print("voicepipe dev: stopped", flush=True)
     return 0
+
+
+def _refuse_simulating_on_configured_servers(settings: Settings, args: argparse.Namespace) -> None:
+    configured = [name for name, value in (("DATABASE_URL", settings.database_url),
+                                           ("BROKER_URL", settings.broker_url)) if value]
+    if configured and not args.no_simulate and not args.simulate_on_configured_servers:
+        raise SettingsError(
+            f"voicepipe dev refuses to run the simulator against {' and '.join(configured)} (not the "
+            "embedded servers): it would write simulated data there. Unset them, pass --no-simulate, "
+            "or pass --simulate-on-configured-servers if that is what you want"
+        )
+
+
+def _servers_ready(settings: Settings) -> tuple[str, str]:
+    """The database (migrated) and broker URLs: the configured ones, or embedded servers started."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    from voicepipe import embedded
+    from voicepipe.migrate import upgrade
+
+    data_dir = settings.data_dir
+    print(f"voicepipe dev: data in {data_dir}", flush=True)
+    db_url, broker = embedded.resolve_urls(settings.database_url, settings.broker_url, data_dir)
+    print(f"voicepipe dev: database {'(embedded) ' if not settings.database_url else ''}ready", flush=True)
+    where = "" if settings.broker_url else f" (embedded; password in {data_dir / embedded.BROKER_STATE})"
+    print(f"voicepipe dev: broker {maybe_sanitize_url(broker)}{where}", flush=True)
+    upgrade(db_url)
+    print("voicepipe dev: migrations applied", flush=True)
+    return db_url, broker
+
+
+def _child_env(settings: Settings, args: argparse.Namespace, db_url: str, broker: str
+               ) -> tuple[dict[str, str], str, str]:
+    """The children's environment, with Flower's and the dashboard's credentials."""
+    env = dict(os.environ)
+    env.update(DATABASE_URL=db_url, BROKER_URL=broker, VOICEPIPE_DEV="1", PYTHONUNBUFFERED="1")
+    env.setdefault("VOICEPIPE_BEAT_INTERVAL_SECONDS", str(args.beat_interval))
+    # A local stack is a closed deployment: `voicepipe retry` works unsigned here.
+    env.setdefault("VOICEPIPE_UNSIGNED_RETRIES", "1")
+    # Flower always asks for credentials, also in dev (any local process or web page could
+    # otherwise send tasks through it): a password generated for this run, unless set.
+    env.pop("FLOWER_UNAUTHENTICATED_API", None)
+    flower_auth = settings.flower_basic_auth or f"{DEV_FLOWER_USER}:{secrets.token_urlsafe(18)}"
+    env["FLOWER_BASIC_AUTH"] = flower_auth
+    # The dashboard asks for credentials too: its own variable if set, else Flower's (generated) ones.
+    dashboard_auth = (os.environ.get("VOICEPIPE_DASHBOARD_AUTH") or "").strip() or flower_auth
+    env["VOICEPIPE_DASHBOARD_AUTH"] = dashboard_auth
+    from voicepipe.observability.exporter import parse_credentials
+
+    parse_credentials(env, "VOICEPIPE_DASHBOARD_AUTH", "the dashboard")  # refuse before starting anything
+    # Stage work at 5 % of its realistic duration so artifacts flow through in seconds.
+    env.setdefault("VOICEPIPE_SIMULATOR_TIME_SCALE", "0.05")
+    return env, flower_auth, dashboard_auth
+
+
+def _children(settings: Settings, args: argparse.Namespace, dashboard_port: int) -> dict[str, list[str]]:
+    """The processes of the stack, by name, in the order they start."""
+    celery = [sys.executable, "-m", "celery", "-A", "worker"]
+    children: dict[str, list[str]] = {
+        "worker": celery + ["worker", "-Q", "metrics,pipeline,retry", "-c", str(args.concurrency),
+                            "-n", "dev@%h", "-l", settings.log_level],
+        # Single-event messages have a worker of their own, which records them in batches.
+        "events": celery + ["worker", "-Q", "events", "-c", "1", "-n", "events@%h", "-l", settings.log_level],
+        "beat": celery + ["beat", "-s", str(settings.data_dir / "celerybeat-schedule"), "-l", settings.log_level],
+        "flower": celery + ["flower", f"--port={args.flower_port}", "--address=127.0.0.1",
+                            f"--logging={settings.log_level}"],
+        "dashboard": [sys.executable, "-m", "voicepipe.cli", "dashboard", "--port", str(dashboard_port)],
+    }
+    if not args.no_simulate:
+        children["simulator"] = [sys.executable, "-m", "voicepipe.cli", "simulate", "--artifacts", "0",
+                                 "--rate", "0.5", "--history-hours", "6"]
+        if not settings.database_url:
+            # Embedded database only: the simulated staff user may retry, for this run.
+            children["simulator"].append("--grant-staff")
+    return children
+
+
+def _print_addresses(settings: Settings, args: argparse.Namespace, flower_auth: str, dashboard_auth: str,
+                     dashboard_port: int) -> None:
+    """Where Flower and the dashboard answer, and whose password opens them."""
+    if settings.flower_basic_auth:
+        user = flower_auth.split(",", 1)[0].split(":", 1)[0]
+        print(f"voicepipe dev: Flower at http://127.0.0.1:{args.flower_port} "
+              f"(user {user}, password from FLOWER_BASIC_AUTH)", flush=True)
+    else:
+        user, password = flower_auth.split(":", 1)
+        print(f"voicepipe dev: Flower at http://{user}:{password}@127.0.0.1:{args.flower_port} "
+              f"(user {user}, password {password}, generated for this run)", flush=True)
+    if dashboard_auth != flower_auth or settings.flower_basic_auth:
+        user = dashboard_auth.split(",", 1)[0].split(":", 1)[0]
+        source = "VOICEPIPE_DASHBOARD_AUTH" if dashboard_auth != flower_auth else "FLOWER_BASIC_AUTH"
+        print(f"voicepipe dev: dashboard at http://127.0.0.1:{dashboard_port}/ "
+              f"(user {user}, password from {source})", flush=True)
+    else:
+        user, password = dashboard_auth.split(":", 1)
+        print(f"voicepipe dev: dashboard at http://{user}:{password}@127.0.0.1:{dashboard_port}/ "
+              f"(user {user}, Flower's generated password)", flush=True)
 
 
 def _dashboard_port() -> int:
