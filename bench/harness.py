@@ -79,7 +79,7 @@ def _admin(url: str, sql: str) -> None:
 def bench_env(quick: bool) -> Iterator[Env]:
     """A fresh migrated database and a broker: the ones named by BENCH_/TEST_ variables, else embedded."""
     from models import session as db_session
-    from voicepipe import embedded
+    from voicepipe.infra import embedded
     from voicepipe.migrate import upgrade
 
     scratch = Path(tempfile.mkdtemp(prefix="vpb-", dir="/tmp"))
@@ -196,7 +196,7 @@ def settle_late_marks(env: Env) -> None:
     """Do what the hourly wrapper does with late marks: drop those of windows that need nothing.
 
     Earlier benchmarks record events for hours days back with no wrapper running, which
-    leaves marks (voicepipe.late) that a deployment clears within the hour; a scrape or a
+    leaves marks (voicepipe.metrics.late) that a deployment clears within the hour; a scrape or a
     page measured with them would measure those leftovers, not the steady state.
     """
     from datetime import UTC, datetime

@@ -84,7 +84,7 @@ def _through_worker(env: Env, start: datetime) -> list[Result]:
     """One event per task, as producers send them, through one worker process (-c 1).
 
     Three ways over the same kind of events: the batched single-event path
-    (tasks/_batching.py), the per-message path it replaced (bench/unbatched_app.py: one
+    (worker/batching.py), the per-message path it replaced (bench/unbatched_app.py: one
     task, one transaction per event), and 1,000-event batch tasks. The messages are
     queued before the worker starts and the rate is taken from the first committed event
     to the last, so neither the producer's sending nor the worker's start is counted.

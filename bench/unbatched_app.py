@@ -1,6 +1,6 @@
 """`celery -A bench.unbatched_app worker`: production's app with single-event messages run one per task.
 
-The benchmark's baseline for the batched single-event path (tasks/_batching.py): the
+The benchmark's baseline for the batched single-event path (worker/batching.py): the
 two recording tasks get Celery's default Strategy back, so each message is its own
 task and its own transaction, as before batching. Benchmark-only.
 """

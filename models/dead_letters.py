@@ -20,7 +20,7 @@ class DeadLetter(Base):
     """One parked message, keyed by its Celery task id (a re-parked replay updates its row).
 
     A replay re-sends the kwargs under the same task id, so ids derived from it
-    (tasks/_ids.py) come out the same and a message whose first attempt did commit
+    (worker/ids.py) come out the same and a message whose first attempt did commit
     changes nothing.
     """
 

@@ -33,7 +33,7 @@ def database_url() -> str:
     settings = get_settings()
     if settings.database_url:
         return normalize_url(settings.database_url)
-    from voicepipe.embedded import postgres_url, require_allowed
+    from voicepipe.infra.embedded import postgres_url, require_allowed
 
     require_allowed("DATABASE_URL")
     return postgres_url(settings.data_dir)

@@ -6,11 +6,11 @@ import logging
 from typing import Any
 
 from models.session import session_scope
-from tasks._base import public_task
 from voicepipe.alerts.evaluate import evaluate as run_checks
 from voicepipe.alerts.thresholds import load_thresholds
 from voicepipe.clock import utcnow
 from voicepipe.observability.probe import collect_now
+from worker.declare import public_task
 
 log = logging.getLogger(__name__)
 

@@ -7,10 +7,10 @@ from typing import Any
 
 from models.security import SignatureRefusal
 from models.session import session_scope
-from tasks._base import public_task, sent
 from voicepipe import directory
 from voicepipe.errors import PermissionDenied
 from voicepipe.settings import get_settings
+from worker.declare import public_task, sent
 
 log = logging.getLogger(__name__)
 

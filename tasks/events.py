@@ -6,18 +6,18 @@ import logging
 from typing import Any
 
 from models.session import session_scope
-from tasks._base import check_batch_size, public_task, sent
-from tasks._ids import current_task_id, with_id
 from voicepipe.events.recording import record_event, record_events
 from voicepipe.settings import get_settings
+from worker.declare import check_batch_size, public_task, sent
+from worker.ids import current_task_id, with_id
 
 log = logging.getLogger(__name__)
 
 
 # One event (or AI call) per message, as producers send them: the worker records them in
-# batches, one transaction each (tasks/_batching.py); the task function is the
+# batches, one transaction each (worker/batching.py); the task function is the
 # per-message path (redeliveries, retries, refusals, a batch that failed).
-BATCHED = "tasks._batching:batched"
+BATCHED = "worker.batching:batched"
 
 
 @public_task("voicepipe.events.record", time_limit=60, parks=True, strategy=BATCHED)

@@ -7,10 +7,10 @@ import time
 from typing import Any
 
 from models.session import get_engine, session_scope
-from tasks._base import public_task
 from voicepipe.clock import utcnow
 from voicepipe.maintenance.cleanup import run_cleanup
 from voicepipe.pipeline.recovery import requeue_stalled as sweep
+from worker.declare import public_task
 
 log = logging.getLogger(__name__)
 

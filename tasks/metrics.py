@@ -20,7 +20,6 @@ from datetime import date, datetime
 from typing import Any, TypeVar
 
 from models.session import session_scope
-from tasks._base import public_task
 from voicepipe.clock import utcnow
 from voicepipe.errors import REFUSALS
 from voicepipe.metrics import daily, hourly
@@ -28,6 +27,7 @@ from voicepipe.metrics.bookkeeping import DAILY, HOURLY, record_failure
 from voicepipe.metrics.due import due_days, plan_and_clear
 from voicepipe.settings import get_settings
 from voicepipe.windows import day_start, parse_day, parse_hour
+from worker.declare import public_task
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -7,9 +7,9 @@ import logging
 from celery import current_task
 
 from models.session import session_scope
-from tasks._base import public_task
-from tasks._ids import with_id
 from voicepipe.pipeline import stages
+from worker.declare import public_task
+from worker.ids import with_id
 
 log = logging.getLogger(__name__)
 

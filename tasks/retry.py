@@ -8,13 +8,13 @@ from typing import Any
 from celery import Task
 
 from models.session import session_scope
-from tasks._base import public_task, sent
 from voicepipe.authority import SIGNATURE_FIELDS, verify
 from voicepipe.clock import utcnow
 from voicepipe.errors import REFUSALS, PermissionDenied
 from voicepipe.retry.refusals import record_refusal
 from voicepipe.retry.service import RETRY_STAGES, request_retry
 from voicepipe.settings import get_settings
+from worker.declare import public_task, sent
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,7 @@ def _retry(stage: str, args: dict[str, Any]) -> dict[str, Any]:
             outcome = request_retry(session, stage=stage, **retry)
     except REFUSALS as exc:
         # A refusal is an answer, not an incident: logged with who asked and why, then
-        # raised as the named error for the caller (never retried, see tasks/_base.py).
+        # raised as the named error for the caller (never retried, see worker/declare.py).
         log.warning(
             "retry refused stage=%s artifact_id=%s requested_by=%s reason=%r request_id=%s refusal=%s: %s",
             stage, args.get("artifact_id"), args.get("requested_by"), args.get("reason"),

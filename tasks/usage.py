@@ -10,17 +10,17 @@ import logging
 from typing import Any
 
 from models.session import session_scope
-from tasks._base import check_batch_size, public_task, sent
-from tasks._ids import current_task_id, with_id
 from tasks.events import BATCHED
-from voicepipe import late
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
 from voicepipe.maintenance.cleanup import usage_recomputable_from
+from voicepipe.metrics import late
 from voicepipe.settings import get_settings
 from voicepipe.usage.recording import record_usage
 from voicepipe.usage.rollup import aggregate_usage_day, usage_plan
 from voicepipe.windows import parse_day
+from worker.declare import check_batch_size, public_task, sent
+from worker.ids import current_task_id, with_id
 
 log = logging.getLogger(__name__)
 

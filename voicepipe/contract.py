@@ -2,7 +2,7 @@
 
 Every bound below is the constant the validators use (voicepipe/validation.py,
 voicepipe/events/schema.py, voicepipe/usage/recording.py, voicepipe/retry/service.py,
-voicepipe/pipeline/stages.py, voicepipe/directory.py), and the argument names are the
+voicepipe/pipeline/stages.py, voicepipe/directory/), and the argument names are the
 ones the tasks take; tests/unit/test_task_schemas.py feeds the schemas and the tasks'
 validation the same good and bad arguments (hypothesis cases included) and
 tests/integration/test_task_schemas_worker.py does so through a real worker.

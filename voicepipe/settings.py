@@ -67,7 +67,7 @@ class Settings:
     signature_max_age_seconds: int = 900
     unsigned_retries: bool = False
     dashboard_max_rows: int = 100
-    # How long a single-event message may wait in the worker for its batch (tasks/_batching.py).
+    # How long a single-event message may wait in the worker for its batch (worker/batching.py).
     record_flush_ms: int = 50
     # VOICEPIPE_EMBEDDED=1: start embedded servers for unset DATABASE_URL/BROKER_URL
     # (`voicepipe dev` does so itself); otherwise an unset URL is refused.
@@ -169,7 +169,7 @@ def basic_auth_problem(value: str) -> str | None:
 def _basic_auth(env: Mapping[str, str], name: str) -> str | None:
     raw = env.get(name)
     if raw is None or raw.strip() == "":
-        return None  # unset; Flower itself refuses to start without it (voicepipe/flower_guard.py)
+        return None  # unset; Flower itself refuses to start without it (worker/flower_guard.py)
     problem = basic_auth_problem(raw.strip())
     if problem is not None:
         raise SettingsError(f"{name} {problem} (its value is not shown: it holds a password)")
@@ -179,7 +179,7 @@ def _basic_auth(env: Mapping[str, str], name: str) -> str | None:
 def _directory_secret(env: Mapping[str, str], name: str) -> str | None:
     raw = (env.get(name) or "").strip()
     if raw == "":
-        return None  # no message can set platform staff (voicepipe/directory.py)
+        return None  # no message can set platform staff (voicepipe/directory/)
     weak = secret_problem(raw)
     if weak is not None:
         raise SettingsError(f"{name} {weak} (its value is not shown); replace it or leave it empty")

@@ -20,7 +20,7 @@ def broker_url() -> str:
     settings = get_settings()
     if settings.broker_url:
         return settings.broker_url
-    from voicepipe.embedded import redis_url, require_allowed
+    from voicepipe.infra.embedded import redis_url, require_allowed
 
     require_allowed("BROKER_URL")  # refused unless VOICEPIPE_EMBEDDED=1 (`voicepipe dev` passes URLs)
     return redis_url(settings.data_dir)
@@ -49,8 +49,8 @@ app = _App("voicepipe", include=list(TASK_MODULES))
 import worker.signals  # noqa: E402,F401  (engine lifecycle hooks)
 
 # Buffered single-event messages go back to the broker at a warm shutdown (by name: no import cycle).
-app.steps["consumer"].add("tasks._batching:HandBack")
-from voicepipe.flower_guard import install as _install_flower_guard  # noqa: E402
+app.steps["consumer"].add("worker.batching:HandBack")
+from worker.flower_guard import install as _install_flower_guard  # noqa: E402
 
 _install_flower_guard()  # `celery -A worker flower` refuses to start without auth
 

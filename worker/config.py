@@ -12,7 +12,7 @@ from worker.routes import QUEUES, TASK_QUEUES
 # The longest hard time limit of any task (voicepipe.maintenance.cleanup; a test pins it).
 LONGEST_TIME_LIMIT_S = 900
 # Redis redelivers an unacknowledged message after this long. It must exceed the
-# longest time limit plus the longest retry backoff (60 s, tasks/_base.py), or a task
+# longest time limit plus the longest retry backoff (60 s, worker/declare.py), or a task
 # still running (or waiting for its retry) would be delivered a second time. It is
 # also how long the messages of a worker host that died outright wait before another
 # worker gets them (a worker process killed inside a live worker is requeued at once),
@@ -108,7 +108,7 @@ def celery_config(
         # If the broker connection drops, unacknowledged tasks are redelivered to
         # someone else; cancel the local copies instead of running them twice.
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        # Defaults for any task that does not set its own (tasks/_base.py does).
+        # Defaults for any task that does not set its own (worker/declare.py does).
         "task_time_limit": 300,
         "task_soft_time_limit": 270,
         "broker_transport_options": {
@@ -160,11 +160,11 @@ def celery_config(
         "worker_max_tasks_per_child": 1000,
         "beat_schedule": beat_schedule(beat_interval_seconds),
         # Celery's persistent scheduler plus a heartbeat file for `voicepipe health beat`.
-        "beat_scheduler": "voicepipe.health:HeartbeatScheduler",
+        "beat_scheduler": "voicepipe.observability.health:HeartbeatScheduler",
         # A poison guard: a pool process that grew past 512 MB (a huge message, a leak)
         # is replaced after its current task, before the kernel's OOM killer takes the
         # whole worker. A message that kills its process outright is redelivered and
-        # parked after VOICEPIPE_DELIVERY_LIMIT deliveries (tasks/_base.py).
+        # parked after VOICEPIPE_DELIVERY_LIMIT deliveries (worker/declare.py).
         "worker_max_memory_per_child": 512_000,  # KiB
         # Celery's consumer, parking an undecodable message as a dead letter (worker/consumer.py).
         "worker_consumer": "worker.consumer:Consumer",

@@ -68,7 +68,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             self.lost_tags.extend(
                 req.message.delivery_tag for req in {*reserved_requests, *active_requests}
                 if not req.acknowledged and req.message.channel is channel)
-        from tasks._batching import requests_in_batches
+        from worker.batching import requests_in_batches
 
         # Celery cancels each unacknowledged running task; a batch is one job, left to end on
         # its own (its messages are restored anyway, and a second recording is a no-op).
@@ -77,7 +77,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         super().on_connection_error_after_connected(exc)
 
     def restore_lost(self) -> None:
-        """Put back on their queues the messages a lost connection held (tasks/_batching.py's HandBack.start)."""
+        """Put back on their queues the messages a lost connection held (worker/batching.py's HandBack.start)."""
         tags, self.lost_tags = self.lost_tags, []
         if not tags:
             return
@@ -113,7 +113,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
 
     def _park(self, message: Any, reason: str, error: str, kept: dict[str, Any]) -> None:
         """Park a message no task can run as a dead letter, then acknowledge it."""
-        from voicepipe.deadletters import park
+        from worker.deadletters import park
 
         headers = message.headers if isinstance(message.headers, dict) else {}
         task_id = str(headers.get("id") or uuid.uuid4())[:255]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from voicepipe.domain import RETRY_STAGES
 
 # `events` holds only the single-event messages, which a worker of its own records in
-# batches (tasks/_batching.py); workers of the other queues never hold them.
+# batches (worker/batching.py); workers of the other queues never hold them.
 QUEUES: tuple[str, ...] = ("metrics", "pipeline", "retry", "events")
 EVENTS_QUEUE = "events"
 

@@ -18,7 +18,7 @@ depends_on: str | Sequence[str] | None = None
 
 # Every change of users.is_platform_staff is audited by the database itself, whatever
 # wrote it. The writer names itself in transaction-local settings
-# (voicepipe/staff.py: set_config('voicepipe.staff_change_path', ...)); a write that
+# (voicepipe/directory/staff.py: set_config('voicepipe.staff_change_path', ...)); a write that
 # does not (a manual UPDATE) is recorded with path 'sql' and the database role.
 AUDIT_FUNCTION = """
 CREATE FUNCTION voicepipe_audit_staff_change() RETURNS trigger LANGUAGE plpgsql AS $$

@@ -5,7 +5,7 @@ to be able to INSERT into staff_audit, and could therefore forge rows; an id swa
 (UPDATE users SET id) moved staff status without a row, and DELETE removed a staff
 user silently. Now the trigger function runs with its owner's rights (SECURITY
 DEFINER, fixed search_path) and the application role only reads staff_audit
-(voicepipe/db_roles.py, applied by `voicepipe migrate --app-role`); a user's id cannot
+(voicepipe/infra/db_roles.py, applied by `voicepipe migrate --app-role`); a user's id cannot
 change (refused as a permission error); deleting a staff user is audited as a change
 to not staff.
 

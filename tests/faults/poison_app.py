@@ -20,10 +20,9 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
-import tasks._batching
-import tasks.events  # registers the tasks whose limits are shortened below
 import voicepipe.events.messages
 import voicepipe.events.recording
+import worker.batching
 from worker import app
 
 _record_parsed = voicepipe.events.recording.record_parsed
@@ -52,7 +51,7 @@ if os.environ.get("VP_TEST_SHORT_LIMITS") == "1":
     for name in ("voicepipe.events.record", "voicepipe.events.record_batch"):
         app.tasks[name].soft_time_limit = 2
         app.tasks[name].time_limit = 4
-    tasks._batching.BATCH_SOFT_TIME_LIMIT_S = 2  # type: ignore[attr-defined]
-    tasks._batching.BATCH_TIME_LIMIT_S = 4  # type: ignore[attr-defined]
+    worker.batching.BATCH_SOFT_TIME_LIMIT_S = 2  # type: ignore[attr-defined]
+    worker.batching.BATCH_TIME_LIMIT_S = 4  # type: ignore[attr-defined]
 
 __all__ = ["app"]

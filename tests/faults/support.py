@@ -44,7 +44,7 @@ from tests.integration.metrics_support import (
     expected,
     group_events,
 )
-from voicepipe import embedded
+from voicepipe.infra import embedded
 from voicepipe.migrate import upgrade
 
 HOUR = timedelta(hours=1)

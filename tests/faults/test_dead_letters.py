@@ -131,9 +131,9 @@ def test_a_replay_cut_short_by_the_broker_keeps_the_letters_it_sent_marked_and_t
     from kombu.exceptions import OperationalError
 
     from voicepipe.cli import main
-    from voicepipe.deadletters import park
     from voicepipe.settings import reset_settings
     from worker.config import celery_config, result_backend_for
+    from worker.deadletters import park
 
     bodies = [event(n) for n in range(5)]
     task_ids = [str(uuid.uuid4()) for _ in bodies]
@@ -285,7 +285,7 @@ def test_a_blocked_task_fails_fast_below_its_soft_limit_as_transient_and_is_park
     try:
         holder.execute(text("LOCK TABLE pipeline_events IN ACCESS EXCLUSIVE MODE"))
         # record_batch: always the per-message path (single `record` messages may be batched
-        # by the worker, tasks/_batching.py, under the batch job's own limits).
+        # by the worker, worker/batching.py, under the batch job's own limits).
         task_id = client.send_task("voicepipe.events.record_batch", kwargs={"events": [blocked]},  # type: ignore[attr-defined]
                                    queue="pipeline").id
         # When the task's statement began waiting for the lock, as PostgreSQL saw it.

@@ -6,7 +6,7 @@ transaction (the test holds the window's advisory lock), the others are queued
 behind it; PostgreSQL is then stopped with `pg_ctl -m immediate` (a crash: every
 connection cut, no checkpoint) and started again a few seconds later. The cut task
 and the ones that ran while the database was down fail with OperationalError, are
-retried with backoff (tasks/_base.py) and, once the database is back, every window
+retried with backoff (worker/declare.py) and, once the database is back, every window
 holds one row per organization plus one platform row, equal to a recount of the
 raw events.
 """

@@ -1,4 +1,4 @@
-"""Single-event messages recorded in batches (tasks/_batching.py): kill -9 mid-batch loses and doubles nothing.
+"""Single-event messages recorded in batches (worker/batching.py): kill -9 mid-batch loses and doubles nothing.
 
 Three moments of one batch, each with a real worker on the test broker (Redis: the
 short-visibility app brings back what the dead worker held; RabbitMQ: at once):
@@ -40,7 +40,7 @@ from tests.helpers import RECENT, Proc, is_amqp, wait_for
 pytestmark = pytest.mark.slow
 
 N = 600
-# tasks/_ids.py's namespace, fixed forever: an event sent without an id is stored under
+# worker/ids.py's namespace, fixed forever: an event sent without an id is stored under
 # uuid5(NAMESPACE, "<task id>/0"), the same for every delivery of its message.
 NAMESPACE = uuid.UUID("0d6f4c1e-8a53-5b5e-9b7a-6f0c2f1e9a10")
 DISPATCHED = re.compile(r"batch dispatched task=voicepipe\.events\.record size=(\d+)")

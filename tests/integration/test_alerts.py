@@ -31,7 +31,7 @@ from tests.helpers import (
 )
 from voicepipe.alerts.evaluate import evaluate
 from voicepipe.alerts.thresholds import Thresholds
-from voicepipe.health import HEARTBEAT_FILENAME
+from voicepipe.observability.health import HEARTBEAT_FILENAME
 from voicepipe.observability.probe import collect
 
 QUEUE_LIMIT = 3

@@ -1,4 +1,4 @@
-"""voicepipe.bulk: binary COPY staging keeps every value exactly, bigint arrays included."""
+"""voicepipe.infra.bulk: binary COPY staging keeps every value exactly, bigint arrays included."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
-from voicepipe.bulk import copy_then
+from voicepipe.infra.bulk import copy_then
 from voicepipe.metrics.snapshots import SNAPSHOT_COLUMNS
 
 

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from models import DeadLetter
 from tests.helpers import REPO_ROOT, service_env
-from voicepipe.deadletters import park
+from worker.deadletters import park
 
 
 def cli(db_url: str, broker_url: str, data_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -19,8 +19,8 @@ import redis
 
 from tests.helpers import wait_for
 from tests.redis_server import server_executable
-from voicepipe import embedded
 from voicepipe.errors import SettingsError
+from voicepipe.infra import embedded
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tests.helpers import (
     with_database,
 )
 from tests.redis_server import OwnRedis, free_port
-from voicepipe.health import HEARTBEAT_FILENAME, check_beat
+from voicepipe.observability.health import HEARTBEAT_FILENAME, check_beat
 
 
 def health(env: dict[str, str], *args: str) -> tuple[int, str]:

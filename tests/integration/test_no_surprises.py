@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 
 from tests.helpers import RECENT, Proc, celery_cmd, producer, service_env, wait_for
-from voicepipe import embedded
+from voicepipe.infra import embedded
 from voicepipe.observability.queues import queue_depths
 
 

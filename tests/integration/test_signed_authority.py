@@ -27,7 +27,7 @@ from tests.helpers import REPO_ROOT, Proc, service_env, wait_for
 from tests.integration.pipeline_support import FAST, add_artifact, add_user, fresh
 from voicepipe.authority import sign
 from voicepipe.client import Producer
-from voicepipe.deadletters import park
+from worker.deadletters import park
 
 SECRET = "platform-signing-test-secret"
 SIGNED = {"VOICEPIPE_DIRECTORY_SECRET": SECRET, "VOICEPIPE_UNSIGNED_RETRIES": "0"}

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from voicepipe.bulk import dbapi_connection
+from voicepipe.infra.bulk import dbapi_connection
 from voicepipe.metrics import snapshots
 from voicepipe.metrics.queries import organization_breakdown
 from voicepipe.metrics.snapshots import sum_snapshot_parts

@@ -165,7 +165,7 @@ def test_operators_grant_and_revoke_staff_from_the_command_line_and_read_the_aud
 def test_a_staff_change_by_any_path_is_audited_with_the_database_clock(session: Session, path: str) -> None:
     add_user(session, "frank", staff=False)
     if path == "cli":
-        from voicepipe.staff import set_staff
+        from voicepipe.directory.staff import set_staff
 
         set_staff(session, "frank", True, by="ops-9", reason="why")
     else:

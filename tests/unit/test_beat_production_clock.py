@@ -3,7 +3,7 @@
 The app is configured exactly as `celery -A worker beat` configures it
 (worker._configure, with VOICEPIPE_BEAT_INTERVAL_SECONDS unset, so the crontabs of
 beat_schedule.py), and the scheduler is the production one (beat_scheduler,
-voicepipe.health:HeartbeatScheduler, celery's PersistentScheduler with its shelve
+voicepipe.observability.health:HeartbeatScheduler, celery's PersistentScheduler with its shelve
 file). Only two things are the test's: the clock (app.now, which celery's crontab
 and ScheduleEntry read) and the last step of a send, which is recorded instead of
 published. The expected firing minutes are written out here, not computed by celery.

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from voicepipe.gcpause import cyclic_gc_paused, without_cyclic_gc
+from voicepipe.infra.gcpause import cyclic_gc_paused, without_cyclic_gc
 
 
 @pytest.fixture(autouse=True)

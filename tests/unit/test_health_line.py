@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from voicepipe.health import Health
+from voicepipe.observability.health import Health
 
 
 def test_a_health_line_is_one_line_whatever_the_reason_holds() -> None:

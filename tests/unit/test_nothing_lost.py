@@ -6,11 +6,11 @@ import uuid
 
 import pytest
 
-from tasks._base import VoicepipeTask, check_batch_size
-from tasks._ids import derived_id, with_id
 from voicepipe.errors import InvalidInput, SettingsError
 from voicepipe.settings import load_settings, reset_settings
 from worker.config import celery_config
+from worker.declare import VoicepipeTask, check_batch_size
+from worker.ids import derived_id, with_id
 from worker.routes import TASK_QUEUES
 
 # Every task that writes what a producer or an operator sent; everything else is an

@@ -24,7 +24,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tasks._base import check_batch_size, take
 from tests.helpers import REPO_ROOT
 from voicepipe import client, contract
 from voicepipe.domain import EVENT_TYPES, METADATA_INTS, METADATA_NUMBERS, METADATA_TEXTS, STAGES
@@ -33,6 +32,7 @@ from voicepipe.events.recording import parse_events
 from voicepipe.events.schema import parse_event
 from voicepipe.usage.recording import parse_usage
 from voicepipe.windows import parse_day, parse_hour
+from worker.declare import check_batch_size, take
 from worker.routes import TASK_QUEUES
 
 NOW = datetime.now(UTC).replace(microsecond=0)

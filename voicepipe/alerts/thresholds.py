@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
-from voicepipe.health import DEFAULT_BEAT_MAX_SILENCE_S
+from voicepipe.observability.health import DEFAULT_BEAT_MAX_SILENCE_S
 from voicepipe.settings import parse_float
 
 

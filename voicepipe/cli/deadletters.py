@@ -1,4 +1,4 @@
-"""`voicepipe dead-letters list|replay|discard`: the parked write messages (voicepipe/deadletters.py)."""
+"""`voicepipe dead-letters list|replay|discard`: the parked write messages (worker/deadletters.py)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _row(letter: Any) -> dict[str, Any]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from models.session import session_scope
-    from voicepipe.deadletters import list_dead_letters
+    from worker.deadletters import list_dead_letters
 
     with session_scope() as session:
         rows = [_row(letter) for letter in list_dead_letters(session, include_done=args.all)]
@@ -63,9 +63,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from celery import Celery
 
     from models.dead_letters import DeadLetter
-    from voicepipe.deadletters import replay
     from worker import broker_url
     from worker.config import celery_config
+    from worker.deadletters import replay
 
     app = Celery("voicepipe-replay")
     app.config_from_object(celery_config(broker_url()))
@@ -75,7 +75,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
         app.send_task(letter.task_name, kwargs=letter.kwargs, queue=letter.queue, task_id=letter.task_id)
 
     try:
-        # Each letter is marked replayed in its own transaction once sent (voicepipe/deadletters.py).
+        # Each letter is marked replayed in its own transaction once sent (worker/deadletters.py).
         sent = replay(send, ids=args.ids or (), all_parked=args.all_parked)
         summary = [(letter.id, letter.task_name, letter.task_id) for letter in sent]
     finally:
@@ -88,7 +88,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_discard(args: argparse.Namespace) -> int:
     from models.session import session_scope
-    from voicepipe.deadletters import discard
+    from worker.deadletters import discard
 
     with session_scope() as session:
         letter = discard(session, args.letter_id)

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from voicepipe import health
+from voicepipe.observability import health
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -86,11 +86,11 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 
 def collect_status(now: datetime, broker_url: str | None) -> dict[str, Any]:
     from models.session import session_scope
-    from voicepipe.deadletters import parked_count
     from voicepipe.metrics.bookkeeping import DAILY, HOURLY, failing_windows, newest_computed
     from voicepipe.metrics.due import day_states, hour_states
     from voicepipe.settings import get_settings
     from voicepipe.usage.rollup import due_usage_days
+    from worker.deadletters import parked_count
 
     settings = get_settings()
     with session_scope() as session:
@@ -166,7 +166,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = get_settings()
     broker: str | None = settings.broker_url
     if broker is None:
-        from voicepipe.embedded import redis_url, require_allowed
+        from voicepipe.infra.embedded import redis_url, require_allowed
 
         require_allowed("BROKER_URL")
         broker = redis_url(settings.data_dir)

@@ -182,7 +182,7 @@ def _grant_sim_staff(staff: bool) -> None:
 
     from models.directory import User
     from models.session import session_scope
-    from voicepipe.staff import set_staff
+    from voicepipe.directory.staff import set_staff
 
     with session_scope() as session:
         session.execute(pg_insert(User).values(id=SIM_STAFF, email="staff@simulated.example")

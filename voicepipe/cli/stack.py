@@ -83,7 +83,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     upgrade(url)
     print("voicepipe: database migrated to head")
     if args.app_role:
-        from voicepipe.db_roles import grant_app_role
+        from voicepipe.infra.db_roles import grant_app_role
 
         grant_app_role(url, args.app_role, password)
         print(f"voicepipe: role {args.app_role} may read and write rows, not change the schema")
@@ -107,7 +107,7 @@ def cmd_rebuild_counters(args: argparse.Namespace) -> int:
 
 
 def cmd_stop_embedded(args: argparse.Namespace) -> int:
-    from voicepipe import embedded
+    from voicepipe.infra import embedded
 
     embedded.stop(get_settings().data_dir)
     print(f"voicepipe: embedded servers under {get_settings().data_dir} stopped")
@@ -115,14 +115,14 @@ def cmd_stop_embedded(args: argparse.Namespace) -> int:
 
 
 def cmd_upgrade_embedded(args: argparse.Namespace) -> int:
-    from voicepipe import embedded
+    from voicepipe.infra import embedded
 
     print(f"voicepipe: {embedded.upgrade_postgres(get_settings().data_dir)}")
     return 0
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from voicepipe import embedded
+    from voicepipe.infra import embedded
 
     settings = get_settings()
     _refuse_simulating_on_configured_servers(settings, args)
@@ -191,7 +191,7 @@ def _servers_ready(settings: Settings) -> tuple[str, str]:
     """The database (migrated) and broker URLs: the configured ones, or embedded servers started."""
     from kombu.utils.url import maybe_sanitize_url
 
-    from voicepipe import embedded
+    from voicepipe.infra import embedded
     from voicepipe.migrate import upgrade
 
     data_dir = settings.data_dir

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
 def run_change(args: argparse.Namespace) -> int:
     from models.session import session_scope
-    from voicepipe.staff import set_staff
+    from voicepipe.directory.staff import set_staff
 
     with session_scope() as session:
         change = set_staff(session, args.user, args.staff, by=args.by, reason=args.reason)
@@ -38,7 +38,7 @@ def run_change(args: argparse.Namespace) -> int:
 
 def run_audit(args: argparse.Namespace) -> int:
     from models.session import session_scope
-    from voicepipe.staff import staff_audit
+    from voicepipe.directory.staff import staff_audit
 
     with session_scope() as session:
         entries = [e.to_json() for e in staff_audit(session, args.user, max(1, args.limit))]

@@ -1,7 +1,7 @@
 """Record many single-item messages in one transaction, each message answered alone.
 
 Producers send one `voicepipe.events.record` / `voicepipe.usage.record` per event; the
-worker gathers them (tasks/_batching.py) and hands them here. Each message is
+worker gathers them (worker/batching.py) and hands them here. Each message is
 validated by itself: a bad one is answered with its InvalidInput and writes nothing,
 the good ones are written together in the caller's transaction. Unlike the batch API
 (record_events), one bad message never refuses the others.
@@ -19,7 +19,7 @@ from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
 from voicepipe.events.recording import foreign_artifact_error, foreign_artifact_events, record_parsed
 from voicepipe.events.schema import Event, parse_event
-from voicepipe.gcpause import without_cyclic_gc
+from voicepipe.infra.gcpause import without_cyclic_gc
 from voicepipe.usage.recording import parse_usage, record_usage
 
 # What one message gets: True (its event was new), False (its event_id was already

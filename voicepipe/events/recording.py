@@ -20,8 +20,6 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from models.events import EventCounter, PipelineEvent
-from voicepipe import late
-from voicepipe.bulk import copy_then, dbapi_connection
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
 from voicepipe.events.parts import (
@@ -33,8 +31,10 @@ from voicepipe.events.parts import (
     empty_parts,
 )
 from voicepipe.events.schema import Event, parse_event
-from voicepipe.gcpause import without_cyclic_gc
+from voicepipe.infra.bulk import copy_then, dbapi_connection
+from voicepipe.infra.gcpause import without_cyclic_gc
 from voicepipe.maintenance.cleanup import cutoffs
+from voicepipe.metrics import late
 from voicepipe.windows import HOUR, floor_hour, hour_label, iter_hours
 
 log = logging.getLogger(__name__)

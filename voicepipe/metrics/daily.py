@@ -8,7 +8,7 @@ from datetime import date
 from sqlalchemy.orm import Session
 
 from voicepipe.events.parts import Parts
-from voicepipe.gcpause import without_cyclic_gc
+from voicepipe.infra.gcpause import without_cyclic_gc
 from voicepipe.metrics.bookkeeping import (
     DAILY,
     HOURLY,

@@ -9,7 +9,7 @@ The horizon bounds the catch-up of *missing* windows only: a window never
 computed and older than the horizon is left to `voicepipe backfill`. Changes to
 computed windows older than the horizon are found by what changed, not by scanning:
 recording and rebuilds mark the closed hours whose counters they touch
-(voicepipe.late), and every marked hour, with its day, joins the horizon's windows
+(voicepipe.metrics.late), and every marked hour, with its day, joins the horizon's windows
 here, however old, as long as its counters are kept (``recomputable_from``).
 """
 
@@ -20,8 +20,8 @@ from datetime import date, datetime
 
 from sqlalchemy.orm import Session
 
-from voicepipe import late
 from voicepipe.maintenance.cleanup import recomputable_from
+from voicepipe.metrics import late
 from voicepipe.metrics.bookkeeping import (
     DAILY,
     HOURLY,

@@ -12,11 +12,11 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from voicepipe.bulk import dbapi_connection
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
 from voicepipe.events.parts import ALL_PARTS, Parts, parts_of_row, sum_part_rows
-from voicepipe.gcpause import without_cyclic_gc
+from voicepipe.infra.bulk import dbapi_connection
+from voicepipe.infra.gcpause import without_cyclic_gc
 from voicepipe.maintenance.cleanup import recomputable_from
 from voicepipe.metrics.bookkeeping import HOURLY, lock_window, mark_computed
 from voicepipe.metrics.snapshots import delete_vanished, write_hour_from_counters, write_window

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from models.metrics import PERIOD_TYPES, MetricsSnapshot
 from voicepipe.errors import InvalidInput
 from voicepipe.events.parts import ALL_PARTS, sum_parts
-from voicepipe.gcpause import without_cyclic_gc
+from voicepipe.infra.gcpause import without_cyclic_gc
 from voicepipe.metrics.derive import derive, stage_figures
 from voicepipe.metrics.snapshots import sum_snapshot_parts
 

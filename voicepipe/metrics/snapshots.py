@@ -12,7 +12,6 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from voicepipe.bulk import copy_then, dbapi_connection, stage
 from voicepipe.events.histogram import N_BUCKETS
 from voicepipe.events.parts import (
     ALL_PARTS,
@@ -23,7 +22,8 @@ from voicepipe.events.parts import (
     SCALAR_PARTS,
     Parts,
 )
-from voicepipe.gcpause import without_cyclic_gc
+from voicepipe.infra.bulk import copy_then, dbapi_connection, stage
+from voicepipe.infra.gcpause import without_cyclic_gc
 from voicepipe.metrics.derive import METRIC_COLUMNS, derive
 
 PART_COLUMNS: tuple[str, ...] = ALL_PARTS
@@ -94,7 +94,7 @@ def write_window(
     rows = [snapshot_values(org, period_type, start, end, parts) for org, parts in sorted(org_parts.items())]
     rows.append(snapshot_values(None, period_type, start, end, platform_parts))
     # Binary COPY into a staging table and one INSERT ... SELECT: 1,001 rows of ~90
-    # columns in about 20 ms (voicepipe/bulk.py says why not parameterised INSERTs).
+    # columns in about 20 ms (voicepipe/infra/bulk.py says why not parameterised INSERTs).
     copy_then(session, "vp_stage_snapshots", "metrics_snapshots", SNAPSHOT_COLUMNS, rows, _UPSERT_SQL, binary=True)
     delete_vanished(session, period_type, start, org_parts)
     return len(rows)

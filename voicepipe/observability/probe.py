@@ -306,7 +306,7 @@ def heartbeat_file() -> Path:
     """
     import os
 
-    from voicepipe.health import heartbeat_path
+    from voicepipe.observability.health import heartbeat_path
 
     raw = os.environ.get("VOICEPIPE_BEAT_HEARTBEAT_FILE", "").strip()
     return Path(raw) if raw else heartbeat_path()
@@ -321,7 +321,7 @@ def collect_now(
     settings = get_settings()
     broker = settings.broker_url
     if broker is None:
-        from voicepipe.embedded import redis_url, require_allowed
+        from voicepipe.infra.embedded import redis_url, require_allowed
 
         require_allowed("BROKER_URL")
         broker = redis_url(settings.data_dir)

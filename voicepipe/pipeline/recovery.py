@@ -27,9 +27,9 @@ from sqlalchemy.orm import Session
 from models.artifacts import Artifact, Claim, EntityResolution
 from voicepipe.domain import WORKING_STATUSES
 from voicepipe.events.recording import record_events
-from voicepipe.pipeline.dispatch import send_after_commit
 from voicepipe.pipeline.stages import STAGE_TASKS, fail_artifact, status_event
 from voicepipe.settings import get_settings
+from worker.dispatch import send_after_commit
 
 log = logging.getLogger(__name__)
 

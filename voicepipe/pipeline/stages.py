@@ -44,7 +44,6 @@ from voicepipe.clock import utcnow
 from voicepipe.domain import PIPELINE, STAGE_ORDER
 from voicepipe.errors import ArtifactNotFound
 from voicepipe.events.recording import record_events
-from voicepipe.pipeline.dispatch import send_after_commit
 from voicepipe.pipeline.processor import (
     ClaimsInput,
     ClaimsResult,
@@ -59,6 +58,7 @@ from voicepipe.pipeline.processor import (
     get_processor,
 )
 from voicepipe.validation import check_id, check_text, check_uuid
+from worker.dispatch import send_after_commit
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,6 @@ from psycopg.types.json import Jsonb
 from sqlalchemy.orm import Session
 
 from models.artifacts import Artifact
-from voicepipe import late
-from voicepipe.bulk import dbapi_connection
 from voicepipe.clock import utcnow
 from voicepipe.domain import FULL_PIPELINE, PIPELINE, RETRY_STAGES, WORKING_STATUSES
 from voicepipe.errors import (
@@ -47,7 +45,8 @@ from voicepipe.errors import (
 from voicepipe.events.parts import HISTOGRAM_PART, SCALAR_PARTS, Parts, add_event, empty_parts
 from voicepipe.events.recording import EVENT_COLUMNS, CounterKey, add_to_counters, parse_events
 from voicepipe.events.schema import Event
-from voicepipe.pipeline.dispatch import send_after_commit
+from voicepipe.infra.bulk import dbapi_connection
+from voicepipe.metrics import late
 from voicepipe.pipeline.stages import (
     DERIVED,
     STAGE_ORDER,
@@ -59,6 +58,7 @@ from voicepipe.pipeline.stages import (
 from voicepipe.settings import get_settings
 from voicepipe.validation import check_id, check_text, check_uuid
 from voicepipe.windows import HOUR, floor_hour, hour_label
+from worker.dispatch import send_after_commit
 
 log = logging.getLogger(__name__)
 

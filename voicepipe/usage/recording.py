@@ -11,9 +11,9 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models.usage import AiUsageLog
-from voicepipe import late
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
+from voicepipe.metrics import late
 from voicepipe.timebounds import check_usage_time
 from voicepipe.validation import (
     check_id,

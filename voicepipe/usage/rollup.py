@@ -21,10 +21,10 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models.usage import AiUsageDailyAggregate, AiUsageLog
-from voicepipe import late
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
 from voicepipe.maintenance.cleanup import usage_recomputable_from
+from voicepipe.metrics import late
 from voicepipe.windows import DAY, closed_days, day_start, floor_day, parse_day
 
 log = logging.getLogger(__name__)
@@ -216,7 +216,7 @@ def usage_plan(session: Session, now: datetime, horizon_days: int) -> UsagePlan:
 
     The log is insert-only (a repeated id is a no-op), so a count that differs from
     the stored total_calls means calls were added since (or never rolled up). Calls
-    recorded for a closed day mark it (voicepipe.late), so a late call is found
+    recorded for a closed day mark it (voicepipe.metrics.late), so a late call is found
     however old its day, while the log still holds it.
     """
     oldest = usage_recomputable_from(now)

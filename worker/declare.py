@@ -72,7 +72,7 @@ class VoicepipeTask(Task):  # type: ignore[misc]
 
 def _park(task: Task, task_id: str, kwargs: dict[str, Any], reason: str, exc: BaseException,
           *, attempts: int, deliveries: int = 1) -> DeadLettered:
-    from voicepipe.deadletters import park
+    from worker.deadletters import park
 
     parked = park(task_name=task.name, task_id=task_id, queue=TASK_QUEUES[task.name], kwargs=kwargs,
                   reason=reason, error=f"{type(exc).__name__}: {exc}", attempts=attempts, deliveries=deliveries)
@@ -99,7 +99,7 @@ def public_task(
     time limit, fails unexpectedly, or is delivered more than VOICEPIPE_DELIVERY_LIMIT
     times is parked in dead_letters instead of dropped. Refusals are answers, never parked.
     strategy: how the worker's consumer dispatches the task's messages (Celery's Task.Strategy;
-    tasks/_batching.py records single-event messages in batches).
+    worker/batching.py records single-event messages in batches).
     """
     if name not in TASK_QUEUES:
         raise KeyError(f"{name} has no route in worker/routes.py")
@@ -181,7 +181,7 @@ def _run(task: Task, fn: Callable[..., Any], kwargs: dict[str, Any], *, retry_tr
                 _check_delivery_limit(task, kwargs, retries, settings.delivery_limit)
             result = fn(**kwargs)
             if parks and redelivered:
-                from voicepipe.deadletters import forget_deliveries
+                from worker.deadletters import forget_deliveries
 
                 forget_deliveries(request.id)
             return result
@@ -220,7 +220,7 @@ def _run(task: Task, fn: Callable[..., Any], kwargs: dict[str, Any], *, retry_tr
 
 def _check_delivery_limit(task: Task, kwargs: dict[str, Any], retries: int, limit: int) -> None:
     """Count this redelivery; park the message when it was delivered more than `limit` times."""
-    from voicepipe.deadletters import count_delivery
+    from worker.deadletters import count_delivery
 
     deliveries = count_delivery(task.request.id, retries)
     if deliveries > limit:

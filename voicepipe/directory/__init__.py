@@ -9,8 +9,8 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.orm import Session
 
 from models.directory import Organization, User
+from voicepipe.directory.staff import PATH_DIRECTORY_SYNC, name_the_change
 from voicepipe.errors import InvalidInput, PermissionDenied
-from voicepipe.staff import PATH_DIRECTORY_SYNC, name_the_change
 from voicepipe.validation import check_bool, check_id, check_text
 
 UPSERT_USER = "voicepipe.directory.upsert_user"

@@ -2,7 +2,7 @@
 
 Parking runs in its own transaction (the task's own transaction has rolled back by
 then). Replay re-sends the stored kwargs through the broker under the original task
-id, so ids derived from the task id (tasks/_ids.py) are the same and a message whose
+id, so ids derived from the task id (worker/ids.py) are the same and a message whose
 first attempt did commit changes nothing.
 """
 

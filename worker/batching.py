@@ -8,7 +8,7 @@ message in a buffer, unacknowledged, and hands the buffered messages to a pool p
 as one job (`run_batch`): each message is validated by itself, the good ones are
 written in one transaction, and only after that commit is each message acknowledged.
 
-Everything else keeps the per-message path of tasks/_base.py, with its retries, dead
+Everything else keeps the per-message path of worker/declare.py, with its retries, dead
 letters and delivery limit, by handing the message's own Celery request back to the
 worker's normal dispatch:
 - a redelivered message (the worker or its pool process died holding it), a retry
@@ -23,7 +23,7 @@ When the pool process running a batch dies (kill -9, OOM), every message of the 
 is rejected and requeued (task_reject_on_worker_lost); when the whole worker dies,
 the broker redelivers them (RabbitMQ at once, Redis after the visibility timeout).
 A redelivered message takes the per-message path, whose id derived from the task id
-(tasks/_ids.py) makes a second recording a no-op: nothing is lost, nothing doubled.
+(worker/ids.py) makes a second recording a no-op: nothing is lost, nothing doubled.
 
 Only a worker that consumes the `events` queue alone batches (worker/routes.py routes the
 two tasks there; `celery worker -Q events`). Buffered messages are held beyond the
@@ -428,10 +428,10 @@ def _acknowledge(requests: list[Request]) -> None:
 def run_batch(task_name: str, items: list[tuple[str, dict[str, Any], bool]]) -> list[Any]:
     """In a pool process: record the messages in one transaction; one answer per message."""
     from models.session import session_scope, soft_time_limit
-    from tasks._ids import with_id
     from voicepipe.errors import InvalidInput
     from voicepipe.events.messages import record_event_messages, record_usage_messages
     from worker import app
+    from worker.ids import with_id
 
     if task_name == EVENTS_TASK:
         key, record = "event_id", record_event_messages

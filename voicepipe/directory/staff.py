@@ -1,4 +1,4 @@
-"""Platform-staff status: who may retry. Changed only by the signed directory sync (voicepipe/directory.py,
+"""Platform-staff status: who may retry. Changed only by the signed directory sync (voicepipe/directory/,
 voicepipe/authority.py) or an operator.
 
 Every change is recorded in staff_audit by a trigger on users (migration 0003); the

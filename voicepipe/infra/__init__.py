@@ -1,0 +1,1 @@
+"""Infrastructure: bulk COPY, GC pauses, database roles, the embedded servers."""
