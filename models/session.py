@@ -60,8 +60,8 @@ def make_engine(url: str, **kwargs: object) -> Engine:
         pool_pre_ping=True,
         # Bound every statement so a wedged query cannot hold a worker forever;
         # the longest task time limit is larger than this. No JIT: compiling the
-        # aggregation statements' hundred sums cost 80-150 ms a statement, more than it
-        # saved on them (10,000 organizations x 30 days: 1.30 s with it, 1.16 s without).
+        # aggregation statements' hundred sums costs more than it saves on them
+        # (docs/profiling.md).
         connect_args={"connect_timeout": 10, "options": "-c statement_timeout=300000 -c jit=off"},
         **kwargs,  # type: ignore[arg-type]
     )

@@ -36,9 +36,8 @@ SNAPSHOT_COLUMNS: tuple[str, ...] = (
 # The unique constraint treats NULLs as equal, so the platform row (organization NULL)
 # conflicts with itself too: one row a window. ORDER BY gives concurrent writers one lock order.
 # A row whose values are all unchanged is left alone (its computed_at says when its figures
-# last changed): a window is re-run when a late event touches one organization, and
-# rewriting the other rows unchanged cost 150 ms for 10,000 organizations (new row
-# versions, index entries and WAL for nothing).
+# last changed): a window is re-run when a late event touches one organization, and the
+# others' new row versions, index entries and WAL would be for nothing.
 _UPDATED = (*PART_COLUMNS, *METRIC_COLUMNS, "period_end")
 _UPSERT_SQL = (
     f"INSERT INTO metrics_snapshots ({', '.join(SNAPSHOT_COLUMNS)}) "
@@ -166,25 +165,18 @@ class SummedParts:
 
 _IN_RANGE = "s.period_type = %(period_type)s AND s.period_start >= %(lo)s AND s.period_start < %(hi)s"
 # Two aggregates over the same rows, joined per organization, in one statement (one
-# snapshot of the data):
+# snapshot of the data); docs/profiling.md has the measurements behind each choice:
 # - Exact parts, in any order, in a hash aggregate. Integer parts and histogram buckets
 #   are summed as float8 and cast back: every partial sum of integers below 2**53 (9e15)
-#   is an integer a double holds exactly, so the result is exact whatever the order,
-#   and PostgreSQL's float8 sum costs half its bigint sum (which accumulates in
-#   numeric): 0.43 s instead of 0.89 s for the 64 buckets of 300,000 rows. Histograms
-#   are summed one sum per subscript in use (a bucket past an array's end is NULL,
-#   which sum skips); an unnest of every bucket grouped by (organization, bucket) cost
-#   twice as much again. Decimal sums are exact in any order. The constant xid group
-#   key changes no group but makes hashing the only way to group (xid has no ordering):
-#   with statistics that had not seen a fresh day's rows yet, the planner expected a
-#   handful of rows and sorted 240,000 whole rows through 200 MB of temporary files
-#   instead (1.9 s instead of 0.95 s for a day of 10,000 organizations).
-# - Float parts, in a fixed order: floating-point addition is not associative, and
-#   summing in whatever order the scan delivered rows changed a day's averages in the
-#   last digits from one run to the next. They are summed from a subquery ordered by
-#   (organization, window start) that carries only those columns: sorting whole rows
-#   spilled 270 MB to disk for 10,000 organizations x 30 days. The order is by byte
-#   ("C" collation): comparing ids through the database's locale cost most of that sort.
+#   is an integer a double holds exactly, so the result is exact whatever the order, at
+#   half the cost of a bigint sum. Histograms are summed one sum per subscript in use
+#   (a bucket past an array's end is NULL, which sum skips). Decimal sums are exact in
+#   any order. The constant xid group key changes no group but makes hashing the only
+#   way to group (xid has no ordering), whatever the statistics expect.
+# - Float parts, in a fixed order: floating-point addition is not associative, so a
+#   day's averages would change in the last digits from one run to the next. They are
+#   summed from a narrow subquery ordered by (organization, window start), by byte
+#   ("C" collation), so the sort carries only those columns and no locale.
 # The join key maps the platform (organization NULL) to '', which no organization id
 # can be (ids are never blank); names are joined after summing.
 _ALL_BUCKETS: tuple[int, ...] = tuple(range(1, N_BUCKETS + 1))  # PostgreSQL subscripts
@@ -242,10 +234,10 @@ SUM_WORK_MEM = "64MB"
 def sum_plan_settings(cur: Any) -> Iterator[None]:
     """The planner settings of the summing statement, restored after it.
 
-    - work_mem: room for the per-organization hash of ~100 sums (25 MB for 10,000
-      organizations) and the float sort, which spilled to disk at the default 4 MB.
+    - work_mem: room for the per-organization hash of ~100 sums and the float sort,
+      which spill to disk at the default 4 MB.
     - No nested loop: with statistics taken before a burst of rows the planner expects
-      one row from each aggregate and re-ran the ordered one once per organization;
+      one row from each aggregate and re-runs the ordered one once per organization;
       the aggregates are joined by hash whatever the statistics say.
     """
     previous = cur.execute("SELECT current_setting('work_mem'), current_setting('enable_nestloop')").fetchone()

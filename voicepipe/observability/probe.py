@@ -1,8 +1,9 @@
 """One reading of the pipeline's health: what the exporter serves and the alerts evaluate.
 
 Every figure comes from a cheap indexed query (or the broker, or beat's heartbeat
-file) at call time; nothing is cached, so two readers at the same moment agree.
-Window lag and due windows come from the same functions `voicepipe status` uses.
+file) at call time, except the due windows: DueWindows reads them every 10 s in the
+background (a reader past 30 s, or in a new hour, reads them itself). Window lag and
+due windows come from the same functions `voicepipe status` uses.
 """
 
 from __future__ import annotations

@@ -94,22 +94,14 @@ _ROLLUPS = text(
     )
 )
 
-# Only the top coaches and players, for a range read wholly from rollups. The time was
-# the per-entry work on the jsonb, not round trips (one statement already): 30 days x
-# 400 players is 12,000 entries, each expanded by jsonb_each (2.0 ms), hashed by key
-# (0.9 ms), then about 0.7 ms per field extracted and cast, 7.1 ms of the statement's
-# 8.5 for the players' five sums; 447 rows then went to Python (about 1 ms more). So
-# the ranking extracts only the cost of every entry; rank() keeps every key tied with
-# the top-th on cost (a key of the top n has fewer than n keys of higher cost), and
-# only those candidates are looked up for calls and tokens, then ordered as _top orders
-# them (cost, calls, key; "C" is code point order, as Python's). The breakdowns are
-# detoasted once into r (jsonb || '{}' returns its detoasted operand): each lookup in
-# a toasted value decompresses all of it again (the players' part took 16.9 ms instead
-# of 6.2 that way). 27 rows go to Python. Bench (--only dashboard, 30 days x 10,000
-# calls, run alternately with the previous statement): p50 11.0 and 10.9 ms before,
-# 7.6 and 7.5 after. What is left is mostly that per-entry work (4.4 ms of 7.2 for the
-# players' ranking); going lower needs breakdowns kept as rows (day, organization,
-# kind, key) with the sums in columns (about 4 ms for all of it, measured on a copy).
+# Only the top coaches and players, for a range read wholly from rollups (measurements
+# in docs/profiling.md). The time is the per-entry work on the jsonb, so the ranking
+# extracts only the cost of every entry; rank() keeps every key tied with the top-th on
+# cost (a key of the top n has fewer than n keys of higher cost), and only those
+# candidates are looked up for calls and tokens, then ordered as _top orders them (cost,
+# calls, key; "C" is code point order, as Python's). The breakdowns are detoasted once
+# into r (jsonb || '{}' returns its detoasted operand): each lookup in a toasted value
+# would decompress all of it again.
 _ROLLUPS_TOP = text(
     "WITH r AS MATERIALIZED (SELECT total_cost, total_calls, total_input_tokens, total_cached_tokens, "
     "total_output_tokens, by_operation, by_coach || '{}'::jsonb AS by_coach, by_player || '{}'::jsonb AS by_player "
