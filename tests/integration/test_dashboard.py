@@ -492,14 +492,14 @@ def test_a_recomputed_window_or_a_new_name_shows_within_seconds_and_the_old_tabl
 def test_a_changed_range_gives_the_previous_breakdown_marked_refreshing_until_the_background_sum_is_in(
     engine: Any,
 ) -> None:
-    """In process: data.cached_breakdown after a change returns at once, marked, and sums in the background."""
-    from voicepipe.dashboard import data
+    """In process: breakdowns.cached_breakdown after a change returns at once, marked, and sums in the background."""
+    from voicepipe.dashboard import breakdowns, data
 
     now = datetime.now(UTC).replace(second=0, microsecond=0)
     day = now.date() - timedelta(days=3)
     at = datetime(day.year, day.month, day.day, 9, 5, tzinfo=UTC)
     start, end = data.period_span("daily", now)
-    data._breakdowns.clear()
+    breakdowns._breakdowns.clear()
 
     def add(n: int, offset: int) -> None:
         with Session(engine) as s:
@@ -512,7 +512,7 @@ def test_a_changed_range_gives_the_previous_breakdown_marked_refreshing_until_th
             s.commit()
 
     def cached(wait: bool = False) -> Any:
-        return data.read(lambda s, _n: data.cached_breakdown(s, "daily", start, end, wait=wait), now)
+        return data.read(lambda s, _n: breakdowns.cached_breakdown(s, "daily", start, end, wait=wait), now)
 
     def received(b: Any) -> list[tuple[str, int]]:
         return [(f.organization_id, f.metrics["artifacts_received"]) for f in b.rows]
@@ -533,7 +533,7 @@ def test_a_changed_range_gives_the_previous_breakdown_marked_refreshing_until_th
     add(2, 200)
     waited = cached(wait=True)
     assert (received(waited), waited.refreshing) == ([("club-r", 9)], False)
-    data._breakdowns.clear()
+    breakdowns._breakdowns.clear()
 
 
 def test_20000_operation_names_leave_the_organization_page_its_size(
