@@ -129,7 +129,7 @@ def machine(env: Env) -> dict[str, Any]:
         pg = conn.execute(text("SHOW server_version")).scalar_one()
     import redis
 
-    from tests.helpers import redis_client
+    from tests.support.helpers import redis_client
 
     try:
         rv = redis_client(env.broker_url).info("server")["redis_version"]
@@ -223,7 +223,7 @@ def cli_server(
     import subprocess
     import sys
 
-    from tests.redis_server import free_port
+    from tests.support.redis_server import free_port
 
     port = free_port()
     process_env = {k: v for k, v in os.environ.items() if not k.startswith(("VOICEPIPE_", "FLOWER_"))}

@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 from bench import data
 from bench.harness import Env, Result
 from models import PipelineEvent
-from tests.helpers import (
+from tests.support.helpers import (
     celery_cmd,
     is_amqp,
     new_vhost,

@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from bench.harness import Env, Result, percentile
 from models import Artifact, Organization, PipelineEvent, RetryRequest, User
-from tests.helpers import celery_cmd, producer, redis_client, service_env, spawn, wait_for
+from tests.support.helpers import celery_cmd, producer, redis_client, service_env, spawn, wait_for
 
 STAFF = "bench-staff"
 

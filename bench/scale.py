@@ -25,7 +25,7 @@ from bench.daily import SEED_COUNTERS
 from bench.data import FULL_HISTOGRAM, USUAL_HISTOGRAM, seed_daily_snapshots
 from bench.harness import Env, Result, timed
 from models import AggregationWindow
-from tests.helpers import celery_cmd, producer, redis_client, service_env, spawn, wait_for
+from tests.support.helpers import celery_cmd, producer, redis_client, service_env, spawn, wait_for
 from voicepipe.metrics.daily import aggregate_day
 from voicepipe.metrics.hourly import aggregate_hour
 from voicepipe.metrics.queries import organization_breakdown

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
 
 from models import session as db_session
-from tests.helpers import (
+from tests.support.helpers import (
     Proc,
     admin_execute,
     celery_cmd,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.acceptance.test_dev_stack import flower_login, free_port, start_dev, stop_dev
-from tests.helpers import wait_for
+from tests.support.helpers import wait_for
 
 
 def dashboard_get(port: int, path: str, credentials: str | None) -> tuple[int, bytes]:

@@ -21,7 +21,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, func, select
 
 from models import MetricsSnapshot, PipelineEvent
-from tests.helpers import REPO_ROOT, wait_for
+from tests.support.helpers import REPO_ROOT, wait_for
 from voicepipe.migrate import alembic_config
 
 WORKER_ACTIVITY = re.compile(
@@ -173,7 +173,7 @@ def test_a_wrong_setting_stops_the_command_naming_the_variable(short_tmp: Path) 
 
 
 def test_migrate_applies_migrations_to_database_url(pg_admin_url: str, short_tmp: Path) -> None:
-    from tests.helpers import admin_execute, with_database
+    from tests.support.helpers import admin_execute, with_database
 
     name = f"vp_migrate_{os.getpid()}_{int(time.time())}"
     admin_execute(pg_admin_url, f'CREATE DATABASE "{name}"')

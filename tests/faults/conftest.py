@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
 
-from tests.helpers import is_amqp
-from tests.redis_server import OwnRedis
+from tests.support.helpers import is_amqp
+from tests.support.redis_server import OwnRedis
 
 
 def pytest_configure(config: pytest.Config) -> None:

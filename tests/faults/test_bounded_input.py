@@ -19,7 +19,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models import PipelineEvent
-from tests.helpers import RECENT, Proc, wait_for
+from tests.support.helpers import RECENT, Proc, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -21,15 +21,15 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from tests.faults.support import (
+from tests.faults.test_dead_letters import recorded
+from tests.faults.test_redis_restart import Producer, Supervisor
+from tests.support.faults import (
     SHORT_VISIBILITY_APP,
     lock_waiters,
     production_producer,
     start_worker_proc,
 )
-from tests.faults.test_dead_letters import recorded
-from tests.faults.test_redis_restart import Producer, Supervisor
-from tests.helpers import RECENT, is_amqp, rabbitmqctl, service_env, wait_for
+from tests.support.helpers import RECENT, is_amqp, rabbitmqctl, service_env, wait_for
 
 pytestmark = pytest.mark.slow
 

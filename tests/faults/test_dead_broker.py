@@ -17,8 +17,8 @@ import kombu.exceptions
 import pytest
 from celery import Celery
 
-from tests.helpers import RECENT_DAY
-from tests.redis_server import OwnRedis, free_port
+from tests.support.helpers import RECENT_DAY
+from tests.support.redis_server import OwnRedis, free_port
 from worker.config import celery_config
 
 pytestmark = pytest.mark.slow

@@ -22,9 +22,9 @@ from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
 from models import DeadLetter, EventCounter, PipelineEvent
-from tests.helpers import REPO_ROOT, Proc, is_amqp, service_env, wait_for
+from tests.support.helpers import REPO_ROOT, Proc, is_amqp, service_env, wait_for
 
-POISON_APP = "tests.faults.poison_app"
+POISON_APP = "tests.support.poison_app"
 # A recent closed hour: events must fall inside the retention and clock-skew bounds.
 HOUR = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)
 
@@ -315,8 +315,8 @@ def _lock_waiting_since(session: Session) -> datetime | None:
 
 def _poison_worker(db_url: str, broker_url: str, data_dir: Path, tmp_path: Path,
                    start_worker: Callable[..., Proc], queues: str = "pipeline", **env: str) -> Proc:
-    """A worker of the poison app (tests/faults/poison_app.py), stopped by start_worker's teardown."""
-    from tests.helpers import celery_cmd, spawn
+    """A worker of the poison app (tests/support/poison_app.py), stopped by start_worker's teardown."""
+    from tests.support.helpers import celery_cmd, spawn
 
     name = f"poison-{uuid.uuid4().hex[:6]}@test"
     args = celery_cmd("worker", "-Q", queues, "-c", "1", "-P", "prefork", "-n", name,

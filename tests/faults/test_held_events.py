@@ -26,16 +26,16 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from models import EventCounter, PipelineEvent
-from tests.faults.support import (
+from tests.support.faults import (
     SHORT_VISIBILITY_APP,
     lock_waiters,
     pool_children,
     production_producer,
     start_worker_proc,
 )
-from tests.helpers import RECENT, Proc, is_amqp, redis_client, wait_for
-from tests.integration.pipeline_support import FAST, ingest, status_of
-from tests.redis_server import OwnRedis
+from tests.support.helpers import RECENT, Proc, is_amqp, redis_client, wait_for
+from tests.support.pipeline import FAST, ingest, status_of
+from tests.support.redis_server import OwnRedis
 from voicepipe.observability.queues import queue_depths
 
 pytestmark = pytest.mark.slow

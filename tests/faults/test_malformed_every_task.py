@@ -24,11 +24,11 @@ from hypothesis import strategies as st
 from sqlalchemy import Engine, create_engine
 from sqlalchemy.orm import Session
 
-from tests.faults.support import HOUR, start_worker_proc, this_hour
 from tests.faults.test_malformed_tasks import REFUSED as RECORDING_REFUSED
-from tests.helpers import RECENT_DAY, Proc, admin_execute, producer, with_database
-from tests.integration.pipeline_support import add_artifact, add_user, snapshot
-from tests.redis_server import OwnRedis
+from tests.support.faults import HOUR, start_worker_proc, this_hour
+from tests.support.helpers import RECENT_DAY, Proc, admin_execute, producer, with_database
+from tests.support.pipeline import add_artifact, add_user, snapshot
+from tests.support.redis_server import OwnRedis
 from voicepipe.events.recording import record_events
 from voicepipe.metrics.hourly import aggregate_hour
 from voicepipe.usage.recording import record_usage

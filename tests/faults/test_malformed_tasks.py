@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from tests.helpers import RECENT_DAY, Proc
+from tests.support.helpers import RECENT_DAY, Proc
 from voicepipe.domain import EVENT_TYPES, STAGES
 
 pytestmark = pytest.mark.slow

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import PipelineEvent
-from tests.helpers import RECENT_DAY, Proc, redis_client, wait_for
+from tests.support.helpers import RECENT_DAY, Proc, redis_client, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, select, text
 from sqlalchemy.orm import Session
 
 from models import AggregationWindow
-from tests.faults.support import (
+from tests.support.faults import (
     HOUR,
     OwnPostgres,
     duplicates,
@@ -35,8 +35,8 @@ from tests.faults.support import (
     window_fresh,
     window_mismatch,
 )
-from tests.helpers import Proc, producer, wait_for
-from tests.redis_server import OwnRedis
+from tests.support.helpers import Proc, producer, wait_for
+from tests.support.redis_server import OwnRedis
 from voicepipe.events.recording import record_events
 
 pytestmark = pytest.mark.slow

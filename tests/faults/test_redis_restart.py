@@ -23,8 +23,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import EventCounter, PipelineEvent
-from tests.helpers import RECENT, Proc, celery_cmd, service_env, spawn, wait_for
-from tests.redis_server import OwnRedis
+from tests.support.helpers import RECENT, Proc, celery_cmd, service_env, spawn, wait_for
+from tests.support.redis_server import OwnRedis
 from worker.config import celery_config
 
 pytestmark = pytest.mark.slow

@@ -13,7 +13,7 @@ What is in flight when Redis dies is recovered the designed ways: a stage messag
 whose publish failed after its retry committed is re-queued by the stall sweeper
 (voicepipe.maintenance.requeue_stalled, with a short VOICEPIPE_STALL_TIMEOUT_SECONDS),
 and a message the worker held unacknowledged comes back after the visibility
-timeout (shortened here, see tests/faults/short_visibility.py): the test waits until
+timeout (shortened here, see tests/support/short_visibility.py): the test waits until
 none is left in Redis's unacknowledged set. A worker that exits on the connection loss
 is started again, as its supervisor would.
 
@@ -37,10 +37,10 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import Artifact, PipelineEvent, RetryRequest
-from tests.faults.support import SHORT_VISIBILITY_APP, production_producer, start_worker_proc
-from tests.helpers import Proc, producer, wait_for
-from tests.integration.pipeline_support import FAST, add_artifact, add_user
-from tests.redis_server import OwnRedis
+from tests.support.faults import SHORT_VISIBILITY_APP, production_producer, start_worker_proc
+from tests.support.helpers import Proc, producer, wait_for
+from tests.support.pipeline import FAST, add_artifact, add_user
+from tests.support.redis_server import OwnRedis
 from voicepipe.errors import REFUSALS
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session
 
-from tests.faults.support import (
+from tests.support.faults import (
     HOUR,
     duplicates,
     expected_hours,
@@ -34,8 +34,8 @@ from tests.faults.support import (
     window_fresh,
     window_mismatch,
 )
-from tests.helpers import Proc, wait_for
-from tests.redis_server import OwnRedis
+from tests.support.helpers import Proc, wait_for
+from tests.support.redis_server import OwnRedis
 from voicepipe.events.recording import record_events
 from voicepipe.metrics.due import due_hours
 

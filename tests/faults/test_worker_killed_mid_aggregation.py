@@ -32,7 +32,7 @@ from celery import Celery
 from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
-from tests.faults.support import (
+from tests.support.faults import (
     HOUR,
     SHORT_VISIBILITY_APP,
     duplicates,
@@ -46,8 +46,8 @@ from tests.faults.support import (
     window_fresh,
     window_mismatch,
 )
-from tests.helpers import Proc, producer, wait_for
-from tests.redis_server import OwnRedis
+from tests.support.helpers import Proc, producer, wait_for
+from tests.support.redis_server import OwnRedis
 from voicepipe.events.recording import record_events
 
 pytestmark = pytest.mark.slow

@@ -29,13 +29,13 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from models import EventCounter, PipelineEvent
-from tests.faults.support import (
+from tests.support.faults import (
     SHORT_VISIBILITY_APP,
     lock_waiters,
     production_producer,
     start_worker_proc,
 )
-from tests.helpers import RECENT, Proc, is_amqp, wait_for
+from tests.support.helpers import RECENT, Proc, is_amqp, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import sqlalchemy.exc
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
-from tests.helpers import (
+from tests.support.helpers import (
     REPO_ROOT,
     Proc,
     celery_cmd,

@@ -26,7 +26,7 @@ from models import (
     MetricsSnapshot,
     PipelineEvent,
 )
-from tests.helpers import Proc, wait_for
+from tests.support.helpers import Proc, wait_for
 
 # Small values, each allowed by settings' minimums (counters and the AI usage log: 8 days).
 RETENTION = {

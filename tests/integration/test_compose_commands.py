@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.compose import env_example, healthcheck_command, local_command, services
-from tests.helpers import (
+from tests.support.compose import env_example, healthcheck_command, local_command, services
+from tests.support.helpers import (
     REPO_ROOT,
     Proc,
     admin_execute,
@@ -26,7 +26,7 @@ from tests.helpers import (
     wait_for,
     with_database,
 )
-from tests.redis_server import cli_executable, free_port, server_executable
+from tests.support.redis_server import cli_executable, free_port, server_executable
 from worker.routes import QUEUES
 
 # .env.example's placeholders are refused where they guard something (Flower's password,
@@ -270,8 +270,8 @@ def test_the_operators_flower_cannot_send_or_revoke_tasks_and_the_admin_flower_c
     compose: dict[str, dict[str, Any]], db_url: str, broker_url: str, service_data_dir: Path,
     tmp_path: Path, procs: list[Proc],
 ) -> None:
-    from tests.helpers import redis_client
     from tests.integration.test_flower import http
+    from tests.support.helpers import redis_client
 
     flowers = {}
     for name in ("flower", "flower-admin"):

@@ -3,7 +3,7 @@
 Events cover six closed days; the run at 01:30 must write daily rows for exactly
 the three days of the horizon (the older days keep their events and counters but
 get no snapshot of any kind), each row equal to a recount from the raw events
-(tests/integration/metrics_support.py), never to figures the product computed.
+(tests/support/metrics.py), never to figures the product computed.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import AggregationWindow, MetricsSnapshot
-from tests.helpers import Proc, redis_client, wait_for
-from tests.integration.metrics_support import (
+from tests.support.helpers import Proc, redis_client, wait_for
+from tests.support.metrics import (
     assert_row_matches,
     expected,
     group_events,

@@ -29,8 +29,8 @@ from sqlalchemy import create_engine
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
-from tests.helpers import REPO_ROOT, Proc, service_env, spawn, wait_for
-from tests.redis_server import free_port
+from tests.support.helpers import REPO_ROOT, Proc, service_env, spawn, wait_for
+from tests.support.redis_server import free_port
 from voicepipe.alerts.evaluate import evaluate, open_alerts
 from voicepipe.directory import upsert_organization
 from voicepipe.events.recording import record_events

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import DeadLetter
-from tests.helpers import REPO_ROOT, service_env
+from tests.support.helpers import REPO_ROOT, service_env
 from worker.deadletters import park
 
 

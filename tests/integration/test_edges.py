@@ -28,8 +28,9 @@ from models import (
     PipelineEvent,
     RetryRequest,
 )
-from tests.helpers import Proc, service_env, wait_for
-from tests.integration.pipeline_support import (
+from tests.integration.test_metrics_cli import voicepipe
+from tests.support.helpers import Proc, service_env, wait_for
+from tests.support.pipeline import (
     FAST,
     add_artifact,
     add_user,
@@ -37,7 +38,6 @@ from tests.integration.pipeline_support import (
     event_types,
     events,
 )
-from tests.integration.test_metrics_cli import voicepipe
 from voicepipe.errors import InvalidInput
 from voicepipe.events.recording import rebuild_counters, record_events
 from voicepipe.maintenance.cleanup import cutoffs

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.helpers import wait_for
-from tests.redis_server import server_executable
+from tests.support.helpers import wait_for
+from tests.support.redis_server import server_executable
 from voicepipe.errors import SettingsError
 from voicepipe.infra import embedded
 

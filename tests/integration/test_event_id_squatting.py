@@ -15,8 +15,8 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from models import PipelineEvent
-from tests.helpers import Proc, admin_execute, wait_for, with_database
-from tests.integration.pipeline_support import add_artifact, add_user
+from tests.support.helpers import Proc, admin_execute, wait_for, with_database
+from tests.support.pipeline import add_artifact, add_user
 from voicepipe.migrate import upgrade
 from voicepipe.retry.service import request_retry
 

@@ -19,9 +19,9 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session
 
-from tests.helpers import REPO_ROOT, Proc, producer, service_env, spawn, wait_for
-from tests.integration.pipeline_support import add_artifact
-from tests.redis_server import free_port
+from tests.support.helpers import REPO_ROOT, Proc, producer, service_env, spawn, wait_for
+from tests.support.pipeline import add_artifact
+from tests.support.redis_server import free_port
 from voicepipe.events.recording import record_events
 from voicepipe.metrics.hourly import aggregate_hour
 
@@ -211,7 +211,7 @@ def test_the_compose_exporter_command_serves_and_its_health_check_scrapes_it(
     db_url: str, broker_url: str, service_data_dir: Path, tmp_path: Path,
 ) -> None:
     """docker-compose.yml's exporter service, its command and health check run as local processes."""
-    from tests.compose import env_example, healthcheck_command, local_command, services
+    from tests.support.compose import env_example, healthcheck_command, local_command, services
 
     service = services(dict(env_example(), VOICEPIPE_EXPORTER_AUTH=CREDENTIALS))["exporter"]
     port = str(free_port())

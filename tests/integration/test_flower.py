@@ -19,9 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import Artifact, PipelineEvent
-from tests.helpers import Proc, celery_cmd, service_env, spawn, wait_for
-from tests.integration.pipeline_support import FAST, add_artifact, add_user
-from tests.redis_server import free_port
+from tests.support.helpers import Proc, celery_cmd, service_env, spawn, wait_for
+from tests.support.pipeline import FAST, add_artifact, add_user
+from tests.support.redis_server import free_port
 from voicepipe.settings import PLACEHOLDER_PASSWORD
 from worker.config import celery_config
 
@@ -126,7 +126,7 @@ def test_flower_refuses_to_start_without_flower_basic_auth(start_flower: Callabl
 
 def example_flower_auth() -> str:
     """FLOWER_BASIC_AUTH as .env.example ships it."""
-    from tests.compose import env_example
+    from tests.support.compose import env_example
 
     return env_example()["FLOWER_BASIC_AUTH"]
 

@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import EventCounter, PipelineEvent
-from tests.helpers import RECENT, Proc
-from tests.integration.pipeline_support import add_artifact
+from tests.support.helpers import RECENT, Proc
+from tests.support.pipeline import add_artifact
 
 HOUR = RECENT + timedelta(hours=13)
 

@@ -18,7 +18,7 @@ from celery import Celery
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from tests.helpers import Proc, service_env
+from tests.support.helpers import Proc, service_env
 from voicepipe.migrate import alembic_config, upgrade
 
 TABLES = ("metrics_snapshots", "aggregation_windows", "ai_usage_daily_aggregates")

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from celery import Celery
 
-from tests.helpers import (
+from tests.support.helpers import (
     REPO_ROOT,
     Proc,
     admin_execute,
@@ -24,7 +24,7 @@ from tests.helpers import (
     wait_for,
     with_database,
 )
-from tests.redis_server import OwnRedis, free_port
+from tests.support.redis_server import OwnRedis, free_port
 from voicepipe.observability.health import HEARTBEAT_FILENAME, check_beat
 
 

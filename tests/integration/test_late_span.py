@@ -12,7 +12,7 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models import PipelineEvent
-from tests.helpers import Proc
+from tests.support.helpers import Proc
 
 
 def late(hours_back: list[int]) -> list[dict[str, str]]:

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import EventCounter, PipelineEvent
-from tests.helpers import RECENT_DAY
+from tests.support.helpers import RECENT_DAY
 from voicepipe.domain import EVENT_TYPES, STAGES
 from voicepipe.errors import InvalidInput
 from voicepipe.events.recording import record_event, record_events

@@ -12,7 +12,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from models import AggregationWindow, MetricsSnapshot, Organization
-from tests.integration.metrics_support import (
+from tests.support.metrics import (
     assert_row_matches,
     expected,
     group_events,

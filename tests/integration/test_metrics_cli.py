@@ -14,8 +14,8 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from models import AiUsageDailyAggregate
-from tests.helpers import REPO_ROOT, producer, redis_client, service_env
-from tests.integration.metrics_support import midnight, random_event, recent_day
+from tests.support.helpers import REPO_ROOT, producer, redis_client, service_env
+from tests.support.metrics import midnight, random_event, recent_day
 from voicepipe.events.recording import record_events
 from voicepipe.usage.recording import record_usage
 

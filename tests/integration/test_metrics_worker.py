@@ -12,8 +12,8 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from models import AggregationWindow, MetricsSnapshot
-from tests.helpers import Proc, celery_cmd, redis_client, service_env, spawn, wait_for
-from tests.integration.metrics_support import random_event
+from tests.support.helpers import Proc, celery_cmd, redis_client, service_env, spawn, wait_for
+from tests.support.metrics import random_event
 from voicepipe.events.recording import record_events
 from voicepipe.metrics.daily import aggregate_day
 from voicepipe.metrics.due import due_days, due_hours

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.helpers import RECENT, Proc, celery_cmd, producer, service_env, wait_for
+from tests.support.helpers import RECENT, Proc, celery_cmd, producer, service_env, wait_for
 from voicepipe.infra import embedded
 from voicepipe.observability.queues import queue_depths
 
@@ -117,7 +117,7 @@ def test_a_worker_logs_at_voicepipe_log_level(
 
 
 def test_beat_logs_at_voicepipe_log_level(broker_url: str, db_url: str, service_data_dir: Path, tmp_path: Path) -> None:
-    from tests.helpers import spawn
+    from tests.support.helpers import spawn
 
     logs = {}
     for level in ("INFO", "WARNING"):

@@ -12,8 +12,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import Artifact, Organization, PipelineEvent, StaffAudit, User
-from tests.helpers import REPO_ROOT, Proc, service_env, wait_for
-from tests.integration.pipeline_support import FAST, add_artifact, add_user, fresh, status_of
+from tests.support.helpers import REPO_ROOT, Proc, service_env, wait_for
+from tests.support.pipeline import FAST, add_artifact, add_user, fresh, status_of
 
 
 def voicepipe(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:

@@ -9,8 +9,8 @@ from celery import Celery
 from sqlalchemy.orm import Session
 
 from models import Claim, EntityResolution, EventCounter, InsightDraft, PipelineEvent, Transcript
-from tests.helpers import Proc, wait_for
-from tests.integration.pipeline_support import (
+from tests.support.helpers import Proc, wait_for
+from tests.support.pipeline import (
     FAST,
     artifact,
     count,

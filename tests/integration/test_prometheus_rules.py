@@ -16,9 +16,9 @@ import pytest
 import yaml
 from sqlalchemy.orm import Session
 
-from tests.helpers import Proc, service_env, spawn, wait_for
 from tests.integration.test_exporter import CREDENTIALS, artifact_events, scrape
-from tests.redis_server import free_port
+from tests.support.helpers import Proc, service_env, spawn, wait_for
+from tests.support.redis_server import free_port
 from voicepipe.events.recording import record_events
 from voicepipe.metrics.hourly import aggregate_hour
 

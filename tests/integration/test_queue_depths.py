@@ -6,7 +6,7 @@ import time
 
 from kombu import Queue
 
-from tests.helpers import is_amqp, producer, redis_client
+from tests.support.helpers import is_amqp, producer, redis_client
 from voicepipe.observability.queues import QUEUE_NAMES, queue_depths
 from worker.routes import QUEUES
 

@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import AiUsageLog, EventCounter, Organization, PipelineEvent, User
-from tests.helpers import RECENT_DAY, Proc, wait_for
+from tests.support.helpers import RECENT_DAY, Proc, wait_for
 
 
 def count(session: Session, model: type) -> int:

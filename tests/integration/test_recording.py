@@ -12,8 +12,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models import EventCounter, PipelineEvent
-from tests.helpers import RECENT, RECENT_DAY
-from tests.integration.metrics_support import random_event
+from tests.support.helpers import RECENT, RECENT_DAY
+from tests.support.metrics import random_event
 from voicepipe.domain import EVENT_TYPES
 from voicepipe.errors import InvalidInput
 from voicepipe.events.recording import rebuild_counters, record_event, record_events

@@ -11,8 +11,8 @@ from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from models import Artifact, PipelineEvent, RetryRequest
-from tests.helpers import Proc, redis_client, wait_for
-from tests.integration.pipeline_support import (
+from tests.support.helpers import Proc, redis_client, wait_for
+from tests.support.pipeline import (
     FAST,
     add_artifact,
     add_user,

@@ -20,8 +20,8 @@ from models import (
     RetryRequest,
     Transcript,
 )
-from tests.helpers import Proc, wait_for
-from tests.integration.pipeline_support import (
+from tests.support.helpers import Proc, wait_for
+from tests.support.pipeline import (
     FAST,
     add_artifact,
     add_user,

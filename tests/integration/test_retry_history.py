@@ -10,7 +10,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from models import Artifact
-from tests.integration.pipeline_support import add_artifact, add_user, artifact, event_types, snapshot
+from tests.support.pipeline import add_artifact, add_user, artifact, event_types, snapshot
 from voicepipe.errors import ArtifactNotFound, InvalidInput, RetryNotAllowed
 from voicepipe.pipeline.stages import fail_artifact
 from voicepipe.retry.history import retry_history

@@ -21,8 +21,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session
 
 from models import Claim, EntityResolution, InsightDraft, PipelineEvent, Transcript
-from tests.helpers import Proc, redis_client, wait_for
-from tests.integration.pipeline_support import (
+from tests.support.helpers import Proc, redis_client, wait_for
+from tests.support.pipeline import (
     FAST,
     add_artifact,
     add_user,

@@ -23,8 +23,8 @@ from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from models import PipelineEvent, User
-from tests.helpers import REPO_ROOT, Proc, service_env, wait_for
-from tests.integration.pipeline_support import FAST, add_artifact, add_user, fresh
+from tests.support.helpers import REPO_ROOT, Proc, service_env, wait_for
+from tests.support.pipeline import FAST, add_artifact, add_user, fresh
 from voicepipe.authority import sign
 from voicepipe.client import Producer
 from worker.deadletters import park

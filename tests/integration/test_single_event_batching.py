@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import AiUsageLog, EventCounter, PipelineEvent
-from tests.helpers import RECENT, Proc, wait_for
+from tests.support.helpers import RECENT, Proc, wait_for
 
 HOUR = RECENT + timedelta(hours=7)
 BATCH_LINE = re.compile(r"batch recorded task=(\S+) size=(\d+) new=(\d+) refused=(\d+)")

@@ -21,8 +21,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from models import PipelineEvent, StaffAudit, User
-from tests.helpers import REPO_ROOT, Proc, service_env
-from tests.integration.pipeline_support import FAST, add_artifact, add_user, fresh
+from tests.support.helpers import REPO_ROOT, Proc, service_env
+from tests.support.pipeline import FAST, add_artifact, add_user, fresh
 from voicepipe.authority import sign
 
 SECRET = "directory-test-secret"
@@ -179,7 +179,7 @@ def test_a_staff_change_by_any_path_is_audited_with_the_database_clock(session: 
 def test_stored_results_of_directory_tasks_keep_no_email(
     start_worker: Callable[..., Proc], client: Celery, session: Session, broker_url: str
 ) -> None:
-    from tests.helpers import redis_client
+    from tests.support.helpers import redis_client
 
     start_worker(queues="pipeline")
     email = f"person-{uuid.uuid4().hex[:8]}@example.org"

@@ -18,8 +18,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import AiUsageLog, Artifact, Organization, PipelineEvent, User
-from tests.helpers import RECENT, REPO_ROOT, Proc, is_amqp, wait_for
-from tests.integration.pipeline_support import add_user
+from tests.support.helpers import RECENT, REPO_ROOT, Proc, is_amqp, wait_for
+from tests.support.pipeline import add_user
 from voicepipe.client import Producer
 from voicepipe.contract import SCHEMA_DIR
 

@@ -15,8 +15,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import AiUsageDailyAggregate
-from tests.helpers import Proc, wait_for
-from tests.integration.metrics_support import midnight, recent_day
+from tests.support.helpers import Proc, wait_for
+from tests.support.metrics import midnight, recent_day
 from voicepipe.usage.queries import usage_for_organization
 from voicepipe.usage.recording import record_usage
 from voicepipe.usage.rollup import aggregate_usage_day, due_usage_days

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from tests.compose import ENV_EXAMPLE, env_example, raw, services
-from tests.helpers import REPO_ROOT
+from tests.support.compose import ENV_EXAMPLE, env_example, raw, services
+from tests.support.helpers import REPO_ROOT
 from worker.routes import QUEUES
 
 APP_SERVICES = {"migrate", "worker-metrics", "worker-pipeline", "worker-retry", "worker-events", "beat", "flower",

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.compose import env_example, raw, services
-from tests.helpers import REPO_ROOT
+from tests.support.compose import env_example, raw, services
+from tests.support.helpers import REPO_ROOT
 from voicepipe.alerts.thresholds import Thresholds, variable
 from voicepipe.observability.exporter import METRICS
 

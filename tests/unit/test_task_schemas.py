@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.helpers import REPO_ROOT
+from tests.support.helpers import REPO_ROOT
 from voicepipe import client, contract
 from voicepipe.domain import EVENT_TYPES, METADATA_INTS, METADATA_NUMBERS, METADATA_TEXTS, STAGES
 from voicepipe.errors import InvalidInput

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ast
 
-from tests.helpers import REPO_ROOT
+from tests.support.helpers import REPO_ROOT
 from voicepipe.domain import PIPELINE, STAGE_ORDER
 
 SHIPPED = ("voicepipe", "tasks", "worker", "models", "beat_schedule.py")

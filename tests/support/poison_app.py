@@ -1,4 +1,4 @@
-"""`celery -A tests.faults.poison_app worker`: the production app with poison payloads (test-only).
+"""`celery -A tests.support.poison_app worker`: the production app with poison payloads (test-only).
 
 An event whose coach_id is
 - `poison-pill` kills its pool process outright (os._exit, as the OOM killer would);
@@ -20,6 +20,7 @@ from typing import Any
 
 from billiard.exceptions import SoftTimeLimitExceeded
 
+import tasks.events  # noqa: F401  (registers the tasks whose limits are shortened below)
 import voicepipe.events.messages
 import voicepipe.events.recording
 import worker.batching

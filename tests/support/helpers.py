@@ -21,7 +21,7 @@ from celery import Celery
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 # A day two days back: events and AI calls are refused when older than retention
 # (35 days for counters) or in the future, so tests stamp their data relative to today.
 RECENT = datetime.combine(datetime.now(UTC).date() - timedelta(days=2), datetime.min.time(), UTC)

