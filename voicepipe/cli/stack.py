@@ -254,23 +254,23 @@ def _children(settings: Settings, args: argparse.Namespace, dashboard_port: int)
 def _print_addresses(settings: Settings, args: argparse.Namespace, flower_auth: str, dashboard_auth: str,
                      dashboard_port: int) -> None:
     """Where Flower and the dashboard answer, and whose password opens them."""
-    if settings.flower_basic_auth:
-        user = flower_auth.split(",", 1)[0].split(":", 1)[0]
-        print(f"voicepipe dev: Flower at http://127.0.0.1:{args.flower_port} "
-              f"(user {user}, password from FLOWER_BASIC_AUTH)", flush=True)
+    _print_address("Flower", f"127.0.0.1:{args.flower_port}", flower_auth,
+                   "FLOWER_BASIC_AUTH" if settings.flower_basic_auth else None, "password {}, generated for this run")
+    dashboard_source = ("VOICEPIPE_DASHBOARD_AUTH" if dashboard_auth != flower_auth
+                        else "FLOWER_BASIC_AUTH" if settings.flower_basic_auth else None)
+    _print_address("dashboard", f"127.0.0.1:{dashboard_port}/", dashboard_auth, dashboard_source,
+                   "Flower's generated password")
+
+
+def _print_address(what: str, where: str, auth: str, source: str | None, generated: str) -> None:
+    """A configured password is named by its variable; a generated one is printed, in the URL too."""
+    user = auth.split(",", 1)[0].split(":", 1)[0]
+    if source is not None:
+        print(f"voicepipe dev: {what} at http://{where} (user {user}, password from {source})", flush=True)
     else:
-        user, password = flower_auth.split(":", 1)
-        print(f"voicepipe dev: Flower at http://{user}:{password}@127.0.0.1:{args.flower_port} "
-              f"(user {user}, password {password}, generated for this run)", flush=True)
-    if dashboard_auth != flower_auth or settings.flower_basic_auth:
-        user = dashboard_auth.split(",", 1)[0].split(":", 1)[0]
-        source = "VOICEPIPE_DASHBOARD_AUTH" if dashboard_auth != flower_auth else "FLOWER_BASIC_AUTH"
-        print(f"voicepipe dev: dashboard at http://127.0.0.1:{dashboard_port}/ "
-              f"(user {user}, password from {source})", flush=True)
-    else:
-        user, password = dashboard_auth.split(":", 1)
-        print(f"voicepipe dev: dashboard at http://{user}:{password}@127.0.0.1:{dashboard_port}/ "
-              f"(user {user}, Flower's generated password)", flush=True)
+        password = auth.split(":", 1)[1]
+        print(f"voicepipe dev: {what} at http://{user}:{password}@{where} "
+              f"(user {user}, {generated.format(password)})", flush=True)
 
 
 def _dashboard_port() -> int:

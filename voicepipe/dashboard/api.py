@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -54,24 +55,23 @@ def api_organization(request: Request) -> Response:
     return JSONResponse(data.read(lambda s, now: data.organization(s, org)))
 
 
-def api_organization_series(request: Request) -> Response:
+def _organization_figures(request: Request, view: Callable[[Session, str, datetime, str], dict[str, Any]]
+                          ) -> Response:
     org, period = organization_of(request), period_of(request)
 
     def work(s: Session, now: datetime) -> dict[str, Any]:
-        data.organization(s, org)
-        return data.series(s, period, now, org)
+        data.organization(s, org)  # an unknown organization is a 404, not an empty series
+        return view(s, period, now, org)
 
     return JSONResponse(data.read(work))
+
+
+def api_organization_series(request: Request) -> Response:
+    return _organization_figures(request, data.series)
 
 
 def api_organization_stages(request: Request) -> Response:
-    org, period = organization_of(request), period_of(request)
-
-    def work(s: Session, now: datetime) -> dict[str, Any]:
-        data.organization(s, org)
-        return data.stages(s, period, now, org)
-
-    return JSONResponse(data.read(work))
+    return _organization_figures(request, data.stages)
 
 
 def api_organization_usage(request: Request) -> Response:
