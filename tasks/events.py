@@ -22,7 +22,7 @@ BATCHED = "worker.batching:batched"
 
 @public_task("voicepipe.events.record", time_limit=60, parks=True, strategy=BATCHED)
 def record(
-    *, event_type: str, event_id: str | None = None, artifact_id: str | None = None,
+    *, event_id: str | None = None, event_type: str, artifact_id: str | None = None,
     organization_id: str | None = None, coach_id: str | None = None, stage: str | None = None,
     occurred_at: str | None = None, duration_ms: float | None = None, error_code: str | None = None,
     error_message: str | None = None, metadata: dict[str, Any] | None = None,

@@ -29,9 +29,9 @@ FANOUT_EXPIRES_S = 2 * 3600
 
 @public_task("voicepipe.usage.record", time_limit=60, parks=True, strategy=BATCHED)
 def record(
-    *, organization_id: str, operation: str, model: str, cost: float, id: str | None = None,
-    occurred_at: str | None = None, coach_id: str | None = None, player_id: str | None = None,
-    input_tokens: int = 0, cached_tokens: int = 0, output_tokens: int = 0,
+    *, id: str | None = None, occurred_at: str | None = None, organization_id: str, coach_id: str | None = None,
+    player_id: str | None = None, operation: str, model: str, input_tokens: int = 0, cached_tokens: int = 0,
+    output_tokens: int = 0, cost: float,
 ) -> None:
     """Record one AI call (a repeated id is a no-op)."""
     with session_scope() as session:

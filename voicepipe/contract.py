@@ -1,11 +1,13 @@
-"""The task contract as JSON Schema: one schema per public task, built from the validators' tables.
+"""The task contract as JSON Schema: one schema per public task, from the tasks' signatures
+and the validators' bounds.
 
-Every bound below is the constant the validators use (voicepipe/validation.py,
-voicepipe/events/schema.py, voicepipe/usage/recording.py, voicepipe/retry/service.py,
-voicepipe/pipeline/stages.py, voicepipe/directory/), and the argument names are the
-ones the tasks take; tests/unit/test_task_schemas.py feeds the schemas and the tasks'
-validation the same good and bad arguments (hypothesis cases included) and
-tests/integration/test_task_schemas_worker.py does so through a real worker.
+Each task's argument names, their order and which are required come from its signature
+(tasks/*.py; an argument without constraints here, or constraints without an argument,
+stops the generation). Every bound is the constant the validators use
+(voicepipe/validation.py, voicepipe/events/schema.py, voicepipe/usage/recording.py,
+voicepipe/retry/service.py, voicepipe/directory/). tests/unit/test_task_schemas.py feeds
+the schemas and the tasks' validation the same good and bad arguments (hypothesis cases
+included) and tests/integration/test_task_schemas_worker.py does so through a real worker.
 
 What a static schema cannot say is written in each schema's ``x-not-expressed``
 (times relative to now, cross-field rules, a setting's value): the task still refuses
@@ -15,11 +17,14 @@ those with InvalidInput. `voicepipe contract --write` writes contract/tasks/*.sc
 
 from __future__ import annotations
 
+import importlib
+import inspect
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from voicepipe.domain import EVENT_TYPES, METADATA_INTS, METADATA_NUMBERS, METADATA_TEXTS, STAGES
+from voicepipe.domain import EVENT_TYPES, METADATA_INTS, METADATA_NUMBERS, METADATA_TEXTS, PIPELINE, STAGES
 from voicepipe.events.recording import MAX_BATCH
 from voicepipe.events.schema import MAX_COST_USD, MAX_DURATION_MS, MAX_END_TO_END_MS
 from voicepipe.retry.service import MAX_REASON, RETRY_STAGES
@@ -33,7 +38,6 @@ SCHEMA_DIR = Path("contract") / "tasks"
 MAX_INT32 = 2**31 - 1
 # The batch limit a deployment runs with by default (VOICEPIPE_MAX_BATCH_SIZE).
 DEFAULT_MAX_BATCH_SIZE: int = load_settings({}).max_batch_size  # the default, not this environment's
-STAGE_TASK_FIELDS = ("artifact_id",)
 
 # --------------------------------------------------------------- regular expressions
 # ASCII digits only ([0-9], never \d: a JSON Schema validator may read \d as any Unicode
@@ -131,6 +135,26 @@ def _object(properties: dict[str, dict[str, Any]], required: tuple[str, ...] = (
             "additionalProperties": False, **extra}
 
 
+def signatures() -> Mapping[str, inspect.Signature]:
+    """Every public task's signature by name, as tasks/*.py declare them (the app is not configured)."""
+    from worker.declare import SIGNATURES
+    from worker.routes import TASK_MODULES
+
+    for module in TASK_MODULES:
+        importlib.import_module(module)
+    return SIGNATURES
+
+
+def _arguments(task: str, constraints: Mapping[str, dict[str, Any]], **extra: Any) -> dict[str, Any]:
+    """A task's keyword arguments as a schema: their names, order and which are required come
+    from the task's signature; what each may hold, from CONSTRAINTS (the validators' bounds)."""
+    params = signatures()[task].parameters
+    if set(params) != set(constraints):
+        raise AssertionError(f"{task}: arguments {sorted(params)} but constraints for {sorted(constraints)}")
+    required = tuple(name for name, p in params.items() if p.default is inspect.Parameter.empty)
+    return _object({name: constraints[name] for name in params}, required, **extra)
+
+
 # --------------------------------------------------------------- payloads
 def _metadata_number_max(key: str) -> float:
     # voicepipe/events/schema.py _parse_metadata's bounds.
@@ -148,7 +172,8 @@ def event() -> dict[str, Any]:
         },
         "additionalProperties": True,
     }
-    return _object(
+    return _arguments(
+        "voicepipe.events.record",
         {
             "event_id": uuid(optional=True),
             "event_type": {"type": "string", "enum": list(EVENT_TYPES)},
@@ -163,7 +188,6 @@ def event() -> dict[str, Any]:
             "error_message": text(optional=True),
             "metadata": _nullable(metadata),
         },
-        ("event_type",),
         allOf=[{
             "if": {"properties": {"event_type": {"not": {"const": "artifact_completed"}}}},
             "then": {"properties": {"duration_ms": {"maximum": MAX_DURATION_MS}}},
@@ -173,7 +197,8 @@ def event() -> dict[str, Any]:
 
 def usage() -> dict[str, Any]:
     """voicepipe.usage.recording.parse_usage (USAGE_FIELDS)."""
-    return _object(
+    return _arguments(
+        "voicepipe.usage.record",
         {
             "id": uuid(optional=True),
             "occurred_at": timestamp(optional=True),
@@ -187,7 +212,6 @@ def usage() -> dict[str, Any]:
             "output_tokens": integer(MAX_TOKENS, optional=False),
             "cost": number(1_000_000.0, optional=False),
         },
-        ("organization_id", "operation", "model", "cost"),
     )
 
 
@@ -207,82 +231,75 @@ def _task(name: str, queue: str, description: str, body: dict[str, Any],
     return schema
 
 
-def _no_arguments() -> dict[str, Any]:
-    return _object({})
-
-
 def task_schemas() -> dict[str, dict[str, Any]]:
     """Every public task's schema, by task name (the names and queues of worker/routes.py)."""
     from voicepipe.client import TASK_QUEUES
 
     batch_limit = (f"the list holds at most VOICEPIPE_MAX_BATCH_SIZE items (default "
                    f"{DEFAULT_MAX_BATCH_SIZE}, written here as maxItems)")
-    describe: dict[str, tuple[str, dict[str, Any], tuple[str, ...]]] = {
-        "voicepipe.metrics.aggregate_hourly_due": ("The hourly beat wrapper.", _no_arguments(), ()),
-        "voicepipe.metrics.aggregate_daily_due": ("The daily beat wrapper.", _no_arguments(), ()),
-        "voicepipe.usage.aggregate_daily_due": ("The AI usage beat wrapper.", _no_arguments(), ()),
-        "voicepipe.maintenance.cleanup": ("Retention cleanup.", _no_arguments(), ()),
-        "voicepipe.maintenance.requeue_stalled": ("Re-queue stalled artifacts.", _no_arguments(), ()),
-        "voicepipe.alerts.evaluate": ("Evaluate the health checks into alerts.", _no_arguments(), ()),
+    # Per task: what it does, what each argument may hold (its names and which are required
+    # come from the task's signature), and what the schema cannot say.
+    describe: dict[str, tuple[str, dict[str, Any] | None, tuple[str, ...]]] = {
+        "voicepipe.metrics.aggregate_hourly_due": ("The hourly beat wrapper.", {}, ()),
+        "voicepipe.metrics.aggregate_daily_due": ("The daily beat wrapper.", {}, ()),
+        "voicepipe.usage.aggregate_daily_due": ("The AI usage beat wrapper.", {}, ()),
+        "voicepipe.maintenance.cleanup": ("Retention cleanup.", {}, ()),
+        "voicepipe.maintenance.requeue_stalled": ("Re-queue stalled artifacts.", {}, ()),
+        "voicepipe.alerts.evaluate": ("Evaluate the health checks into alerts.", {}, ()),
         "voicepipe.metrics.aggregate_hour": (
             "Aggregate one closed UTC hour.",
-            _object({"window_start": {"type": "string", "pattern": HOUR_PATTERN,
-                                      "description": "the hour's start, RFC 3339 with an offset"}},
-                    ("window_start",)),
+            {"window_start": {"type": "string", "pattern": HOUR_PATTERN,
+                              "description": "the hour's start, RFC 3339 with an offset"}},
             (YEAR_EDGES, ("window_start: an hour start written with a half-hour offset (10:30+05:30) "
                           "is taken by the task; the schema asks for whole-hour offsets")),
         ),
         "voicepipe.metrics.aggregate_day": (
-            "Aggregate one UTC day.", _object({"day": {"type": "string", "pattern": DAY_PATTERN}}, ("day",)), ()),
+            "Aggregate one UTC day.", {"day": {"type": "string", "pattern": DAY_PATTERN}}, ()),
         "voicepipe.usage.aggregate_day": (
-            "Roll up one UTC day of AI usage.",
-            _object({"day": {"type": "string", "pattern": DAY_PATTERN}}, ("day",)), ()),
+            "Roll up one UTC day of AI usage.", {"day": {"type": "string", "pattern": DAY_PATTERN}}, ()),
         "voicepipe.pipeline.ingest": (
             "Create an artifact for a voice note.",
-            _object({"organization_id": ident(), "coach_id": ident(optional=True), "source_channel": ident(),
-                     "media_ref": text(2000, optional=True), "artifact_id": uuid(optional=True)},
-                    ("organization_id", "coach_id", "source_channel")),
+            {"organization_id": ident(), "coach_id": ident(optional=True), "source_channel": ident(),
+             "media_ref": text(2000, optional=True), "artifact_id": uuid(optional=True)},
             (),
         ),
-        **{name: ("Run one pipeline stage of an artifact.",
-                  _object({"artifact_id": uuid()}, STAGE_TASK_FIELDS), ())
-           for name in ("voicepipe.pipeline.transcribe", "voicepipe.pipeline.extract_claims",
-                        "voicepipe.pipeline.resolve_entities", "voicepipe.pipeline.generate_drafts")},
+        **{stage.task: ("Run one pipeline stage of an artifact.", {"artifact_id": uuid()}, ()) for stage in PIPELINE},
         **{f"voicepipe.retry.{stage}": (
             f"Retry an artifact's {stage.replace('_', ' ')} (platform staff only).",
-            _object({"artifact_id": uuid(), "requested_by": ident(), "reason": text(MAX_REASON, optional=True),
-                     "request_id": ident(optional=True), **_signed()}, ("artifact_id", "requested_by")),
+            {"artifact_id": uuid(), "requested_by": ident(), "reason": text(MAX_REASON, optional=True),
+             "request_id": ident(optional=True), **_signed()},
             ("requested_by: must be platform staff (PermissionDenied otherwise, not InvalidInput)", SIGNED_RULE),
         ) for stage in RETRY_STAGES},
-        "voicepipe.events.record": ("Record one pipeline event.", event(),
+        "voicepipe.events.record": ("Record one pipeline event.", None,
                                     (TIME_BOUNDS_EVENT, YEAR_EDGES, NESTED_JSON)),
         "voicepipe.events.record_batch": (
             "Record a batch of pipeline events in one transaction.",
-            _object({"events": {"type": "array", "items": event(),
-                                "maxItems": min(MAX_BATCH, DEFAULT_MAX_BATCH_SIZE)}}, ("events",)),
+            {"events": {"type": "array", "items": event(), "maxItems": min(MAX_BATCH, DEFAULT_MAX_BATCH_SIZE)}},
             (batch_limit, TIME_BOUNDS_EVENT, YEAR_EDGES, NESTED_JSON),
         ),
-        "voicepipe.usage.record": ("Record one AI call.", usage(),
+        "voicepipe.usage.record": ("Record one AI call.", None,
                                    (TIME_BOUNDS_USAGE, YEAR_EDGES, "cached_tokens: at most input_tokens")),
         "voicepipe.usage.record_batch": (
             "Record a batch of AI calls in one transaction.",
-            _object({"records": {"type": "array", "items": usage(), "maxItems": DEFAULT_MAX_BATCH_SIZE}},
-                    ("records",)),
+            {"records": {"type": "array", "items": usage(), "maxItems": DEFAULT_MAX_BATCH_SIZE}},
             (batch_limit, TIME_BOUNDS_USAGE, YEAR_EDGES, "cached_tokens: at most input_tokens"),
         ),
-        "voicepipe.directory.upsert_organization": (
-            "Create or rename an organization.", _object({"id": ident(), "name": text()}, ("id", "name")), ()),
+        "voicepipe.directory.upsert_organization": ("Create or rename an organization.",
+                                                    {"id": ident(), "name": text()}, ()),
         "voicepipe.directory.upsert_user": (
             "Create or update a user.",
-            _object({"id": ident(), "email": text(), "is_platform_staff": {"type": "boolean"}, **_signed()},
-                    ("id", "email", "is_platform_staff")),
+            {"id": ident(), "email": text(), "is_platform_staff": {"type": "boolean"}, **_signed()},
             (SIGNED_RULE, "without VOICEPIPE_DIRECTORY_SECRET configured a signature is refused (PermissionDenied)",
              "issued_at: not older than this user's last signed message or operator change (PermissionDenied)"),
         ),
     }
+    # None: a single event or AI call, whose schema is also a batch's item (event(), usage()).
+    items = {"voicepipe.events.record": event, "voicepipe.usage.record": usage}
     missing = set(TASK_QUEUES) ^ set(describe)
     assert not missing, f"tasks without a schema or schemas without a task: {sorted(missing)}"
-    return {name: _task(name, TASK_QUEUES[name], *describe[name]) for name in sorted(describe)}
+    return {name: _task(name, TASK_QUEUES[name], description,
+                        items[name]() if constraints is None else _arguments(name, constraints), not_expressed)
+            for name, (description, constraints, not_expressed) in sorted(describe.items())}
 
 
 def render(schema: dict[str, Any]) -> str:

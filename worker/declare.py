@@ -106,6 +106,7 @@ def public_task(
 
     def decorate(fn: Callable[..., Any]) -> Task:
         required, optional = arguments(name, fn)
+        SIGNATURES[name] = inspect.signature(fn)
 
         def bound(**kwargs: Any) -> Any:
             take(kwargs, required, optional)
@@ -158,6 +159,10 @@ def arguments(name: str, fn: Callable[..., Any]) -> tuple[tuple[str, ...], tuple
     return (tuple(p.name for p in params if p.default is inspect.Parameter.empty),
             tuple(p.name for p in params if p.default is not inspect.Parameter.empty))
 
+
+# Every public task's signature by task name, read without configuring the app: the task
+# contract's schemas take their properties from them (voicepipe/contract.py).
+SIGNATURES: dict[str, inspect.Signature] = {}
 
 # The running task's arguments as its message carried them: what a producer signed.
 _SENT: ContextVar[Mapping[str, Any]] = ContextVar("voicepipe_sent_arguments")
