@@ -1,0 +1,156 @@
+"""The bulk statements keep sane plans whatever the statistics say.
+
+Each bulk path (hour, catch-up of several hours, day, organization breakdown, usage
+rollup and usage read) runs on data loaded after an ANALYZE that saw a tenth of the
+organizations, with autovacuum off (what production has right after a burst), then
+again after ANALYZE. auto_explain reports every statement's plan with its actual row
+counts: no plan node may handle more than a few times the rows the database holds.
+A plan that re-runs an aggregate once per organization (the daily sum's nested loop
+did) handles about as many times more rows as there are organizations.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import date, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.orm import Session
+
+from tests.support.helpers import RECENT
+from voicepipe.events.recording import record_events
+from voicepipe.infra.bulk import dbapi_connection
+from voicepipe.metrics.daily import aggregate_day
+from voicepipe.metrics.hourly import aggregate_hour
+from voicepipe.metrics.queries import organization_breakdown
+from voicepipe.usage.queries import usage_for_organization
+from voicepipe.usage.recording import record_usage
+from voicepipe.usage.rollup import aggregate_usage_day
+
+ORGS = 300  # the burst; the statistics saw ORGS // 10
+HOURS = 24
+DAY = RECENT.date()  # two days ago: closed, within every retention
+BEFORE = DAY - timedelta(days=1)
+# Rows a plan node may handle, as a multiple of the rows in the database (with a floor
+# for small tables): a per-organization rescan is ~ORGS times.
+ROWS_FACTOR = 4
+ROWS_FLOOR = 20_000
+
+
+def events(orgs: int, day: date, hours: int, rng: random.Random) -> list[dict[str, Any]]:
+    start = datetime.combine(day, datetime.min.time(), RECENT.tzinfo)
+    out = []
+    for h in range(hours):
+        for o in range(orgs):
+            at = start + timedelta(hours=h, seconds=rng.randrange(3600))
+            for event_type, duration in (("artifact_received", None), ("transcription_completed", 20_000.0),
+                                         ("artifact_completed", 45_000.0)):
+                out.append({"event_id": str(uuid.UUID(int=rng.getrandbits(128))), "event_type": event_type,
+                            "organization_id": f"org-{o:04d}", "occurred_at": at.isoformat(),
+                            **({"duration_ms": duration * rng.uniform(0.5, 2)} if duration else {}),
+                            "metadata": {"aiCost": round(rng.uniform(0, 0.02), 6)}})
+    return out
+
+
+def calls(orgs: int, day: date, rng: random.Random) -> list[dict[str, Any]]:
+    noon = datetime.combine(day, datetime.min.time(), RECENT.tzinfo) + timedelta(hours=12)
+    return [{"organization_id": f"org-{o:04d}", "operation": rng.choice(["transcribe", "extract", "draft"]),
+             "model": "m", "coach_id": f"coach-{o % 40}", "player_id": f"player-{rng.randrange(400)}",
+             "input_tokens": 1000, "cached_tokens": 100, "output_tokens": 200, "cost": round(rng.uniform(0, 0.02), 6),
+             "occurred_at": (noon + timedelta(seconds=i)).isoformat()}
+            for o in range(orgs) for i in range(5)]
+
+
+def load(session: Session, orgs: int, day: date, rng: random.Random) -> None:
+    record_events(session, events(orgs, day, HOURS, rng))
+    record_usage(session, calls(orgs, day, rng))
+    session.commit()
+
+
+@contextmanager
+def plans(session: Session) -> Iterator[list[dict[str, Any]]]:
+    """Every statement's plan, with actual rows, as auto_explain reports it to this session."""
+    session.execute(text("SELECT 1"))
+    conn = dbapi_connection(session)
+    reported: list[str] = []
+    handler: Callable[[Any], None] = lambda d: reported.append(d.message_primary or "")  # noqa: E731
+    conn.add_notice_handler(handler)
+    conn.execute("LOAD 'auto_explain'")
+    for name, value in (("auto_explain.log_min_duration", "0"), ("auto_explain.log_analyze", "on"),
+                        ("auto_explain.log_format", "json"), ("client_min_messages", "log")):
+        conn.execute(f"SET {name} = '{value}'")
+    found: list[dict[str, Any]] = []
+    try:
+        yield found
+    finally:
+        conn.remove_notice_handler(handler)
+    for message in reported:
+        if "plan:" in message:
+            found.append(json.loads(message.split("plan:", 1)[1]))
+
+
+def busiest_node(plan: dict[str, Any]) -> tuple[float, str]:
+    """(rows handled, node) of the plan node that handled the most rows over all its runs."""
+    node = plan.get("Plan", plan)
+    here = (float(node.get("Actual Rows", 0)) * float(node.get("Actual Loops", 0)),
+            f"{node['Node Type']} loops={node.get('Actual Loops')}")
+    return max([here, *(busiest_node(child) for child in node.get("Plans", []))])
+
+
+def rows_held(session: Session) -> int:
+    tables = session.execute(text("SELECT relname FROM pg_stat_user_tables")).scalars().all()
+    return sum(int(session.execute(text(f'SELECT count(*) FROM "{t}"')).scalar_one()) for t in tables)
+
+
+def bulk_paths(session: Session, day: date) -> None:
+    """Every bulk statement over DAY, as the tasks and the dashboard run them."""
+    first_hour = datetime.combine(day, datetime.min.time(), RECENT.tzinfo)
+    for h in range(HOURS):  # a catch-up: the hours one after another
+        aggregate_hour(session, first_hour + timedelta(hours=h))
+    aggregate_day(session, day)
+    aggregate_usage_day(session, day)
+    session.commit()
+    start = datetime.combine(BEFORE, datetime.min.time(), RECENT.tzinfo)
+    organization_breakdown(session, "daily", start, start + timedelta(days=2))
+    organization_breakdown(session, "hourly", first_hour, first_hour + timedelta(hours=HOURS))
+    usage_for_organization(session, "org-0001", BEFORE, DAY)
+    session.rollback()
+
+
+@pytest.mark.parametrize("analyzed", [False, True], ids=["statistics-before-the-burst", "analyzed"])
+def test_no_bulk_statement_rescans_per_organization(db_url: str, analyzed: bool) -> None:
+    # One connection, kept: auto_explain and the notice handler stay on it across commits.
+    engine = create_engine(db_url, pool_size=1, max_overflow=0)
+    rng = random.Random(7)
+    try:
+        with Session(engine) as session:
+            for table in session.execute(text("SELECT relname FROM pg_stat_user_tables")).scalars().all():
+                session.execute(text(f'ALTER TABLE "{table}" SET (autovacuum_enabled = false)'))
+            # The directory knows every organization (its sync runs ahead of their events).
+            session.execute(text("INSERT INTO organizations (id, name) SELECT 'org-' || lpad(g::text, 4, '0'), "
+                                 "'Organization ' || g FROM generate_series(0, :n - 1) g"), {"n": ORGS})
+            session.commit()
+            load(session, ORGS // 10, BEFORE, rng)
+            bulk_paths(session, BEFORE)  # the day before, at a tenth of the organizations
+            session.execute(text("ANALYZE"))
+            session.commit()
+            load(session, ORGS, DAY, rng)
+            if analyzed:
+                session.execute(text("ANALYZE"))
+                session.commit()
+            held = rows_held(session)
+            session.commit()
+            with plans(session) as found:
+                bulk_paths(session, DAY)
+        assert len(found) > 20, "auto_explain reported no plans"
+        limit = max(ROWS_FACTOR * held, ROWS_FLOOR)
+        worst = sorted(((busiest_node(p), p.get("Query Text", "")[:160]) for p in found), reverse=True)[:3]
+        assert worst[0][0][0] <= limit, f"{held} rows held; the busiest plans: {worst}"
+    finally:
+        engine.dispose()
