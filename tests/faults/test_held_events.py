@@ -100,6 +100,16 @@ def publish_undecodable(broker_url: str, task_id: str) -> None:
             content_encoding="utf-8", headers={"task": "voicepipe.events.record", "id": task_id, "lang": "py"})
 
 
+def inspected(client: Celery, names: list[str], what: str) -> dict[str, Any]:
+    """`what` (stats, reserved) of each named worker, asked again until every one has answered:
+    a reply can miss a 3 s window on a loaded machine."""
+    def ask() -> dict[str, Any] | None:
+        replies = getattr(client.control.inspect(destination=names, timeout=3), what)() or {}
+        return replies if set(names) <= set(replies) else None
+
+    return dict(wait_for(ask, timeout=60, interval=0.5, what=f"{what} of {names}"))
+
+
 def test_an_undecodable_message_among_a_thousand_good_ones_loses_none(
     broker_url: str, client: Celery, session: Session, start_worker: Callable[..., Proc]
 ) -> None:
@@ -147,9 +157,9 @@ def test_held_events_leave_other_workers_and_tasks_their_own_reservations(
                  interval=0.5, what="the five artifacts completed beside the held events")
         wait_for(lambda: {e["event_id"] for e in batch} <= stored(session)[0], timeout=30,
                  what="the record_batch written beside the held events")
-        inspect = client.control.inspect(destination=[events_worker.name, pipeline_worker.name], timeout=3)
-        reserved = inspect.reserved() or {}
-        stats = inspect.stats() or {}
+        names = [events_worker.name, pipeline_worker.name]
+        reserved = inspected(client, names, "reserved")
+        stats = inspected(client, names, "stats")
         print("reserved per worker:", {k: len(v) for k, v in reserved.items()})
         print("prefetch per worker:", {k: v["prefetch_count"] for k, v in stats.items()})
         # The pipeline worker keeps one message per process, whatever the events worker holds;
@@ -173,7 +183,7 @@ def test_a_worker_of_several_queues_runs_single_events_one_by_one_at_its_own_pre
     singles = [event(n) for n in range(50)]
     send(client, singles)
     wait_for(lambda: stored(session)[1] == 50, timeout=60, what="the 50 single events")
-    stats = client.control.inspect(destination=[worker.name], timeout=3).stats() or {}
+    stats = inspected(client, [worker.name], "stats")
     assert stats[worker.name]["prefetch_count"] == 1  # never raised: it also takes pipeline tasks
     assert "batch dispatched" not in worker.log()  # each ran as its own task
 
