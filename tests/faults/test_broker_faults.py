@@ -5,7 +5,7 @@
 - RabbitMQ restarted (`rabbitmqctl stop_app` / `start_app`) while producers send:
   RabbitMQ only (marked `rabbitmq`; Redis has its own restart test, test_redis_restart.py).
 
-Producers behave as the README tells them to: every event carries its own event_id,
+Producers behave as docs/producers.md tells them to: every event carries its own event_id,
 and a send that raised is sent again with the same id until one returns.
 """
 

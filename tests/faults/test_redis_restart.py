@@ -179,7 +179,7 @@ def test_redis_killed_under_load_doubles_nothing_and_loses_at_most_the_message_i
         # what Redis handed to the worker in the instant it died: kombu's Redis transport
         # takes a message off the queue (BRPOP) and only then writes it to `unacked`, two
         # steps, so a crash between them loses that message. RabbitMQ has no such window
-        # (README, "What survives what"). Such a message never reaches the worker's log.
+        # (docs/howto/survival.md). Such a message never reaches the worker's log.
         try:
             wait_for(lambda: producer.acknowledged <= recorded(session)[0] | parked(redis), timeout=60,
                      interval=0.5, what="acknowledged events recorded or parked")

@@ -121,7 +121,7 @@ def test_redis_killed_while_retries_are_sent_leaves_no_artifact_stuck_and_no_ret
         def settled() -> bool:
             if not workers[-1].alive():
                 # A worker may exit on the connection loss; its supervisor starts it again
-                # (compose: restart: unless-stopped; README, "What survives what").
+                # (compose: restart: unless-stopped; docs/howto/survival.md).
                 workers.append(start_worker(len(workers)))
             session.rollback()
             statuses = set(session.scalars(select(Artifact.status)))
@@ -166,7 +166,7 @@ def test_redis_killed_while_retries_are_sent_leaves_no_artifact_stuck_and_no_ret
     unanswered = [r for r in sender.accepted if r not in applied_ids and r not in refused]
     # kombu's Redis transport takes a message off the queue, then records it as
     # unacknowledged: a Redis crash between the two loses that one message, which the
-    # worker never sees (README, "What survives what"). Anything else unanswered is a bug.
+    # worker never sees (docs/howto/survival.md). Anything else unanswered is a bug.
     seen = [r for r in unanswered if sender.task_of[r] in log]
     assert seen == [] and len(unanswered) <= 1, (
         f"{len(unanswered)} acknowledged retries neither applied nor refused: {unanswered[:5]}; "

@@ -40,7 +40,7 @@ def test_a_producer_with_only_celery_records_events_usage_and_directory_rows(
         "occurred_at": f"{RECENT_DAY}T10:00:00Z"})
     client.send_task("voicepipe.directory.upsert_organization", kwargs={"id": "org-1", "name": "Club"},
                      queue="pipeline")
-    # Signed as the platform's directory sync signs it (README, Security): HMAC-SHA256 hex of the
+    # Signed as the platform's directory sync signs it (docs/howto/security.md): HMAC-SHA256 hex of the
     # canonical JSON of the other arguments and the task's name, with a fresh issue time and a nonce.
     issued, nonce = datetime.now(UTC).isoformat(), "n0nce-" + uuid.uuid4().hex
     user = {"id": "u1", "email": "a@b.c", "is_platform_staff": True, "issued_at": issued, "nonce": nonce}

@@ -225,7 +225,7 @@ def test_constraints_pin_every_dependency_exactly() -> None:
     wanted = [*project["dependencies"], *project["optional-dependencies"]["dev"],
               *project["optional-dependencies"]["embedded"]]
     missing = {_requirement_name(spec) for spec in wanted if not spec.startswith("voicepipe")} - set(pins)
-    assert not missing, f"constraints.txt lacks {sorted(missing)}: regenerate it (README, Reproducible images)"
+    assert not missing, f"constraints.txt lacks {sorted(missing)}: regenerate it (docs/howto/deploy.md)"
     # Transitive dependencies too (celery's, kombu's ...), not only the direct ones.
     assert {"amqp", "billiard", "vine", "tornado"} <= set(pins)
 

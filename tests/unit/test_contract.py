@@ -1,4 +1,4 @@
-"""Pins the public names (README, Producers): producers call these tasks by name."""
+"""Pins the public names (docs/producers.md): producers call these tasks by name."""
 
 from __future__ import annotations
 

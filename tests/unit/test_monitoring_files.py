@@ -1,4 +1,4 @@
-"""The monitoring pieces of the deployment: compose's exporter and Prometheus, the rules, the README.
+"""The monitoring pieces of the deployment: compose's exporter and Prometheus, the rules, the monitoring page.
 
 Checked without Docker; the exporter's compose command and health check run for real
 in tests/integration/test_exporter.py, the rules under promtool in .ci/run.
@@ -129,10 +129,10 @@ def test_every_rule_has_a_firing_and_a_silent_promtool_case() -> None:
     assert firing == everything and silent == everything
 
 
-def test_the_readme_documents_every_metric_with_its_type_and_every_alert_threshold() -> None:
-    readme = (REPO_ROOT / "README.md").read_text()
+def test_the_monitoring_page_documents_every_metric_with_its_type_and_every_alert_threshold() -> None:
+    page = (REPO_ROOT / "docs" / "howto" / "monitoring.md").read_text()
     for name, (kind, _) in METRICS.items():
         shown = f"{name}_total" if kind == "counter" else name
-        assert re.search(rf"\| `{shown}(\{{[^`]*\}})?` \| {kind} \|", readme), f"{shown} ({kind}) not in README"
+        assert re.search(rf"\| `{shown}(\{{[^`]*\}})?` \| {kind} \|", page), f"{shown} ({kind}) not documented"
     for field in Thresholds.__dataclass_fields__:
-        assert variable(field) in readme, variable(field)
+        assert variable(field) in page, variable(field)

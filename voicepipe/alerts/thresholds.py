@@ -1,4 +1,4 @@
-"""Alert thresholds from VOICEPIPE_ALERT_* variables (README: "Alerts"), validated at use."""
+"""Alert thresholds from VOICEPIPE_ALERT_* variables (docs/howto/monitoring.md), validated at use."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "dev",
         help="run the whole stack locally: database, broker, migrations, worker, beat, Flower, dashboard, simulator",
     )
-    dev.add_argument("--flower-port", type=int, default=5555)
+    dev.add_argument("--flower-port", type=int, default=5555, help="Flower's port (default 5555)")
     dev.add_argument("--dashboard-port", type=int, default=None,
                      help=f"the dashboard's port (default {DEV_DASHBOARD_PORT}, or a free one when that is taken)")
     dev.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2)")

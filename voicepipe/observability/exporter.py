@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 AUTH_VARIABLE = "VOICEPIPE_EXPORTER_AUTH"
 REALM = "voicepipe exporter"
 
-# name -> (type, help): the README's table is checked against this (tests/unit/test_exporter_docs.py).
+# name -> (type, help): docs/howto/monitoring.md's table is checked against this (tests/unit/test_monitoring_files.py).
 METRICS: dict[str, tuple[str, str]] = {
     "voicepipe_up": ("gauge", "1 when the exporter could read the database at this scrape, else 0"),
     "voicepipe_window_lag_seconds": (
