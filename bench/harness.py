@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -175,7 +176,8 @@ def table(results: list[Result]) -> str:
 def write_json(path: str, info: dict[str, Any], results: list[Result], seconds: float) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(
-        {"machine": info, "total_seconds": round(seconds, 1), "results": [asdict(r) for r in results]},
+        {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": info,
+         "total_seconds": round(seconds, 1), "results": [asdict(r) for r in results]},
         indent=2, default=str,
     ))
 

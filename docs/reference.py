@@ -6,12 +6,14 @@
 - reference/tasks.md: every public task and its arguments (voicepipe/contract.py's schemas);
 - reference/configuration.md: every environment variable (voicepipe/variables.py);
 - reference/commands.md: every `voicepipe` command and its options (the argument parser);
-- reference/tables.md: the tables and their columns (the SQLAlchemy models).
+- reference/tables.md: the tables and their columns (the SQLAlchemy models);
+- benchmarks-latest.md: the bench run kept in bench/latest.json, with its machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -128,7 +130,23 @@ def tables() -> str:
     return "".join(out)
 
 
+def bench_latest() -> str:
+    """The table of the bench run kept in bench/latest.json (`python -m bench --json bench/latest.json`)."""
+    from bench.harness import Result, table
+
+    run = json.loads((ROOT.parent / "bench" / "latest.json").read_text())
+    machine = run["machine"]
+    results = [Result(**r) for r in run["results"]]
+    return ("# The latest benchmark run\n\n" + GENERATED
+            + f"`python -m bench{' --quick' if machine.get('mode') == 'quick' else ''}` on {run['date']}, "
+              f"{run['total_seconds']:.0f} s in all. Every ratio is against a baseline measured in the same "
+              "run; see [Benchmarks](benchmarks.md) for what each row measures.\n\n"
+            + "| machine | |\n|---|---|\n" + "".join(f"| {k} | {_cell(str(v))} |\n" for k, v in machine.items())
+            + "\n" + table(results) + "\n")
+
+
 PAGES: dict[str, Callable[[], str]] = {
+    "benchmarks-latest.md": bench_latest,
     "reference/tasks.md": tasks,
     "reference/configuration.md": configuration,
     "reference/commands.md": commands,
