@@ -104,8 +104,9 @@ def inspected(client: Celery, names: list[str], what: str) -> dict[str, Any]:
     """`what` (stats, reserved) of each named worker, asked again until every one has answered:
     a reply can miss a 3 s window on a loaded machine."""
     def ask() -> dict[str, Any] | None:
-        replies = getattr(client.control.inspect(destination=names, timeout=3), what)() or {}
-        return replies if set(names) <= set(replies) else None
+        with client.connection_for_read() as connection:  # closed here, not left to the collector
+            replies = getattr(client.control.inspect(destination=names, timeout=3, connection=connection), what)()
+        return replies if replies and set(names) <= set(replies) else None
 
     return dict(wait_for(ask, timeout=60, interval=0.5, what=f"{what} of {names}"))
 
