@@ -105,8 +105,10 @@ def public_task(
         raise KeyError(f"{name} has no route in worker/routes.py")
 
     def decorate(fn: Callable[..., Any]) -> Task:
-        required, optional = arguments(name, fn)
-        SIGNATURES[name] = inspect.signature(fn)
+        signature = SIGNATURES[name] = task_signature(name, fn)
+        params = signature.parameters.values()
+        required = tuple(p.name for p in params if p.default is inspect.Parameter.empty)
+        optional = tuple(p.name for p in params if p.default is not inspect.Parameter.empty)
 
         def bound(**kwargs: Any) -> Any:
             take(kwargs, required, optional)
@@ -125,7 +127,6 @@ def public_task(
             return _run(self, bound, kwargs, retry_transient=retry_transient, parks=parks)
 
         # The bound task's signature is the function's (Flower, `celery inspect`, help()).
-        signature = inspect.signature(fn)
         run.__signature__ = signature.replace(  # type: ignore[attr-defined]
             parameters=[inspect.Parameter("self", inspect.Parameter.POSITIONAL_ONLY), *signature.parameters.values()])
         return app.task(  # type: ignore[no-any-return]
@@ -149,15 +150,14 @@ def public_task(
     return decorate
 
 
-def arguments(name: str, fn: Callable[..., Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(required, optional) argument names of a task function; TypeError if it is not one."""
+def task_signature(name: str, fn: Callable[..., Any]) -> inspect.Signature:
+    """The signature of a task function; TypeError if it is not one (named after the task, keyword-only)."""
     if fn.__name__ != name.rsplit(".", 1)[1]:
         raise TypeError(f"{name}: its function is named {fn.__name__}, not {name.rsplit('.', 1)[1]}")
-    params = inspect.signature(fn).parameters.values()
-    if any(p.kind is not inspect.Parameter.KEYWORD_ONLY for p in params):
+    signature = inspect.signature(fn)
+    if any(p.kind is not inspect.Parameter.KEYWORD_ONLY for p in signature.parameters.values()):
         raise TypeError(f"{name}: {fn.__name__} must take keyword-only arguments: def {fn.__name__}(*, ...)")
-    return (tuple(p.name for p in params if p.default is inspect.Parameter.empty),
-            tuple(p.name for p in params if p.default is not inspect.Parameter.empty))
+    return signature
 
 
 # Every public task's signature by task name, read without configuring the app: the task
