@@ -14,11 +14,12 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine, func, select
+from sqlalchemy import create_engine, func, select, text
 
 from models import MetricsSnapshot, PipelineEvent
 from tests.support.helpers import REPO_ROOT, wait_for
@@ -48,6 +49,28 @@ def start_dev(data_dir: Path, port: int, log: Path) -> subprocess.Popen[bytes]:
             env=user_env(data_dir), cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+
+
+def cli_json(args: list[str], data_dir: Path) -> Any:
+    """`voicepipe ARGS` against dev's embedded servers, its output parsed as JSON."""
+    run = subprocess.run([sys.executable, "-m", "voicepipe.cli", *args],
+                         env=dict(user_env(data_dir), VOICEPIPE_EMBEDDED="1"), cwd=REPO_ROOT,
+                         capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stderr
+    return json.loads(run.stdout)
+
+
+def failure_rate_of(data_dir: Path, organization: str, hour: str) -> float:
+    """artifact_failed / (completed + failed) among the organization's events of the hour (5 or more)."""
+    engine = create_engine(f"postgresql+psycopg://postgres@/postgres?host={data_dir / 'pg'}")
+    with engine.connect() as conn:
+        done, failed = conn.execute(text(
+            "SELECT count(*) FILTER (WHERE event_type = 'artifact_completed'),"
+            " count(*) FILTER (WHERE event_type = 'artifact_failed') FROM pipeline_events"
+            " WHERE organization_id = :o AND occurred_at >= CAST(:h AS timestamptz)"
+            " AND occurred_at < CAST(:h AS timestamptz) + interval '1 hour'"), {"o": organization, "h": hour}).one()
+    engine.dispose()
+    return failed / (done + failed) if done + failed >= 5 else 0.0
 
 
 def flower_login(log: Path) -> tuple[str, str]:
@@ -126,6 +149,22 @@ def test_dev_runs_the_whole_stack_shows_aggregations_and_stops_cleanly(short_tmp
             conn.rollback()
             before = snapshots()
         engine.dispose()
+        # A fresh stack does not cry wolf: once the wrappers have caught up the simulated
+        # history, nothing is missing (the windows before it began never were) and the
+        # health checks open no alert.
+        status = wait_for(lambda: (s := cli_json(["status", "--json"], data_dir))["newest_hourly"]
+                          and not s["missing_hours"] and not s["missing_days"] and s,
+                          timeout=120, what="every window since the data began computed")
+        conditions = cli_json(["alerts", "evaluate"], data_dir)["conditions"]
+        alerts = cli_json(["alerts", "--json"], data_dir)
+        open_kinds = sorted(f"{a['kind']}:{a['organization_id'] or '-'}" for a in alerts)
+        assert open_kinds == sorted(conditions)
+        # The simulated history is a healthy pipeline under the default thresholds; an organization
+        # whose newest hour happens to fail more than 20 % of 5 or more artifacts is the one alert
+        # it may raise, and only if a recount of its events says so.
+        assert [c for c in conditions if not c.startswith("failure_rate:")] == [], conditions
+        for condition in conditions:
+            assert failure_rate_of(data_dir, condition.split(":", 1)[1], status["newest_hourly"]) > 0.2
     finally:
         if proc.poll() is None:
             stop_dev(proc, log)

@@ -10,7 +10,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -29,8 +29,11 @@ from tests.support.helpers import (
     spawn,
     wait_for,
 )
-from voicepipe.alerts.evaluate import evaluate
+from voicepipe.alerts.evaluate import evaluate, health_findings
 from voicepipe.alerts.thresholds import Thresholds
+from voicepipe.events.recording import record_events
+from voicepipe.metrics.due import due_hours
+from voicepipe.metrics.hourly import aggregate_hour
 from voicepipe.observability.health import HEARTBEAT_FILENAME
 from voicepipe.observability.probe import collect
 
@@ -252,3 +255,28 @@ def test_resolved_alerts_past_retention_are_deleted_by_the_next_evaluation(sessi
     session.rollback()
     messages = set(session.scalars(text("SELECT message FROM alerts WHERE resolved_at IS NOT NULL")))
     assert messages == {"recent"}
+
+
+def test_a_fresh_installation_opens_no_alert_before_or_after_its_first_aggregation(
+    session: Session, engine: Any, tmp_path: Path
+) -> None:
+    # Its first events, a few minutes old; the horizons reach 72 hours and 7 days back, before them.
+    now = datetime.now(UTC)
+    record_events(session, [{"event_type": "artifact_received", "organization_id": "first-org",
+                             "occurred_at": (now - timedelta(minutes=m)).isoformat()} for m in (3, 2, 1)])
+    session.commit()
+
+    def conditions() -> list[str]:
+        with Session(bind=engine) as s:
+            health = collect(s, datetime.now(UTC), broker_url=None, heartbeat=tmp_path / "none.json",
+                             hourly_horizon_hours=72, daily_horizon_days=7, stall_timeout_s=900)
+            found, _ = health_findings(health, Thresholds())
+        # No beat runs here: its silence is the one true condition.
+        return [f"{f.kind}:{f.message}" for f in found if f.kind != "beat_silent"]
+
+    assert conditions() == []
+    with Session(bind=engine) as s:  # the first hourly run: every due hour
+        for hour in due_hours(s, datetime.now(UTC), 72):
+            aggregate_hour(s, hour)
+        s.commit()
+    assert conditions() == []

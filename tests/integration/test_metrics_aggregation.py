@@ -12,6 +12,7 @@ from sqlalchemy import Engine, func, select, text
 from sqlalchemy.orm import Session
 
 from models import AggregationWindow, MetricsSnapshot, Organization
+from tests.support.helpers import data_began
 from tests.support.metrics import (
     assert_row_matches,
     expected,
@@ -163,12 +164,13 @@ def test_a_late_event_makes_its_hour_and_day_stale_and_shows_up_after_rerun(sess
     aggregate_day(session, day)
     session.commit()
     next_day = midnight(day) + timedelta(days=1)
-    assert due_hours(session, now, 26) == [next_day, next_day + timedelta(hours=1)]
+    assert due_hours(session, now, 26) == []  # no event recorded yet: no window is missing
     late_hour = midnight(day) + timedelta(hours=7)
     record_events(session, [{"event_type": "artifact_received", "organization_id": "late-org",
                              "occurred_at": (late_hour + timedelta(minutes=59)).isoformat()}])
     session.commit()
-    assert late_hour in due_hours(session, now, 26)
+    # The late hour is stale; the next day's hours, after the data began, are missing.
+    assert due_hours(session, now, 26) == [late_hour, next_day, next_day + timedelta(hours=1)]
     assert due_days(session, now, 1) == [day]
     for hour in due_hours(session, now, 26):
         aggregate_hour(session, hour)
@@ -185,6 +187,8 @@ def test_a_late_event_makes_its_hour_and_day_stale_and_shows_up_after_rerun(sess
 
 def test_due_windows_after_thirty_hours_without_runs_are_exactly_the_thirty_missing(session: Session) -> None:
     t = midnight(recent_day(3)) + timedelta(hours=10, minutes=30)
+    assert due_hours(session, t, 72) == []  # nothing recorded: nothing is missing
+    data_began(session, t - timedelta(hours=100))
     for hour in due_hours(session, t, 72):
         aggregate_hour(session, hour)
     session.commit()

@@ -6,7 +6,7 @@ import json
 import random
 import subprocess
 import sys
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from models import AiUsageDailyAggregate
-from tests.support.helpers import REPO_ROOT, producer, redis_client, service_env
+from tests.support.helpers import REPO_ROOT, data_began, producer, redis_client, service_env
 from tests.support.metrics import midnight, random_event, recent_day
 from voicepipe.events.recording import record_events
 from voicepipe.usage.recording import record_usage
@@ -71,6 +71,7 @@ def test_status_reports_windows_failures_and_queue_depths(
 ) -> None:
     env = service_env(db_url, broker_url, service_data_dir, VOICEPIPE_HOURLY_HORIZON_HOURS="3",
                       VOICEPIPE_DAILY_HORIZON_DAYS="2")
+    data_began(session, datetime.now(UTC) - timedelta(days=4))
     session.execute(text(
         "INSERT INTO aggregation_windows (period_type, period_start, failures, last_error, last_error_at) "
         "VALUES ('hourly', date_trunc('hour', now()) - interval '2 hours', 2, 'IndexError: boom', now())"))

@@ -12,7 +12,7 @@ from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from models import AggregationWindow, MetricsSnapshot
-from tests.support.helpers import Proc, celery_cmd, redis_client, service_env, spawn, wait_for
+from tests.support.helpers import Proc, celery_cmd, data_began, redis_client, service_env, spawn, wait_for
 from tests.support.metrics import random_event
 from voicepipe.events.recording import record_events
 from voicepipe.metrics.daily import aggregate_day
@@ -48,6 +48,7 @@ def test_thirty_hours_ahead_one_wrapper_run_fills_all_thirty_hours_and_picks_up_
     start_worker: Callable[..., Proc], client: Celery, session: Session
 ) -> None:
     t = this_hour() - 40 * HOUR + timedelta(minutes=30)
+    data_began(session, t - 100 * HOUR)  # before every window below: each one is missing until computed
     # Everything is up to date at t ...
     for day in {(t - 30 * HOUR).date(), (t - 2 * HOUR).date()}:
         if datetime(day.year, day.month, day.day, tzinfo=UTC) + timedelta(days=1) <= t:
@@ -88,6 +89,7 @@ def test_thirty_hours_ahead_one_wrapper_run_fills_all_thirty_hours_and_picks_up_
 def test_the_wrapper_targets_windows_from_when_it_executes_not_when_it_was_sent(
     start_worker: Callable[..., Proc], client: Celery, session: Session
 ) -> None:
+    data_began(session, this_hour() - 40 * HOUR)
     # Sent now, with no worker running ...
     client.send_task("voicepipe.metrics.aggregate_hourly_due", queue="metrics")
     # ... executed by a worker whose clock says it is 20 hours earlier.

@@ -182,3 +182,11 @@ def service_env(db_url: str, broker_url: str, data_dir: Path, **extra: str) -> d
 def celery_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "celery", "-A", "worker", *args]
 
+
+
+def data_began(session: Any, at: datetime) -> None:
+    """An all-zero counter row in AT's hour: the data began then (windows closing before it are
+    never missing), without an event, a late mark or a figure anywhere."""
+    session.execute(text("INSERT INTO event_counters (organization_id, hour_start) VALUES ('data-began', :h)"
+                         " ON CONFLICT DO NOTHING"), {"h": at.replace(minute=0, second=0, microsecond=0)})
+    session.commit()

@@ -4,7 +4,6 @@ and the exporter's credential check."""
 from __future__ import annotations
 
 import base64
-import math
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -43,7 +42,8 @@ def test_a_healthy_reading_finds_nothing() -> None:
 
 
 def test_each_condition_is_found_past_its_threshold_only() -> None:
-    assert kinds(healthy(newest_window={"hourly": NOW - timedelta(hours=4, minutes=1), "daily": None})) == [
+    assert kinds(healthy(newest_window={"hourly": NOW - timedelta(hours=4, minutes=1), "daily": None},
+                         first_data=datetime(2026, 2, 26, 23, tzinfo=UTC))) == [
         ("aggregation_lag_hourly", None), ("aggregation_lag_daily", None)]
     assert kinds(healthy(windows_due={("hourly", "missing"): 2, ("hourly", "stale"): 1,
                                       ("daily", "missing"): 1, ("daily", "stale"): 0})) == [
@@ -79,7 +79,26 @@ def test_thresholds_come_from_the_environment_and_bad_ones_name_themselves() -> 
     for bad in ("abc", "-1", "nan"):
         with pytest.raises(SettingsError, match="VOICEPIPE_ALERT_QUEUE_DEPTH"):
             load_thresholds({"VOICEPIPE_ALERT_QUEUE_DEPTH": bad})
-    assert math.isinf(healthy(newest_window={"hourly": None, "daily": None}).window_lag_s("hourly"))
+
+
+def test_lag_counts_from_the_first_window_with_data() -> None:
+    never = {"hourly": None, "daily": None}
+    # Nothing recorded yet: nothing to be behind on, and no alert.
+    assert healthy(newest_window=never).window_lag_s("hourly") == 0.0
+    assert kinds(healthy(newest_window=never)) == []
+    # Data since 06:20, nothing aggregated: the hour 06:00 closed at 07:00, 3 h 10 min ago;
+    # the day it began in has not closed.
+    fresh = healthy(newest_window=never, first_data=datetime(2026, 3, 1, 6, tzinfo=UTC))
+    assert fresh.window_lag_s("hourly") == 3 * 3600 + 600 and fresh.window_lag_s("daily") == 0.0
+    found = health_findings(fresh, Thresholds())[0]
+    assert [f.kind for f in found] == ["aggregation_lag_hourly"]
+    assert found[0].message == ("No hourly window has been aggregated since the data began at 2026-03-01 06:00 UTC:"
+                                " the first one closed 3.2 h ago (alert past 3.0 h).")
+    late = healthy(newest_window={"hourly": datetime(2026, 3, 1, 5, tzinfo=UTC), "daily": None},
+                   first_data=datetime(2026, 2, 20, tzinfo=UTC))
+    assert health_findings(late, Thresholds())[0][0].message == (
+        "The hourly aggregation is 4.2 h behind: the newest hour aggregated began at 2026-03-01 05:00 UTC"
+        " (alert past 3.0 h).")
 
 
 def header(value: str) -> str:

@@ -75,6 +75,29 @@ def _seconds(value: float) -> str:
     return "never" if value == float("inf") else f"{value / 3600:.1f} h"
 
 
+_UNIT = {HOURLY: "hour", DAILY: "day"}
+
+
+def _utc(ts: datetime) -> str:
+    return ts.strftime("%Y-%m-%d %H:%M UTC")
+
+
+def lag_sentence(health: PipelineHealth, period: str, lag: float, limit: float) -> str:
+    newest = health.newest_window[period]
+    if newest is None:
+        since = _utc(health.first_data) if health.first_data else "?"
+        return (f"No {period} window has been aggregated since the data began at {since}: the first one closed "
+                f"{_seconds(lag)} ago (alert past {_seconds(limit)}).")
+    return (f"The {period} aggregation is {_seconds(lag)} behind: the newest {_UNIT[period]} aggregated began at "
+            f"{_utc(newest)} (alert past {_seconds(limit)}).")
+
+
+def due_sentence(period: str, missing: int, stale: int, limit: float) -> str:
+    unit = _UNIT[period]
+    return (f"{missing} closed {unit}s of the catch-up horizon were never aggregated and {stale} changed after "
+            f"they were (alert past {limit:g}); `voicepipe status` lists them.")
+
+
 def health_findings(health: PipelineHealth, th: Thresholds) -> tuple[list[Finding], set[str]]:
     """Conditions visible in one health reading, and the kinds it could evaluate."""
     found: list[Finding] = []
@@ -83,18 +106,13 @@ def health_findings(health: PipelineHealth, th: Thresholds) -> tuple[list[Findin
     for period, limit in ((HOURLY, th.hourly_lag_seconds), (DAILY, th.daily_lag_seconds)):
         lag = health.window_lag_s(period)
         if lag > limit:
-            newest = health.newest_window[period]
-            found.append(Finding(
-                f"aggregation_lag_{period}", None,
-                f"{period} aggregation is {_seconds(lag)} behind (newest window "
-                f"{newest.isoformat() if newest else 'none yet'}; limit {_seconds(limit)})", lag, limit))
+            found.append(Finding(f"aggregation_lag_{period}", None, lag_sentence(health, period, lag, limit),
+                                 lag, limit))
     for period, limit in ((HOURLY, th.hourly_windows_due), (DAILY, th.daily_windows_due)):
         missing, stale = health.windows_due[(period, "missing")], health.windows_due[(period, "stale")]
         if missing + stale > limit:
-            found.append(Finding(
-                f"windows_due_{period}", None,
-                f"{missing} missing and {stale} stale {period} windows within the horizon (limit {limit:g})",
-                missing + stale, limit))
+            found.append(Finding(f"windows_due_{period}", None, due_sentence(period, missing, stale, limit),
+                                 missing + stale, limit))
     failing = sum(health.windows_failing.values())
     if failing > th.windows_failing:
         found.append(Finding(

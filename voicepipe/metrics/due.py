@@ -5,6 +5,10 @@ counter revisions differs from the source_revision it was computed from (a late
 event or a counter rebuild happened since). Both are decided at call time from the
 clock and the database, so a late, missed or doubled beat emission changes nothing.
 
+Windows that closed before the first counter row (the oldest hour with events) are
+not missing: there was nothing to aggregate yet, and a fresh installation would
+otherwise report its whole horizon as missing.
+
 The horizon bounds the catch-up of *missing* windows only: a window never
 computed and older than the horizon is left to `voicepipe backfill`. Changes to
 computed windows older than the horizon are found by what changed, not by scanning:
@@ -18,8 +22,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from models.events import EventCounter
 from voicepipe.maintenance.cleanup import recomputable_from
 from voicepipe.metrics import late
 from voicepipe.metrics.bookkeeping import (
@@ -29,6 +35,7 @@ from voicepipe.metrics.bookkeeping import (
     counter_revisions_at,
     stored_revisions,
     stored_revisions_at,
+    utc,
 )
 from voicepipe.windows import DAY, HOUR, closed_days, closed_hours, day_start, floor_day
 
@@ -45,10 +52,12 @@ class WindowState:
     # Outside the horizon a window is listed only because it is marked: a missing one
     # there is not caught up (the horizon bounds catch-up), a stale one is refreshed.
     in_horizon: bool = True
+    # Closed before the first hour with counters: nothing to aggregate, never missing.
+    before_data: bool = False
 
     @property
     def missing(self) -> bool:
-        return self.stored_revision is None
+        return self.stored_revision is None and not self.before_data
 
     @property
     def stale(self) -> bool:
@@ -57,6 +66,17 @@ class WindowState:
     @property
     def due(self) -> bool:
         return (self.missing and self.in_horizon) or self.stale
+
+
+def first_data_hour(session: Session) -> datetime | None:
+    """The oldest hour with counters (None: no event recorded, or all past retention)."""
+    first = session.scalar(select(func.min(EventCounter.hour_start)))
+    return utc(first) if first is not None else None
+
+
+def _before(first: datetime | None, end: datetime) -> bool:
+    """Whether a window ending at END closed before the data began at FIRST."""
+    return first is None or end <= first
 
 
 def marked_hours(session: Session, now: datetime) -> dict[datetime, int]:
@@ -82,7 +102,9 @@ def hour_states(session: Session, now: datetime, horizon_hours: int) -> list[Win
     stored.update(stored_revisions_at(session, HOURLY, older))
     hours = sorted(set(in_horizon) | set(marks))
     horizon = set(in_horizon)
-    return [WindowState(h, stored.get(h), current.get(h, 0), marks.get(h), in_horizon=h in horizon)
+    first = first_data_hour(session)
+    return [WindowState(h, stored.get(h), current.get(h, 0), marks.get(h), in_horizon=h in horizon,
+                        before_data=_before(first, h + HOUR))
             for h in hours]
 
 
@@ -101,7 +123,9 @@ def day_states(session: Session, now: datetime, horizon_days: int) -> list[Windo
             current[floor_day(hour)] = current.get(floor_day(hour), 0) + revision
         stored.update(stored_revisions(session, DAILY, lo, hi))
     horizon = set(in_horizon)
-    return [WindowState(d, stored.get(d), current.get(d, 0), late=d in marked_days, in_horizon=d in horizon)
+    first = first_data_hour(session)
+    return [WindowState(d, stored.get(d), current.get(d, 0), late=d in marked_days, in_horizon=d in horizon,
+                        before_data=_before(first, d + DAY))
             for d in days]
 
 
@@ -172,4 +196,4 @@ def day_state(session: Session, day: date) -> WindowState:
     lo = day_start(day)
     current = sum(counter_revisions(session, lo, lo + DAY).values())
     stored = stored_revisions(session, DAILY, lo, lo + DAY)
-    return WindowState(lo, stored.get(lo), current)
+    return WindowState(lo, stored.get(lo), current)  # asked for by name: due even before the data

@@ -26,12 +26,16 @@ from models.artifacts import Artifact, RetryRequest
 from models.metrics import AggregationWindow, MetricsSnapshot
 from voicepipe.domain import STATUSES, WORKING_STATUSES
 from voicepipe.metrics.bookkeeping import DAILY, HOURLY, newest_computed, utc
-from voicepipe.metrics.due import day_states, hour_states
-from voicepipe.windows import DAY, HOUR, floor_hour
+from voicepipe.metrics.due import day_states, first_data_hour, hour_states
+from voicepipe.windows import DAY, HOUR, floor_day, floor_hour
 
 log = logging.getLogger(__name__)
 
 PERIODS: dict[str, timedelta] = {HOURLY: HOUR, DAILY: DAY}
+
+
+def floor_window(ts: datetime, period: str) -> datetime:
+    return floor_hour(ts) if period == HOURLY else floor_day(ts)
 TERMINAL_STATUSES = tuple(s for s in STATUSES if s not in WORKING_STATUSES)
 # Completed and failed artifacts are counted over this recent span only: an index range
 # on (status, updated_at) stays cheap however many artifacts history holds.
@@ -82,13 +86,23 @@ class PipelineHealth:
     beat: BeatState
     newest_hour: datetime | None = None
     organizations: list[OrganizationHour] = field(default_factory=list)
+    # The oldest hour with counters; None when nothing was recorded (or all is past retention).
+    first_data: datetime | None = None
 
     def window_lag_s(self, period: str) -> float:
-        """Age of the newest complete window's end; inf when no window was ever computed."""
+        """How far the period's aggregation is behind: the age of the newest computed window's end.
+
+        With none computed, the age of the end of the first window with data (0 while it is
+        open, or when nothing was ever recorded: there is nothing to be behind on).
+        """
         start = self.newest_window[period]
+        length = PERIODS[period]
         if start is None:
-            return math.inf
-        return (self.now - (start + PERIODS[period])).total_seconds()
+            if self.first_data is None:
+                return 0.0
+            first_end = floor_window(self.first_data, period) + length
+            return max(0.0, (self.now - first_end).total_seconds())
+        return (self.now - (start + length)).total_seconds()
 
 
 def read_beat(path: Path, now: float | None = None) -> BeatState:
@@ -229,6 +243,7 @@ def collect(
         beat=read_beat(heartbeat, now.timestamp()),
         newest_hour=newest_hour,
         organizations=per_organization,
+        first_data=first_data_hour(session),
     )
 
 

@@ -25,7 +25,7 @@ from voicepipe.pipeline.simulated import SimulatedProcessor
 from voicepipe.pipeline.stages import DONE_STATUS, FAILED_EVENT, STAGE_ORDER, STARTED_EVENT, WORKING_STATUS
 
 CHANNELS = (("whatsapp_audio", 0.6), ("app_recording", 0.3), ("whatsapp_text", 0.1))
-HISTORY_FAILURE_RATE = 0.06  # per stage run: ~1 artifact in 5 fails somewhere
+HISTORY_FAILURE_RATE = 0.02  # per stage run: about 1 artifact in 12 fails somewhere
 
 
 class _Recorder:
@@ -102,12 +102,12 @@ def _artifact_life(
         if attempt:
             rec.add(at, "retry_failed", stage=STAGE_ORDER[first], error_code=failure.code,
                     metadata=meta(attempt, requestedBy=staff_user), **common)
-        # Staff retry about two failures in three, a few minutes later, at most twice.
+        # Staff retry about two failures in three, a minute or two later, at most twice.
         if attempt >= 2 or rng.random() > 0.66:
             return
         attempt += 1
         first = STAGE_ORDER.index(stage)
-        at += timedelta(minutes=rng.uniform(3, 40))
+        at += timedelta(minutes=rng.uniform(0.5, 2))
         entry = STAGE_BY_NAME[stage].retry_status
         rec.add(at, "retry_initiated", stage=stage,
                 metadata=meta(attempt, requestedBy=staff_user, reason="provider error", retryStage=stage), **common)
