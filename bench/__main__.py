@@ -7,7 +7,7 @@ import logging
 import time
 import warnings
 
-from bench.harness import Result, bench_env, machine, table, write_json
+from bench.harness import Result, bench_env, machine, machine_state, table, write_json
 
 # Recording first: it and its baseline then both write into empty tables.
 BENCHES = ("recording", "aggregation", "daily", "retries", "dashboard", "exporter", "pages", "scale")
@@ -24,21 +24,27 @@ def main() -> int:
     chosen = args.only.split(",") if args.only else list(BENCHES)
     t0 = time.perf_counter()
     results: list[Result] = []
+    states: dict[str, dict] = {}
     with bench_env(args.quick) as env:
         info = machine(env)
         print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()), flush=True)
         for name in chosen:
             module = __import__(f"bench.{name}", fromlist=["run"])
-            print(f"-- {name}", flush=True)
+            # The machine's state as each bench starts: a ratio off its usual spread next to
+            # a high load or a small page cache says where to look.
+            states[name] = machine_state()
+            print(f"-- {name} (" + ", ".join(f"{k}={v}" for k, v in states[name].items()) + ")", flush=True)
             for result in module.run(env):
                 results.append(result)
                 print(table([result]).splitlines()[-1], flush=True)
     seconds = time.perf_counter() - t0
     print()
     print(table(results))
-    print(f"\ntotal {seconds:.0f} s ({'quick' if args.quick else 'full'})")
+    goals = [r for r in results if r.met is not None]
+    print(f"\ngoals met: {sum(bool(r.met) for r in goals)} of {len(goals)}")
+    print(f"total {seconds:.0f} s ({'quick' if args.quick else 'full'})")
     if args.json:
-        write_json(args.json, info, results, seconds)
+        write_json(args.json, info, results, seconds, states)
     return 0
 
 

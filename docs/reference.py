@@ -142,7 +142,19 @@ def bench_latest() -> str:
               f"{run['total_seconds']:.0f} s in all. Every ratio is against a baseline measured in the same "
               "run; see [Benchmarks](benchmarks.md) for what each row measures.\n\n"
             + "| machine | |\n|---|---|\n" + "".join(f"| {k} | {_cell(str(v))} |\n" for k, v in machine.items())
+            + _states(run.get("machine_state") or {})
             + "\n" + table(results) + "\n")
+
+
+def _states(states: dict[str, dict[str, object]]) -> str:
+    """The machine's state as each bench started (load, free memory, page cache)."""
+    if not states:
+        return ""
+    keys = list(dict.fromkeys(k for state in states.values() for k in state))
+    return ("\nThe machine as each bench started:\n\n| bench | " + " | ".join(keys) + " |\n|---|"
+            + "---|" * len(keys) + "\n"
+            + "".join(f"| {name} | " + " | ".join(str(state.get(k, "")) for k in keys) + " |\n"
+                      for name, state in states.items()))
 
 
 PAGES: dict[str, Callable[[], str]] = {
