@@ -26,6 +26,9 @@ from voicepipe.pipeline.stages import DONE_STATUS, FAILED_EVENT, STAGE_ORDER, ST
 
 CHANNELS = (("whatsapp_audio", 0.6), ("app_recording", 0.3), ("whatsapp_text", 0.1))
 HISTORY_FAILURE_RATE = 0.02  # per stage run: about 1 artifact in 12 fails somewhere
+# A provider incident in the first third of the history, long repaired by its end: every
+# failure the dashboard shows appears, and the newest hours (what the alerts read) are calm.
+INCIDENT_FAILURE_RATE = 0.25
 
 
 class _Recorder:
@@ -55,7 +58,10 @@ def synthetic_history(
     recorder = _Recorder(rng, now)
     processor = SimulatedProcessor(seed=seed, failure_rate=HISTORY_FAILURE_RATE, time_scale=1.0,
                                    sleep=recorder.sleep)
+    incident = SimulatedProcessor(seed=seed + 1, failure_rate=INCIDENT_FAILURE_RATE, time_scale=1.0,
+                                  sleep=recorder.sleep)
     start = now - timedelta(hours=hours)
+    incident_end = start + timedelta(hours=hours) / 3
     whole_hours = max(1, int(hours + 0.999))
     for org in organizations:
         coaches = [f"{org}-coach-{i}" for i in range(1, 6)]
@@ -65,7 +71,8 @@ def synthetic_history(
             busy = 0.5 + (hour_start.hour in range(16, 22)) * 1.0
             for _ in range(_poisson(rng, artifacts_per_org_hour * busy)):
                 at = hour_start + timedelta(seconds=rng.uniform(0, 3600))
-                _artifact_life(recorder, processor, rng, org, rng.choice(coaches), at, staff_user)
+                _artifact_life(recorder, incident if at < incident_end else processor, rng, org,
+                               rng.choice(coaches), at, staff_user)
         # The first club always overspends, so a demo shows budget_exceeded too.
         _platform_incidents(recorder, rng, org, start, hours, overspends=org == organizations[0])
     return recorder.events
