@@ -43,6 +43,10 @@ class RetryLimitExceeded(VoicepipeError):
     """The artifact has used all its retry attempts."""
 
 
+class RetryRateLimited(VoicepipeError):
+    """The artifact was retried as often as allowed in the last hour (VOICEPIPE_MAX_RETRIES_PER_HOUR)."""
+
+
 class DeadLetterNotFound(VoicepipeError):
     """No dead letter has the given id."""
 
@@ -71,5 +75,6 @@ REFUSALS: tuple[type[VoicepipeError], ...] = (
     PermissionDenied,
     ArtifactNotFound,
     RetryNotAllowed,
+    RetryRateLimited,
     RetryLimitExceeded,
 )

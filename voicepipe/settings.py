@@ -38,6 +38,9 @@ class Settings:
     # Records of handled incidents: settled dead letters, refusals, delivery counts.
     retention_records_days: int = 365
     max_retry_attempts: int = 3
+    # Retries of one artifact within any hour: a third attempt right after two failed ones
+    # would most likely meet the same outage; it waits.
+    max_retries_per_hour: int = 2
     stall_timeout_seconds: int = 900
     max_clock_skew_seconds: int = 300
     max_requeues: int = 3
@@ -256,6 +259,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         retention_ai_usage_days=_int(env, "VOICEPIPE_RETENTION_AI_USAGE_DAYS", 90, minimum=8),
         retention_ai_usage_daily_days=_int(env, "VOICEPIPE_RETENTION_AI_USAGE_DAILY_DAYS", 730, minimum=1),
         max_retry_attempts=_int(env, "VOICEPIPE_MAX_RETRY_ATTEMPTS", 3, minimum=1),
+        max_retries_per_hour=_int(env, "VOICEPIPE_MAX_RETRIES_PER_HOUR", 2, minimum=1),
         stall_timeout_seconds=_int(env, "VOICEPIPE_STALL_TIMEOUT_SECONDS", 900, minimum=1),
         max_clock_skew_seconds=_int(env, "VOICEPIPE_MAX_CLOCK_SKEW_SECONDS", 300, minimum=0),
         max_requeues=_int(env, "VOICEPIPE_MAX_REQUEUES", 3, minimum=0),

@@ -190,6 +190,11 @@ VARIABLES: tuple[Variable, ...] = (
         "`3`",
     ),
     Variable(
+        "VOICEPIPE_MAX_RETRIES_PER_HOUR",
+        "retries of one artifact accepted within any hour (past it: `RetryRateLimited`)",
+        "`2`",
+    ),
+    Variable(
         "VOICEPIPE_STALL_TIMEOUT_SECONDS",
         "no progress for this long = stalled (retryable, re-queued by the sweeper)",
         "`900`",

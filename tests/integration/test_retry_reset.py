@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from celery import Celery
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session
 
 from models import Claim, EntityResolution, InsightDraft, PipelineEvent, Transcript
@@ -33,7 +33,7 @@ from tests.support.pipeline import (
     snapshot,
     status_of,
 )
-from voicepipe.errors import RetryLimitExceeded, RetryNotAllowed
+from voicepipe.errors import RetryLimitExceeded, RetryNotAllowed, RetryRateLimited
 from voicepipe.retry.service import request_retry
 from voicepipe.settings import reset_settings
 
@@ -249,3 +249,42 @@ def test_without_the_variable_the_default_maximum_of_three_applies(
     with pytest.raises(RetryLimitExceeded):
         request_retry(session, stage="transcription", artifact_id=at_max, requested_by="staff-1")
     session.rollback()
+
+
+def fail_again(session: Session, art_id: uuid.UUID) -> None:
+    """The retried stage failed again: the artifact is failed at transcription, retryable."""
+    session.execute(text("UPDATE artifacts SET status = 'failed', failed_stage = 'transcription', "
+                         "active_retry_attempt = NULL WHERE id = :a"), {"a": art_id})
+    session.commit()
+
+
+def test_an_artifact_is_retried_at_most_the_hourly_limit_then_refused_until_the_hour_has_passed(
+    session: Session, engine: Engine, env_settings: pytest.MonkeyPatch
+) -> None:
+    env_settings.setenv("VOICEPIPE_MAX_RETRY_ATTEMPTS", "5")
+    env_settings.delenv("VOICEPIPE_MAX_RETRIES_PER_HOUR", raising=False)  # the default: 2
+    start = datetime.now(UTC) - timedelta(hours=3)
+
+    def at(offset: timedelta) -> None:
+        env_settings.setenv("VOICEPIPE_FAKE_NOW", (start + offset).isoformat())
+        reset_settings()
+
+    at(timedelta(0))
+    add_user(session, "staff-1")
+    art_id = add_artifact(session, status="failed", failed_stage="transcription")
+    other = add_artifact(session, status="failed", failed_stage="transcription")
+    for minutes in (0, 20):
+        at(timedelta(minutes=minutes))
+        retry(session, "transcription", art_id)
+        fail_again(session, art_id)
+    at(timedelta(minutes=59))
+    state = snapshot(engine)
+    with pytest.raises(RetryRateLimited, match="retried 2 times in the last hour.*MAX_RETRIES_PER_HOUR allows"):
+        request_retry(session, stage="transcription", artifact_id=art_id, requested_by="staff-1")
+    session.rollback()
+    assert snapshot(engine) == state  # refused: nothing changed
+    retry(session, "transcription", other)  # the limit is per artifact
+    # An hour after the first retry, one slot is free again.
+    at(timedelta(minutes=60, seconds=1))
+    retry(session, "transcription", art_id)
+    assert artifact(session, art_id).metadata_["retryAttempt"] == 3

@@ -41,6 +41,7 @@ from voicepipe.errors import (
     PermissionDenied,
     RetryLimitExceeded,
     RetryNotAllowed,
+    RetryRateLimited,
 )
 from voicepipe.events.parts import HISTOGRAM_PART, SCALAR_PARTS, Parts, add_event, empty_parts
 from voicepipe.events.recording import EVENT_COLUMNS, CounterKey, add_to_counters, parse_events
@@ -129,8 +130,8 @@ def request_retry(
 ) -> RetryOutcome:
     """Validate and apply one retry (steps 1-6); the stage task is queued after commit.
 
-    Raises InvalidInput, PermissionDenied, ArtifactNotFound, RetryNotAllowed or
-    RetryLimitExceeded before changing anything.
+    Raises InvalidInput, PermissionDenied, ArtifactNotFound, RetryNotAllowed,
+    RetryLimitExceeded or RetryRateLimited before changing anything.
     """
     # Arguments first: nothing is read or locked for a malformed request.
     req = _validated(stage, artifact_id, requested_by, reason, request_id)
@@ -173,8 +174,9 @@ def _lock_and_check(cur: Any, req: _Request, now: datetime) -> tuple[Artifact, i
     # first one's row (the next statement reads with a snapshot taken after the
     # wait) instead of failing on the unique index at commit.
     cur.execute(_lock_sql(req.request_id is not None),
-                {"user_id": req.requested_by, "artifact_id": req.artifact_id, "request_id": req.request_id})
-    found_user, is_staff, *columns = cur.fetchone()
+                {"user_id": req.requested_by, "artifact_id": req.artifact_id, "request_id": req.request_id,
+                 "hour_ago": now - HOUR})
+    found_user, is_staff, last_hour, *columns = cur.fetchone()
     if found_user is None:
         raise PermissionDenied(f"user {req.requested_by} is unknown; only platform staff may retry artifacts")
     if not is_staff:
@@ -193,7 +195,12 @@ def _lock_and_check(cur: Any, req: _Request, now: datetime) -> tuple[Artifact, i
             raise RetryLimitExceeded(
                 f"artifact {req.artifact_id} has used {used} of its {settings.max_retry_attempts} retry attempts"
             )
-    except (RetryNotAllowed, RetryLimitExceeded):
+        # The hourly limit, from the accepted retries of the last hour (read under the row lock).
+        if last_hour >= settings.max_retries_per_hour:
+            raise RetryRateLimited(
+                f"artifact {req.artifact_id} was retried {last_hour} times in the last hour, the most "
+                f"VOICEPIPE_MAX_RETRIES_PER_HOUR allows ({settings.max_retries_per_hour}); try again later")
+    except (RetryNotAllowed, RetryLimitExceeded, RetryRateLimited):
         if req.request_id is not None:
             # A repeated request id finds its own retry in flight (or used up the
             # attempts): it gets that retry's outcome, not a refusal. Read under
@@ -287,7 +294,8 @@ _REQUEST_SQL = f"SELECT {_REQUEST_COLUMNS} FROM retry_requests WHERE request_id 
 
 @functools.cache
 def _lock_sql(with_request_id: bool) -> str:
-    """Staff flag, then (staff only) the request id's advisory lock and the artifact row lock.
+    """Staff flag, the artifact's retries of the last hour, then (staff only) the request id's
+    advisory lock and the artifact row lock.
 
     The advisory lock sits in the artifact scan's filter, which runs below the row
     lock (LockRows): request id first, artifact second, as two statements took them.
@@ -295,7 +303,9 @@ def _lock_sql(with_request_id: bool) -> str:
     lock = (f"pg_advisory_xact_lock({_REQUEST_LOCK_NAMESPACE}, hashtext(%(request_id)s)) IS NOT NULL"
             if with_request_id else "true")
     return (
-        f"SELECT u.id, u.is_platform_staff, {', '.join(f'a.{c}' for c in _ARTIFACT_COLUMNS)} "
+        "SELECT u.id, u.is_platform_staff, (SELECT count(*) FROM retry_requests r WHERE r.artifact_id = a.id"
+        " AND r.created_at > %(hour_ago)s), "
+        f"{', '.join(f'a.{c}' for c in _ARTIFACT_COLUMNS)} "
         "FROM (SELECT 1) AS one "
         "LEFT JOIN users AS u ON u.id = %(user_id)s "
         f"LEFT JOIN LATERAL (SELECT {', '.join(_ARTIFACT_COLUMNS)} FROM artifacts "
