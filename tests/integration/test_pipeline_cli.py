@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import func, select
@@ -76,3 +78,48 @@ def test_voicepipe_simulate_drives_artifacts_and_records_history(
     assert history and history > 50
     assert set(session.scalars(select(PipelineEvent.organization_id).distinct())) <= {
         "sim-org-01", "sim-org-02", None}
+
+
+def test_bulk_retry_run_twice_at_once_retries_each_artifact_once_and_all_complete(
+    start_worker: Callable[..., Proc], session: Session, db_url: str, broker_url: str, tmp_path: Path
+) -> None:
+    add_user(session, "staff-1")
+    since = datetime.now(UTC) - timedelta(hours=1)
+    failed = {add_artifact(session, status="failed", failed_stage="transcription") for _ in range(300)}
+    # Not selected: failed at another stage, or before the range.
+    other = add_artifact(session, status="failed", failed_stage="claims_extraction")
+    old = add_artifact(session, status="failed", updated_at=since - timedelta(minutes=1))
+    env = service_env(db_url, broker_url, tmp_path)
+    bulk = ["retry", "--failed-at", "transcription", "--since", since.isoformat(), "--as", "staff-1"]
+
+    dry = voicepipe(env, *bulk, "--dry-run")
+    assert dry.returncode == 0, dry.stderr
+    assert dry.stdout.splitlines()[0].startswith("300 artifacts failed at transcription from ")
+    assert {uuid.UUID(line.split()[0]) for line in dry.stdout.splitlines()[1:]} == failed
+    assert count_events(session, "retry_initiated") == 0  # a dry run sends nothing
+
+    runs = [subprocess.Popen([sys.executable, "-m", "voicepipe.cli", *bulk, "--rate", "500"], env=env,
+                             cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)]
+    start_worker(queues="pipeline,retry", concurrency=2, **FAST)
+    for run in runs:
+        out, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err
+        assert "sent 300 retries" in out
+
+    def statuses() -> dict[uuid.UUID, str]:
+        session.rollback()
+        return dict(session.execute(select(Artifact.id, Artifact.status).where(Artifact.id.in_(failed))).all())
+
+    wait_for(lambda: set(statuses().values()) == {"completed"}, timeout=180, what="all 300 completed")
+    session.rollback()
+    initiated = session.execute(select(PipelineEvent.artifact_id, func.count()).where(
+        PipelineEvent.event_type == "retry_initiated").group_by(PipelineEvent.artifact_id)).all()
+    assert dict(initiated) == {art: 1 for art in failed}
+    assert status_of(session, other) == "failed" and status_of(session, old) == "failed"
+
+
+def count_events(session: Session, event_type: str) -> int:
+    session.rollback()
+    return int(session.scalar(select(func.count()).select_from(PipelineEvent).where(
+        PipelineEvent.event_type == event_type)) or 0)

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-from voicepipe.domain import RETRY_STAGES
+from voicepipe.domain import RETRY_STAGES, STAGE_ORDER
 
 log = logging.getLogger("voicepipe.simulate")
 
@@ -29,11 +29,22 @@ EVENT_BATCH = 1000  # events per voicepipe.events.record_batch message
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    retry = sub.add_parser("retry", help="ask the workers to retry an artifact (platform staff only)",
-                           description="Send voicepipe.retry.<stage> through the broker and print its task id.")
-    retry.add_argument("artifact", help="the artifact id (UUID)")
-    retry.add_argument("--stage", required=True, type=_stage,
-                       help=f"one of {', '.join(RETRY_STAGES)} (or 'full')")
+    retry = sub.add_parser(
+        "retry", help="ask the workers to retry an artifact, or every artifact failed at a stage (staff only)",
+        description="Send voicepipe.retry.<stage> through the broker and print its task id. With --failed-at, "
+                    "send one for every artifact that failed at that stage in [--since, --until) (and "
+                    "--organization), at most --rate a second; --dry-run only lists them. Each bulk retry "
+                    "carries a request id derived from the request: repeating it retries nothing twice.")
+    retry.add_argument("artifact", nargs="?", help="the artifact id (UUID); not with --failed-at")
+    retry.add_argument("--stage", type=_stage, help=f"one of {', '.join(RETRY_STAGES)} (or 'full')")
+    retry.add_argument("--failed-at", metavar="STAGE", choices=STAGE_ORDER,
+                       help=f"retry every artifact failed at this stage: {', '.join(STAGE_ORDER)}")
+    retry.add_argument("--since", metavar="TIME", help="with --failed-at: failed at or after (ISO 8601, with offset)")
+    retry.add_argument("--until", metavar="TIME", help="with --failed-at: failed before (default now)")
+    retry.add_argument("--organization", help="with --failed-at: only this organization's artifacts")
+    retry.add_argument("--dry-run", action="store_true", help="with --failed-at: list them, send nothing")
+    retry.add_argument("--rate", type=_positive_float, default=20.0,
+                       help="with --failed-at: retries sent per second at most (default 20)")
     retry.add_argument("--as", dest="requested_by", required=True, metavar="USER",
                        help="the requesting user's id; must be platform staff in the users table")
     retry.add_argument("--reason", help="why (kept in the retry history and the retry_initiated event)")
@@ -115,6 +126,17 @@ def _send(name: str, /, **kwargs: Any) -> Any:
 
 
 def run_retry(args: argparse.Namespace) -> int:
+    bulk_only = [f"--{n.replace('_', '-')}" for n in ("since", "until", "organization") if getattr(args, n)]
+    bulk_only += ["--dry-run"] if args.dry_run else []
+    if args.failed_at is not None:
+        if args.artifact is not None or args.stage is not None or args.request_id is not None or args.wait:
+            print("voicepipe retry: --failed-at takes no ARTIFACT, --stage, --request-id or --wait", file=sys.stderr)
+            return 2
+        return run_bulk_retry(args)
+    if args.artifact is None or args.stage is None or bulk_only:
+        print("voicepipe retry: give ARTIFACT and --stage, or --failed-at STAGE --since TIME"
+              + (f" ({', '.join(bulk_only)} go with --failed-at)" if bulk_only else ""), file=sys.stderr)
+        return 2
     kwargs: dict[str, Any] = {"artifact_id": args.artifact, "requested_by": args.requested_by}
     if args.reason is not None:
         kwargs["reason"] = args.reason
@@ -129,6 +151,38 @@ def run_retry(args: argparse.Namespace) -> int:
         print(f"refused: {type(outcome).__name__}: {outcome}", file=sys.stderr)
         return 1
     print(json.dumps(outcome, indent=2, sort_keys=True))
+    return 0
+
+
+def run_bulk_retry(args: argparse.Namespace) -> int:
+    """Every artifact failed at a stage in a range: listed (--dry-run) or sent, one retry each."""
+    from models.session import session_scope
+    from voicepipe.retry.bulk import BulkRequest, select_failed
+
+    if args.since is None:
+        print("voicepipe retry: --failed-at needs --since", file=sys.stderr)
+        return 2
+    request = BulkRequest.parse(args.failed_at, args.since, args.until, args.organization)
+    with session_scope() as session:
+        found = select_failed(session, request)
+    scope = f" of {request.organization_id}" if request.organization_id else ""
+    print(f"{len(found)} artifacts{scope} failed at {request.stage} from {request.since.isoformat()} "
+          f"to {request.until.isoformat()}{' (dry run: nothing sent)' if args.dry_run else ''}", flush=True)
+    if args.dry_run:
+        for art in found:
+            print(f"{art.id} {art.organization_id} failed {art.failed_at.isoformat()} {art.error_code or ''}".rstrip())
+        return 0
+    interval, next_at = 1.0 / args.rate, time.monotonic()
+    for art in found:
+        kwargs: dict[str, Any] = {"artifact_id": str(art.id), "requested_by": args.requested_by,
+                                  "request_id": request.request_id(args.requested_by, art.id)}
+        if args.reason is not None:
+            kwargs["reason"] = args.reason
+        time.sleep(max(0.0, next_at - time.monotonic()))
+        next_at = max(next_at, time.monotonic()) + interval
+        _send(f"voicepipe.retry.{request.stage}", **kwargs)
+    print(f"sent {len(found)} retries of voicepipe.retry.{request.stage} (`voicepipe retry-history ARTIFACT` "
+          "tells each outcome)")
     return 0
 
 
