@@ -18,7 +18,11 @@ class Artifact(Base):
     __table_args__ = (
         # The stall sweeper scans working artifacts by last progress.
         Index("ix_artifacts_status_updated_at", "status", "updated_at"),
-        Index("ix_artifacts_organization_id", "organization_id"),
+        # The dashboard's artifacts list, newest received first, by keyset: whole, by
+        # status, by organization.
+        Index("ix_artifacts_created_at_id", "created_at", "id"),
+        Index("ix_artifacts_status_created_at_id", "status", "created_at", "id"),
+        Index("ix_artifacts_organization_id_created_at_id", "organization_id", "created_at", "id"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)

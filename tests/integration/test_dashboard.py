@@ -30,6 +30,7 @@ from sqlalchemy import create_engine
 from sqlalchemy import text as sql_text
 from sqlalchemy.orm import Session
 
+from models import Artifact
 from tests.support.helpers import REPO_ROOT, Proc, service_env, spawn, wait_for
 from tests.support.redis_server import free_port
 from voicepipe.alerts.evaluate import evaluate, open_alerts
@@ -116,7 +117,12 @@ def fill(engine: Any, now: datetime) -> Filled:
         for d in range(USAGE_DAYS, 0, -1):
             aggregate_usage_day(s, now.date() - timedelta(days=d))
             s.commit()
-        # Real alerts from a real evaluation (days outside the history are missing: windows_due_daily).
+        # A real alert from a real evaluation: 11 artifacts stalled in transcription for an hour
+        # (the threshold is 10).
+        s.add_all(Artifact(organization_id="club-north", coach_id="coach-1", source_channel="whatsapp_audio",
+                           status="transcribing", current_stage="transcription", created_at=now - timedelta(hours=1),
+                           updated_at=now - timedelta(hours=1)) for _ in range(11))
+        s.commit()
         evaluate(s, now, health(s, now))
         s.commit()
     return Filled(now, events, usage)

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from voicepipe.dashboard import breakdowns, data
+from voicepipe.dashboard import artifacts, breakdowns, data
 from voicepipe.errors import InvalidInput
 from voicepipe.metrics.bookkeeping import DAILY, HOURLY
 
@@ -83,3 +83,13 @@ def api_organization_usage(request: Request) -> Response:
         return data.usage(s, org, first, last, now)
 
     return JSONResponse(data.read(work))
+
+
+def api_artifacts(request: Request) -> Response:
+    filters = artifacts.list_filters(request.query_params)
+    return JSONResponse(data.read(lambda s, now: artifacts.list_artifacts(s, now, **filters), sums=False))
+
+
+def api_artifact(request: Request) -> Response:
+    art_id = request.path_params["artifact_id"]
+    return JSONResponse(data.read(lambda s, now: artifacts.artifact_story(s, art_id, now), sums=False))

@@ -19,7 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from voicepipe.dashboard import api, data, pages
+from voicepipe.dashboard import api, data, pages, repair
 from voicepipe.dashboard.auth import AUTH_VARIABLE, BasicAuth
 from voicepipe.dashboard.refresh import REFRESH_S, refresh_breakdowns
 from voicepipe.dashboard.render import error
@@ -48,10 +48,15 @@ async def lifespan(app: Starlette) -> AsyncIterator[None]:
 
 def create_app(credentials: list[tuple[str, str]]) -> ASGIApp:
     from voicepipe.dashboard.data import OrganizationNotFound
+    from voicepipe.errors import ArtifactNotFound, PermissionDenied, RetryNotAllowed
 
     routes = [
         Route("/", pages.platform_page),
         Route("/organizations/{organization_id:str}", pages.organization_page),
+        Route("/artifacts", pages.artifacts_page),
+        Route("/artifacts/retry-failed", repair.bulk_action, methods=["POST"]),
+        Route("/artifacts/{artifact_id:str}", pages.artifact_page),
+        Route("/artifacts/{artifact_id:str}/retry", repair.retry_action, methods=["POST"]),
         Route("/api/platform/series", api.api_platform_series),
         Route("/api/platform/stages", api.api_platform_stages),
         Route("/api/organizations", api.api_organizations),
@@ -61,6 +66,8 @@ def create_app(credentials: list[tuple[str, str]]) -> ASGIApp:
         Route("/api/organizations/{organization_id:str}/usage", api.api_organization_usage),
         Route("/api/alerts", api.api_alerts),
         Route("/api/aggregation", api.api_aggregation),
+        Route("/api/artifacts", api.api_artifacts),
+        Route("/api/artifacts/{artifact_id:str}", api.api_artifact),
     ]
 
     async def invalid(request: Request, exc: Exception) -> Response:
@@ -69,7 +76,15 @@ def create_app(credentials: list[tuple[str, str]]) -> ASGIApp:
     async def not_found(request: Request, exc: Exception) -> Response:
         return error(request, 404, exc)
 
-    app = Starlette(routes=routes, exception_handlers={InvalidInput: invalid, OrganizationNotFound: not_found},
+    async def forbidden(request: Request, exc: Exception) -> Response:
+        return error(request, 403, exc)
+
+    async def conflict(request: Request, exc: Exception) -> Response:
+        return error(request, 409, exc)
+
+    app = Starlette(routes=routes, exception_handlers={InvalidInput: invalid, OrganizationNotFound: not_found,
+                                                        ArtifactNotFound: not_found, PermissionDenied: forbidden,
+                                                        RetryNotAllowed: conflict},
                     lifespan=lifespan)
     return BasicAuth(app, credentials)
 

@@ -135,14 +135,15 @@ def stages(session: Session, period: str, now: datetime, organization_id: str | 
     }
 
 
-def read(work: Callable[[Session, datetime], Any], now: datetime | None = None) -> Any:
-    """WORK(session, now) in one read-only transaction of its own."""
+def read(work: Callable[[Session, datetime], Any], now: datetime | None = None, *, sums: bool = True) -> Any:
+    """WORK(session, now) in one read-only transaction of its own (SUMS: with room to sum in memory)."""
     from voicepipe.clock import utcnow
 
     with read_only_session() as session:
-        # The 30-day organization breakdown hashes and sorts a row per organization and day:
-        # in memory, not in temporary files (PostgreSQL's default work_mem is 4 MB).
-        session.connection().exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        if sums:
+            # The 30-day organization breakdown hashes and sorts a row per organization and day:
+            # in memory, not in temporary files (PostgreSQL's default work_mem is 4 MB).
+            session.connection().exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
         return work(session, now or utcnow())
 
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from starlette.requests import Request
 from starlette.responses import Response
 
-from voicepipe.dashboard import breakdowns, charts, data
+from voicepipe.dashboard import artifacts, breakdowns, charts, data
 from voicepipe.dashboard.api import organization_of
 from voicepipe.dashboard.render import page, series_charts
 from voicepipe.errors import InvalidInput
@@ -93,3 +93,54 @@ def organization_page(request: Request) -> Response:
         }
 
     return page("organization.html", **data.read(work))
+
+
+def artifacts_page(request: Request) -> Response:
+    """The artifacts list with its filters; `next` keeps them and moves one page on."""
+    from urllib.parse import urlencode
+
+    from voicepipe.dashboard import repair
+    from voicepipe.dashboard.auth import csrf_token, operator
+
+    user = operator(request)
+    query = {k: v for k, v in request.query_params.items() if k != "bulk_sent"}
+    filters = artifacts.list_filters(query)
+    kept = {k: v for k, v in query.items() if k != "cursor" and v}
+
+    def work(s: Session, now: datetime) -> dict[str, Any]:
+        listed = artifacts.list_artifacts(s, now, **filters)
+        # Staff looking at the failures of one stage since a time may retry them all (bulk).
+        bulk = (filters["status"] == "failed" and filters["stage"] is not None and filters["since"] is not None
+                and repair.is_staff(s, user))
+        # What the bulk form would retry (its dry run): failed at the stage within the range, by failure time.
+        would = len(repair.bulk_selection(s, filters)) if bulk else 0
+        return {
+            "bulk": bulk, "bulk_count": would, "csrf": csrf_token(user) if bulk else None, "operator": user,
+            "bulk_sent": request.query_params.get("bulk_sent"),
+            "now": now, "listed": listed, "filters": filters, "statuses": artifacts.LIST_STATUSES,
+            "stages": artifacts.STAGE_ORDER,
+            "api": "/api/artifacts" + (f"?{urlencode(kept)}" if kept else ""),
+            "next_url": f"/artifacts?{urlencode({**kept, 'cursor': listed['next']})}" if listed["next"] else None,
+        }
+
+    return page("artifacts.html", **data.read(work, sums=False))
+
+
+def artifact_page(request: Request) -> Response:
+    """One artifact's story; for platform staff, with the retry form when it is retryable."""
+    from voicepipe.dashboard import repair
+    from voicepipe.dashboard.auth import csrf_token, operator
+
+    art_id, user = request.path_params["artifact_id"], operator(request)
+
+    def work(s: Session, now: datetime) -> dict[str, Any]:
+        story = artifacts.artifact_story(s, art_id, now)
+        a = story["artifact"]
+        can_retry = repair.is_staff(s, user) and (a["status"] == "failed" or a["stalled"])
+        return {"now": now, "story": story, "api": f"/api/artifacts/{quote(art_id)}", "operator": user,
+                "can_retry": can_retry, "csrf": csrf_token(user) if can_retry else None,
+                "retry_stages": artifacts.RETRY_STAGES,
+                "default_stage": a["failed_stage"] if a["status"] == "failed" else a["current_stage"],
+                "sent": request.query_params.get("sent")}
+
+    return page("artifact.html", **data.read(work, sums=False))
