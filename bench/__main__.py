@@ -10,7 +10,7 @@ import warnings
 from bench.harness import Result, bench_env, machine, machine_state, table, write_json
 
 # Recording first: it and its baseline then both write into empty tables.
-BENCHES = ("recording", "aggregation", "daily", "retries", "dashboard", "exporter", "pages", "scale")
+BENCHES = ("recording", "aggregation", "daily", "retries", "dashboard", "exporter", "pages", "scale", "artifacts")
 
 
 def main() -> int:

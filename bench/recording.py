@@ -136,9 +136,9 @@ def _through_worker(env: Env, start: datetime) -> list[Result]:
     """
     # Small in --quick: on 2 cores a drain runs at a few hundred events/s, and sending
     # (~1 ms a message) costs about as much again.
-    n_single = 4000 if env.quick else 20_000
-    n_noop = 1500 if env.quick else 5_000
-    n_alone = 1000 if env.quick else 10_000
+    n_single = 4000 if env.quick else 10_000
+    n_noop = 1500 if env.quick else 3_000
+    n_alone = 1000 if env.quick else 2_000
     n_batched = 20_000 if env.quick else 50_000
     batches_version = _celery_batches()
     ours: list[float] = []
@@ -148,15 +148,15 @@ def _through_worker(env: Env, start: datetime) -> list[Result]:
     for rep in range(REPEAT):
         # All three counted alike, by the broker's acknowledgements (the no-op leaves no row);
         # the two that record are checked to have stored every event.
-        ours.append(_drain(env, "worker", f"batched-{rep}", _single(n_single, start, seed=100 + rep),
+        ours.append(_drain(env, "worker", f"batched-{rep}", _single(n_single, start, seed=1100 + rep),
                            by_acks=True))
         smallest.append(_drain(env, "bench.smallest_app", f"smallest-{rep}",
-                               _single(n_noop, start, seed=200 + rep, task=NOOP_TASK),
+                               _single(n_noop, start, seed=1200 + rep, task=NOOP_TASK),
                                queue=EVENTS_QUEUE, by_acks=True, rows=0))
         if batches_version is not None and not lib_error:
             try:
                 lib.append(_drain(env, "bench.batches_app", f"celery-batches-{rep}",
-                                  _single(n_single, start, seed=300 + rep, task=BATCHES_TASK),
+                                  _single(n_single, start, seed=1300 + rep, task=BATCHES_TASK),
                                   queue=EVENTS_QUEUE, by_acks=True, timeout=120))
             except AssertionError as exc:  # it never recorded them all: say why, measure nothing
                 lib_error = _last_error(env, f"celery-batches-{rep}") or str(exc)[:200]
