@@ -55,8 +55,8 @@ def _producer() -> Any:
     return Producer(settings.broker_url, signing_secret=settings.directory_secret)
 
 
-async def retry_action(request: Request) -> Response:
-    """POST /artifacts/{id}/retry (stage, reason, csrf): 303 to the artifact page once sent."""
+async def checked_form(request: Request) -> tuple[str, dict[str, str]]:
+    """(operator, form fields) of a POST whose CSRF token is the operator's; CsrfRefused otherwise."""
     user = operator(request)
     body = await request.body()
     if len(body) > MAX_FORM:
@@ -64,6 +64,12 @@ async def retry_action(request: Request) -> Response:
     form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
     if not csrf_ok(user, form.get("csrf")):
         raise CsrfRefused("the form's CSRF token is missing or is not this operator's: reload the page and retry")
+    return user, form
+
+
+async def retry_action(request: Request) -> Response:
+    """POST /artifacts/{id}/retry (stage, reason, csrf): 303 to the artifact page once sent."""
+    user, form = await checked_form(request)
     art_id = check_uuid(request.path_params["artifact_id"], "artifact_id")
     stage = form.get("stage")
     if stage not in RETRY_STAGES:
@@ -107,13 +113,7 @@ async def bulk_action(request: Request) -> Response:
 
     from voicepipe.retry.bulk import BulkRequest, select_failed
 
-    user = operator(request)
-    body = await request.body()
-    if len(body) > MAX_FORM:
-        raise InvalidInput.field("form", f"at most {MAX_FORM} bytes")
-    form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
-    if not csrf_ok(user, form.get("csrf")):
-        raise CsrfRefused("the form's CSRF token is missing or is not this operator's: reload the page and retry")
+    user, form = await checked_form(request)
     bulk = BulkRequest.parse(form.get("stage"), form.get("since"), form.get("until") or None,
                              form.get("organization") or None)
 
