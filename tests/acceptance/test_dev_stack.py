@@ -149,6 +149,13 @@ def test_dev_runs_the_whole_stack_shows_aggregations_and_stops_cleanly(short_tmp
             conn.rollback()
             before = snapshots()
         engine.dispose()
+        # The simulator's staff user signs in to the dashboard with the same password, for repairs.
+        dash = re.search(r"dashboard at http://[^:@\s]+:([^@\s]+)@127\.0\.0\.1:(\d+)/", log.read_text())
+        assert dash and "sign in to the dashboard as sim-staff" in log.read_text(), log.read_text()[-2000:]
+        request = urllib.request.Request(f"http://127.0.0.1:{dash.group(2)}/api/artifacts?status=processing")
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"sim-staff:{dash.group(1)}".encode()).decode())
+        with urllib.request.urlopen(request, timeout=20) as response:
+            assert response.status == 200 and "artifacts" in json.loads(response.read())
         # A fresh stack does not cry wolf: once the wrappers have caught up the simulated
         # history, nothing is missing (the windows before it began never were) and the
         # health checks open no alert.

@@ -218,8 +218,14 @@ def _child_env(settings: Settings, args: argparse.Namespace, db_url: str, broker
     env.pop("FLOWER_UNAUTHENTICATED_API", None)
     flower_auth = settings.flower_basic_auth or f"{DEV_FLOWER_USER}:{secrets.token_urlsafe(18)}"
     env["FLOWER_BASIC_AUTH"] = flower_auth
-    # The dashboard asks for credentials too: its own variable if set, else Flower's (generated) ones.
+    # The dashboard asks for credentials too: its own variable if set, else Flower's (generated) ones,
+    # and, where the simulator makes its staff user platform staff (embedded database), that user
+    # with the same password: signed in as it, an operator may retry from the artifact pages.
     dashboard_auth = (os.environ.get("VOICEPIPE_DASHBOARD_AUTH") or "").strip() or flower_auth
+    if dashboard_auth == flower_auth and _grants_staff(settings, args):
+        from voicepipe.cli.operations import SIM_STAFF
+
+        dashboard_auth = f"{flower_auth},{SIM_STAFF}:{flower_auth.split(':', 1)[1]}"
     env["VOICEPIPE_DASHBOARD_AUTH"] = dashboard_auth
     from voicepipe.observability.exporter import parse_credentials
 
@@ -245,10 +251,14 @@ def _children(settings: Settings, args: argparse.Namespace, dashboard_port: int)
     if not args.no_simulate:
         children["simulator"] = [sys.executable, "-m", "voicepipe.cli", "simulate", "--artifacts", "0",
                                  "--rate", "0.5", "--history-hours", "6"]
-        if not settings.database_url:
-            # Embedded database only: the simulated staff user may retry, for this run.
+        if _grants_staff(settings, args):
             children["simulator"].append("--grant-staff")
     return children
+
+
+def _grants_staff(settings: Settings, args: argparse.Namespace) -> bool:
+    """Embedded database only: the simulated staff user may retry, for this run."""
+    return not args.no_simulate and not settings.database_url
 
 
 def _print_addresses(settings: Settings, args: argparse.Namespace, flower_auth: str, dashboard_auth: str,
@@ -256,19 +266,22 @@ def _print_addresses(settings: Settings, args: argparse.Namespace, flower_auth: 
     """Where Flower and the dashboard answer, and whose password opens them."""
     _print_address("Flower", f"127.0.0.1:{args.flower_port}", flower_auth,
                    "FLOWER_BASIC_AUTH" if settings.flower_basic_auth else None, "password {}, generated for this run")
-    dashboard_source = ("VOICEPIPE_DASHBOARD_AUTH" if dashboard_auth != flower_auth
+    dashboard_source = ("VOICEPIPE_DASHBOARD_AUTH" if (os.environ.get("VOICEPIPE_DASHBOARD_AUTH") or "").strip()
                         else "FLOWER_BASIC_AUTH" if settings.flower_basic_auth else None)
     _print_address("dashboard", f"127.0.0.1:{dashboard_port}/", dashboard_auth, dashboard_source,
                    "Flower's generated password")
+    staff = [user for user, _, _ in (pair.partition(":") for pair in dashboard_auth.split(",")[1:])]
+    if dashboard_source is None and staff:
+        print(f"voicepipe dev: sign in to the dashboard as {staff[0]} (same password), platform staff in this run, "
+              "to retry artifacts from their pages (/artifacts)", flush=True)
 
 
 def _print_address(what: str, where: str, auth: str, source: str | None, generated: str) -> None:
     """A configured password is named by its variable; a generated one is printed, in the URL too."""
-    user = auth.split(",", 1)[0].split(":", 1)[0]
+    user, _, password = auth.split(",", 1)[0].partition(":")
     if source is not None:
         print(f"voicepipe dev: {what} at http://{where} (user {user}, password from {source})", flush=True)
     else:
-        password = auth.split(":", 1)[1]
         print(f"voicepipe dev: {what} at http://{user}:{password}@{where} "
               f"(user {user}, {generated.format(password)})", flush=True)
 
