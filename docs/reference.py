@@ -130,17 +130,33 @@ def tables() -> str:
     return "".join(out)
 
 
+# The kept runs: nothing configured (embedded servers, what a newcomer runs), then, when
+# kept, the same on the machine's PostgreSQL and Redis servers.
+BENCH_RUNS = (("latest.json", "Embedded servers (nothing configured)"),
+              ("latest-servers.json", "The machine's PostgreSQL and Redis servers"))
+
+
 def bench_latest() -> str:
-    """The table of the bench run kept in bench/latest.json (`python -m bench --json bench/latest.json`)."""
+    """The tables of the bench runs kept in bench/ (`python -m bench --json bench/latest.json`)."""
+    out = ["# The latest benchmark runs\n\n", GENERATED,
+           "Every ratio is against a baseline measured in the same run; see [Benchmarks](benchmarks.md) for "
+           "what each row measures and how to read the spread.\n"]
+    for name, title in BENCH_RUNS:
+        path = ROOT.parent / "bench" / name
+        if path.exists():
+            out.append(_bench_run(title, json.loads(path.read_text())))
+    return "".join(out)
+
+
+def _bench_run(title: str, run: dict[str, Any]) -> str:
     from bench.harness import Result, table
 
-    run = json.loads((ROOT.parent / "bench" / "latest.json").read_text())
     machine = run["machine"]
     results = [Result(**r) for r in run["results"]]
-    return ("# The latest benchmark run\n\n" + GENERATED
+    goals = [r for r in results if r.met is not None]
+    return (f"\n## {title}\n\n"
             + f"`python -m bench{' --quick' if machine.get('mode') == 'quick' else ''}` on {run['date']}, "
-              f"{run['total_seconds']:.0f} s in all. Every ratio is against a baseline measured in the same "
-              "run; see [Benchmarks](benchmarks.md) for what each row measures.\n\n"
+              f"{run['total_seconds']:.0f} s in all; goals met: {sum(bool(r.met) for r in goals)} of {len(goals)}.\n\n"
             + "| machine | |\n|---|---|\n" + "".join(f"| {k} | {_cell(str(v))} |\n" for k, v in machine.items())
             + _states(run.get("machine_state") or {})
             + "\n" + table(results) + "\n")
