@@ -17,7 +17,7 @@ import yaml
 from sqlalchemy.orm import Session
 
 from tests.integration.test_exporter import CREDENTIALS, artifact_events, scrape
-from tests.support.helpers import Proc, service_env, spawn, wait_for
+from tests.support.helpers import Proc, data_began, service_env, spawn, wait_for
 from tests.support.redis_server import free_port
 from voicepipe.events.recording import record_events
 from voicepipe.metrics.hourly import aggregate_hour
@@ -43,6 +43,9 @@ def test_prometheus_scrapes_the_exporter_with_the_shipped_config_and_the_rules_m
     session.commit()
     aggregate_hour(session, hour)
     session.commit()
+    # The data began four days ago and no day was ever aggregated: the daily lag counts from
+    # the end of that first day, past the rule's 54 hours.
+    data_began(session, hour - timedelta(days=4))
 
     exporter_port, prom_port = free_port(), free_port()
     env = service_env(db_url, broker_url, service_data_dir, VOICEPIPE_EXPORTER_AUTH=CREDENTIALS)
@@ -83,7 +86,7 @@ def test_prometheus_scrapes_the_exporter_with_the_shipped_config_and_the_rules_m
             return found
 
         # The failure-rate rule matched org-bad only (pending: it needs 5 minutes to fire);
-        # beat silent (no heartbeat here: +Inf) and the never-computed daily lag too.
+        # beat silent (no heartbeat here: +Inf) and the daily lag (no day aggregated since the data began).
         wait_for(lambda: {"VoicepipeOrganizationFailureRateHigh", "VoicepipeBeatSilent",
                           "VoicepipeAggregationLagging"} <= set(alerts()), timeout=30, interval=0.5,
                  what="rules to match")
