@@ -1,6 +1,6 @@
 """Pipeline events and the additive counters recorded with them.
 
-Every additive part (counts, sums, histogram buckets) is declared once in
+Every additive part (counts, sums, latency sketches) is declared once in
 ``AdditiveParts``: counters carry them per (organization, UTC hour), and metrics
 snapshots carry them beside the derived figures, so any set of rows sums exactly.
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Identity,
@@ -48,7 +49,7 @@ def _sum() -> Mapped[float]:
 
 
 class AdditiveParts:
-    """Counts, sums and histogram buckets: the parts every figure is derived from."""
+    """Counts, sums and latency sketches: the parts every figure is derived from."""
 
     n_artifact_received: Mapped[int] = _count()
     n_artifact_status_changed: Mapped[int] = _count()
@@ -99,10 +100,15 @@ class AdditiveParts:
     entities_total: Mapped[int] = _count()
     drafts_total: Mapped[int] = _count()
     ai_cost_sum: Mapped[Decimal] = mapped_column(COST, default=Decimal(0), server_default="0")
-    # End-to-end latency histogram, fixed buckets (voicepipe.events.histogram).
-    end_to_end_histogram: Mapped[list[int]] = mapped_column(
-        ARRAY(BigInteger), server_default=text("'{}'::bigint[]")
-    )
+    # Every latency's sketch (voicepipe.events.sketch): non-empty buckets only, packed.
+    latency_sketch: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), server_default=text("'{}'::bigint[]"))
+    # True on rows carried over from the fixed 64-bucket end-to-end histogram (within
+    # 25 %, no stage latencies): their percentiles, and any range's that holds them, are coarse.
+    coarse_percentiles: Mapped[bool] = mapped_column(Boolean, default=False, server_default=text("false"))
+    # The 64-bucket end-to-end histogram of the previous release, which its workers may still
+    # write during an upgrade (migration 0011's triggers fold that into the sketch). Never
+    # read or written by this release; dropped by the next one.
+    end_to_end_histogram: Mapped[list[int]] = mapped_column(ARRAY(BigInteger), server_default=text("'{}'::bigint[]"))
 
 
 class PipelineEvent(Base):

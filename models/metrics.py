@@ -46,6 +46,10 @@ class SnapshotMetrics:
     avg_draft_generation_latency: Mapped[float] = _metric()
     avg_end_to_end_latency: Mapped[float] = _metric()
     p95_end_to_end_latency: Mapped[float] = _metric()
+    # NULL on rows computed before latency sketches, which had only p95.
+    p50_end_to_end_latency: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p90_end_to_end_latency: Mapped[float | None] = mapped_column(Float, nullable=True)
+    p99_end_to_end_latency: Mapped[float | None] = mapped_column(Float, nullable=True)
     avg_transcript_confidence: Mapped[float] = _metric()
     avg_claim_confidence: Mapped[float] = _metric()
     auto_resolution_rate: Mapped[float] = _metric()

@@ -11,9 +11,9 @@ from voicepipe.infra.bulk import copy_then
 from voicepipe.metrics.snapshots import SNAPSHOT_COLUMNS
 
 
-def test_binary_copy_round_trips_histograms_and_mixed_types(session: Session) -> None:
+def test_binary_copy_round_trips_sketches_and_mixed_types(session: Session) -> None:
     columns = ("organization_id", "period_type", "period_start", "n_artifact_received",
-               "end_to_end_latency_sum", "ai_cost_sum", "end_to_end_histogram")
+               "end_to_end_latency_sum", "ai_cost_sum", "latency_sketch")
     assert set(columns) <= set(SNAPSHOT_COLUMNS)
     start = datetime(2026, 1, 2, 3, tzinfo=UTC)
     rows = [

@@ -106,18 +106,19 @@ def test_a_failing_window_is_a_visible_failure_counted_and_picked_up_by_the_next
     hour = this_hour() - 3 * HOUR
     record_events(session, [{"event_type": "artifact_received", "organization_id": "o",
                              "occurred_at": hour.isoformat()}])
-    # A corrupt counter row (a histogram longer than the fixed layout) makes the hour fail.
-    session.execute(text("UPDATE event_counters SET end_to_end_histogram = array_fill(1::bigint, ARRAY[70])"))
+    # A corrupt counter row (a sketch bucket far past any duration: slot 65535 of end-to-end,
+    # whose value overflows a float) makes the hour fail.
+    session.execute(text(f"UPDATE event_counters SET latency_sketch = ARRAY[{((4 << 16 | 65535) << 40) | 1}]"))
     session.commit()
     start_worker(queues="metrics", VOICEPIPE_HOURLY_HORIZON_HOURS="4", VOICEPIPE_DAILY_HORIZON_DAYS="1")
     result = client.send_task("voicepipe.metrics.aggregate_hour", kwargs={"window_start": hour.isoformat()},
                               queue="metrics")
     result.get(timeout=30, propagate=False)
-    assert result.state == "FAILURE" and "IndexError" in repr(result.result)
+    assert result.state == "FAILURE" and "OverflowError" in repr(result.result)
     session.rollback()
     window = session.get(AggregationWindow, ("hourly", hour))
     assert window is not None and window.failures == 1 and window.source_revision is None
-    assert "IndexError" in (window.last_error or "")
+    assert "OverflowError" in (window.last_error or "")
 
     bad = client.send_task("voicepipe.metrics.aggregate_hour", kwargs={"window_start": "2026-01-01T10:30:00+00:00"},
                            queue="metrics")
@@ -125,7 +126,7 @@ def test_a_failing_window_is_a_visible_failure_counted_and_picked_up_by_the_next
     assert bad.state == "FAILURE" and "InvalidInput" in repr(bad.result) and "start of an hour" in str(bad.result)
 
     # Repaired: the next wrapper run sends the window again, it succeeds and its failures clear.
-    session.execute(text("UPDATE event_counters SET end_to_end_histogram = '{}'"))
+    session.execute(text("UPDATE event_counters SET latency_sketch = '{}'"))
     session.commit()
     client.send_task("voicepipe.metrics.aggregate_hourly_due", queue="metrics")
 

@@ -41,6 +41,17 @@ FROM pipeline_events GROUP BY 1, 2
 """
 
 
+# The sketch's stored format, as voicepipe/events/sketch.py documents it: each element is
+# (kind << 16 | bucket slot) << 40 | count; kinds in the order of the latencies.
+TRANSCRIPTION, END_TO_END = 0, 4
+GAMMA = 1.01 / 0.99
+
+
+def sketched(entries: list[int], kind: int) -> int:
+    """How many durations of a kind a stored sketch holds."""
+    return sum(e & (2**40 - 1) for e in entries if e >> 56 == kind)
+
+
 def counters_by_key(session: Session) -> dict[tuple[str | None, datetime], EventCounter]:
     return {
         (c.organization_id, c.hour_start.astimezone(UTC).replace(tzinfo=None)): c
@@ -61,7 +72,8 @@ def assert_counters_match_events(session: Session) -> int:
         assert c.transcription_latency_sum == pytest.approx(row["tl_sum"], rel=1e-9)
         assert c.transcription_latency_count == row["tl_n"]
         assert c.entity_resolution_latency_sum == pytest.approx(row["el_sum"], rel=1e-9)
-        assert c.end_to_end_latency_count == row["e2e_n"] == sum(c.end_to_end_histogram)
+        assert c.end_to_end_latency_count == row["e2e_n"] == sketched(c.latency_sketch, END_TO_END)
+        assert c.transcription_latency_count == sketched(c.latency_sketch, TRANSCRIPTION)
         assert c.claim_confidence_sum == pytest.approx(row["cc_sum"], rel=1e-9, abs=1e-9)
         assert c.claims_total == row["claims"]
         assert c.entities_total == row["entities"]
@@ -105,15 +117,17 @@ def test_events_of_one_hour_share_a_counter_row_and_the_window_label_is_utc(sess
     assert counter.n_artifact_received == 2
 
 
-def test_end_to_end_duration_fills_the_histogram_bucket_it_belongs_to(session: Session) -> None:
-    # 1,000 ms lies in [976.56, 1220.70) = bucket 11 of the 1.25-ratio layout from 100 ms.
+def test_end_to_end_duration_fills_the_sketch_bucket_it_belongs_to(session: Session) -> None:
+    # 1,000 ms lies in (GAMMA**345, GAMMA**346]: bucket 346, slot 346 + 1024, of the end-to-end kind.
+    assert GAMMA**345 < 1000.0 <= GAMMA**346
     record_events(session, [{"event_type": "artifact_completed", "duration_ms": 1000.0,
                              "occurred_at": T0.isoformat()}])
     session.commit()
     (counter,) = session.execute(select(EventCounter)).scalars()
     assert counter.organization_id is None
-    assert [i for i, n in enumerate(counter.end_to_end_histogram) if n] == [11]
+    assert counter.latency_sketch == [((END_TO_END << 16 | (346 + 1024)) << 40) | 1]
     assert counter.end_to_end_latency_sum == 1000.0
+    assert not counter.coarse_percentiles
 
 
 def test_a_batch_with_one_bad_event_writes_nothing(session: Session) -> None:
@@ -132,12 +146,13 @@ def test_rebuild_repairs_counters_from_events_and_bumps_revisions(session: Sessi
     before = {k: c.revision for k, c in counters_by_key(session).items()}
     # Corrupt the counters as a counting bug would.
     session.execute(text("UPDATE event_counters SET n_artifact_received = n_artifact_received + 5, "
-                         "ai_cost_sum = 0, end_to_end_histogram = '{}'"))
+                         "ai_cost_sum = 0, latency_sketch = '{}', coarse_percentiles = true"))
     session.commit()
     result = rebuild_counters(session, T0, T0 + timedelta(hours=6))
     session.commit()
     assert result.events == 2_000
     assert_counters_match_events(session)
+    assert not any(c.coarse_percentiles for c in counters_by_key(session).values())
     after = {k: c.revision for k, c in counters_by_key(session).items()}
     assert all(after[k] > before[k] for k in before)
 

@@ -1,11 +1,11 @@
-"""Summed snapshot parts per organization: histograms exact whatever buckets are in use.
+"""Summed snapshot parts per organization: latency sketches exact, key by key.
 
-sum_snapshot_parts sums only the histogram buckets the platform rows use. These tests
-write snapshot rows directly, with histograms chosen to reach every path: the usual
-one, a row set our writers never produce (an organization using a bucket its platform
-row lacks, organization rows without platform rows, a histogram that does not add up
-to its end-to-end count), and a bucket set read before a window changed. Expected
-sums are added up here, bucket by bucket, from the rows inserted.
+sum_snapshot_parts adds the organizations' sketches up in PostgreSQL. These tests write
+snapshot rows directly, with sketches over every latency kind, from tiny to huge
+durations, and rows our writers never produce (an organization using a bucket its
+platform rows lack, organization rows without platform rows). Expected sums are added
+up here, key by key, from the rows inserted; expected percentiles are read here by
+nearest rank from those sums, with the bucket values of the stored format.
 """
 
 from __future__ import annotations
@@ -25,114 +25,112 @@ from voicepipe.metrics.snapshots import sum_snapshot_parts
 
 START = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(days=40)
 DAYS = 5
-BUCKETS = 64
+# The stored format (voicepipe/events/sketch.py): element (kind << 16 | slot) << 40 | count,
+# slot = bucket + 1024, bucket i holding (GAMMA**(i-1), GAMMA**i] and standing for 2 GAMMA**i / (GAMMA + 1).
+GAMMA = 1.01 / 0.99
+END_TO_END = 4
+KINDS = 5
+Sketch = dict[int, int]
 
 INSERT = text(
     "INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end, "
-    "n_artifact_completed, end_to_end_latency_count, end_to_end_latency_sum, end_to_end_histogram) "
-    "VALUES (:org, 'daily', :start, :start + interval '1 day', :n, :n, :n * 1000.0, :hist)"
+    "n_artifact_completed, end_to_end_latency_count, end_to_end_latency_sum, latency_sketch, coarse_percentiles) "
+    "VALUES (:org, 'daily', :start, :start + interval '1 day', :n, :n, :n * 1000.0, :sketch, :coarse)"
 )
 
 
-def histogram(rng: random.Random, buckets: list[int]) -> list[int]:
-    hist = [0] * BUCKETS
-    for b in buckets:
-        hist[b] = rng.randint(1, 9)
-    return hist
+def random_sketch(rng: random.Random, buckets: int) -> Sketch:
+    """Keys over every kind, buckets from 1 µs to years (and the zero bucket), counts up to 9."""
+    return {(rng.randrange(KINDS) << 16) | rng.choice([0, *range(1024 - 345, 1024 + 1500)]): rng.randint(1, 9)
+            for _ in range(buckets)}
 
 
-def insert(session: Session, rows: list[tuple[str | None, int, list[int]]], *, count: Any = None) -> None:
-    """Rows of (organization, day index, histogram); the end-to-end count is the histogram's total."""
-    for org, day, hist in rows:
-        n = sum(hist) if count is None else count(hist)
-        session.execute(INSERT, {"org": org, "start": START + timedelta(days=day), "n": n, "hist": hist})
+def insert(session: Session, rows: list[tuple[str | None, int, Sketch]], coarse: set[int] = frozenset()) -> None:
+    """Rows of (organization, day index, sketch); coarse: indexes of rows flagged coarse."""
+    for i, (org, day, sketch) in enumerate(rows):
+        n = sum(c for k, c in sketch.items() if k >> 16 == END_TO_END)
+        packed = [(k << 40) | c for k, c in sorted(sketch.items())]
+        session.execute(INSERT, {"org": org, "start": START + timedelta(days=day), "n": n, "sketch": packed,
+                                 "coarse": i in coarse})
     session.commit()
 
 
-def expected(rows: list[tuple[str | None, int, list[int]]]) -> dict[str | None, list[int]]:
-    sums: dict[str | None, list[int]] = {}
-    for org, _, hist in rows:
-        total = sums.setdefault(org, [0] * BUCKETS)
-        for i, count in enumerate(hist):
-            total[i] += count
+def expected(rows: list[tuple[str | None, int, Sketch]]) -> dict[str | None, Sketch]:
+    sums: dict[str | None, Sketch] = {}
+    for org, _, sketch in rows:
+        total = sums.setdefault(org, {})
+        for key, count in sketch.items():
+            total[key] = total.get(key, 0) + count
     return sums
 
 
-def summed(session: Session) -> dict[str | None, list[int]]:
+def summed(session: Session) -> dict[str | None, Sketch]:
     got = sum_snapshot_parts(session, "daily", START, START + timedelta(days=DAYS))
     session.rollback()
-    return {org: list(s.parts["end_to_end_histogram"]) for org, s in got.items()}
+    return {org: s.parts["latency_sketch"] for org, s in got.items()}
 
 
-def consistent_rows(rng: random.Random, orgs: int = 6) -> list[tuple[str | None, int, list[int]]]:
-    """What aggregation writes: each day's platform histogram is its organizations' plus events without one."""
-    rows: list[tuple[str | None, int, list[int]]] = []
+def consistent_rows(rng: random.Random, orgs: int = 6) -> list[tuple[str | None, int, Sketch]]:
+    """What aggregation writes: each day's platform sketch is its organizations' plus events without one."""
+    rows: list[tuple[str | None, int, Sketch]] = []
     for day in range(DAYS):
-        platform = histogram(rng, rng.sample(range(10, 30), 2))  # events without an organization
+        platform = random_sketch(rng, 2)  # events without an organization
         for o in range(orgs):
-            hist = histogram(rng, rng.sample(range(5, 40), rng.randint(1, 6)))
-            rows.append((f"org-{o}", day, hist))
-            platform = [a + b for a, b in zip(platform, hist, strict=True)]
+            sketch = random_sketch(rng, rng.randint(1, 40))
+            rows.append((f"org-{o}", day, sketch))
+            for key, count in sketch.items():
+                platform[key] = platform.get(key, 0) + count
         rows.append((None, day, platform))
     return rows
 
 
-def test_the_usual_rows_sum_exactly_bucket_by_bucket(session: Session) -> None:
+def test_the_usual_rows_sum_exactly_key_by_key(session: Session) -> None:
     rows = consistent_rows(random.Random(5))
     insert(session, rows)
     assert summed(session) == expected(rows)
-    used = {i for _, _, hist in rows for i, c in enumerate(hist) if c}
-    assert len(used) < BUCKETS  # the sparse path ran: some buckets were left out
 
 
 def test_an_organization_using_a_bucket_its_platform_rows_lack_is_still_summed_exactly(session: Session) -> None:
     rows = consistent_rows(random.Random(6))
-    stray = [0] * BUCKETS
-    stray[63] = 4  # a bucket no platform row uses
-    rows.append(("org-stray", 2, stray))
+    stray_key = (END_TO_END << 16) | 3000
+    rows.append(("org-stray", 2, {stray_key: 4}))
     insert(session, rows)
     got = summed(session)
     assert got == expected(rows)
-    assert got["org-stray"][63] == 4
+    assert got["org-stray"] == {stray_key: 4}
 
 
 def test_organization_rows_without_platform_rows_are_summed_exactly(session: Session) -> None:
     rng = random.Random(7)
-    rows: list[tuple[str | None, int, list[int]]] = [
-        (f"org-{o}", day, histogram(rng, rng.sample(range(64), 3))) for o in range(4) for day in range(DAYS)
-    ]
+    rows = [(f"org-{o}", day, random_sketch(rng, 3)) for o in range(4) for day in range(DAYS)]
     insert(session, rows)
     got = summed(session)
     assert None not in got
     assert got == expected(rows)
 
 
-def test_histograms_that_do_not_add_up_to_their_count_are_summed_exactly(session: Session) -> None:
-    rows = consistent_rows(random.Random(8))
-    insert(session, rows, count=lambda hist: sum(hist) + 1)
-    assert summed(session) == expected(rows)
-
-
-def test_a_bucket_set_read_before_a_window_changed_is_refused(session: Session) -> None:
-    """The platform rows' left-out buckets are checked in the summing statement itself."""
-    rows = consistent_rows(random.Random(9))
-    insert(session, rows)
-    used = sorted({i + 1 for org, _, hist in rows if org is None for i, c in enumerate(hist) if c})
-    params = {"period_type": "daily", "lo": START, "hi": START + timedelta(days=DAYS)}
-    with dbapi_connection(session).cursor() as cur:
-        assert snapshots._sums(cur, tuple(used), params) is not None
-        # As if the bucket set had been read before a re-run added the last used bucket.
-        assert snapshots._sums(cur, tuple(used[:-1]), params) is None
+def test_one_coarse_row_makes_its_organization_and_the_platform_coarse(session: Session) -> None:
+    rows = consistent_rows(random.Random(8), orgs=3)
+    coarse = {i for i, (org, day, _) in enumerate(rows) if day == 1 and org in ("org-1", None)}
+    insert(session, rows, coarse)
+    got = sum_snapshot_parts(session, "daily", START, START + timedelta(days=DAYS))
     session.rollback()
+    assert {org: s.parts["coarse_percentiles"] for org, s in got.items()} == {
+        "org-0": False, "org-1": True, "org-2": False, None: True}
 
 
 def test_a_range_without_rows_sums_to_nothing(session: Session) -> None:
     assert summed(session) == {}
 
 
+def bucket_value(key: int) -> float:
+    slot = key & 0xFFFF
+    return 0.0 if slot == 0 else 2 * GAMMA ** (slot - 1024) / (GAMMA + 1)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_breakdown_p95_equals_the_percentile_of_the_exact_sum(session: Session, seed: int) -> None:
-    """The figure the table shows, from buckets added up here (nearest rank, interpolated)."""
+def test_breakdown_percentiles_equal_the_nearest_rank_of_the_exact_sum(session: Session, seed: int) -> None:
+    """The figures the table shows, from keys added up here."""
     rows = consistent_rows(random.Random(seed))
     insert(session, rows)
     want = expected(rows)
@@ -140,23 +138,21 @@ def test_breakdown_p95_equals_the_percentile_of_the_exact_sum(session: Session, 
     session.rollback()
     assert {b.organization_id for b in breakdown} == {org for org in want if org is not None}
     for figures in breakdown:
-        hist = want[figures.organization_id]
-        n = sum(hist)
-        rank = max(1, -(-95 * n // 100))
-        index = next(i for i in range(BUCKETS) if sum(hist[: i + 1]) >= rank)
-        lower = 0.0 if index == 0 else 100.0 * 1.25 ** (index - 1)
-        upper = 100.0 * 1.25**index
-        seen = sum(hist[:index])
-        p95 = lower + (upper - lower) * (rank - seen - 0.5) / hist[index]
-        assert figures.metrics["p95_end_to_end_latency"] == pytest.approx(p95, rel=1e-12), figures.organization_id
+        values = sorted((bucket_value(k), c) for k, c in want[figures.organization_id].items() if k >> 16 == END_TO_END)
+        ordered = [v for v, c in values for _ in range(c)]
+        for p in (50, 90, 95, 99):
+            exact = ordered[max(1, -(-p * len(ordered) // 100)) - 1] if ordered else 0.0
+            got = figures.metrics[f"p{p}_end_to_end_latency"]
+            assert got == pytest.approx(exact, rel=1e-12), (figures.organization_id, p)
 
 
 BURST_ORGS = 200
+KEY_A, KEY_B = (END_TO_END << 16) | 1400, (END_TO_END << 16) | 1401
 HOURLY_ROWS = text(
     "INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end, "
-    "n_artifact_completed, end_to_end_latency_count, end_to_end_latency_sum, end_to_end_histogram) "
+    "n_artifact_completed, end_to_end_latency_count, end_to_end_latency_sum, latency_sketch) "
     "SELECT o, 'hourly', :day + make_interval(hours => h), :day + make_interval(hours => h + 1), 3, 3, 3000.5, "
-    "array_fill(0, ARRAY[20]) || ARRAY[1, 2] || array_fill(0, ARRAY[42]) "
+    f"ARRAY[{(KEY_A << 40) | 1}, {(KEY_B << 40) | 2}]::bigint[] "
     "FROM (SELECT 'org-' || g AS o FROM generate_series(1, :orgs) g UNION ALL SELECT NULL) orgs, "
     "generate_series(0, 23) h"
 )
@@ -200,11 +196,11 @@ def test_a_burst_the_statistics_have_not_seen_is_summed_in_one_pass(session: Ses
         assert summed_parts.name == (None if org is None else f"Org {org[4:]}")
         assert summed_parts.parts["n_artifact_completed"] == 24 * 3
         assert summed_parts.parts["end_to_end_latency_sum"] == 24 * 3000.5
-        assert summed_parts.parts["end_to_end_histogram"] == [0] * 20 + [24, 48] + [0] * 42
+        assert summed_parts.parts["latency_sketch"] == {KEY_A: 24, KEY_B: 48}
 
     with dbapi_connection(session).cursor() as cur, snapshots.sum_plan_settings(cur):
         params = {"period_type": "hourly", "lo": day, "hi": day + timedelta(days=1)}
-        sql = "EXPLAIN (ANALYZE, FORMAT JSON) " + snapshots._sum_sql((21, 22))
+        sql = "EXPLAIN (ANALYZE, FORMAT JSON) " + snapshots._SUM_SQL
         plan = cur.execute(sql, params).fetchone()[0][0]["Plan"]
     session.rollback()
-    assert aggregate_loops(plan) == [1, 1], plan
+    assert aggregate_loops(plan) == [1, 1, 1, 1], plan

@@ -6,7 +6,6 @@ written from the metric formulas directly over the events the test generated.
 
 from __future__ import annotations
 
-import math
 import random
 import uuid
 from collections import defaultdict
@@ -93,11 +92,16 @@ def _div(a: float, b: float) -> float:
     return a / b if b else 0.0
 
 
-def exact_p95(values: list[float]) -> float:
+def nearest_rank(values: list[float], percent: int) -> float:
+    """The exact percentile: the value at rank ceil(p n / 100) of the sorted values; 0 if none."""
     if not values:
         return 0.0
     ordered = sorted(values)
-    return ordered[max(1, math.ceil(0.95 * len(ordered))) - 1]
+    return ordered[max(1, (percent * len(ordered) + 99) // 100) - 1]
+
+
+PERCENTILE_COLUMNS = {f"p{p}_end_to_end_latency": p for p in (50, 90, 95, 99)}
+PERCENTILE_ERROR = 0.02  # what the percentiles promise: within 2 % of the exact value
 
 
 def expected(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -128,7 +132,7 @@ def expected(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
         "avg_entity_resolution_latency": mean(durations(*OUTCOMES)),
         "avg_draft_generation_latency": mean(durations("drafts_generated")),
         "avg_end_to_end_latency": mean(durations("artifact_completed")),
-        "p95_end_to_end_latency": exact_p95(durations("artifact_completed")),
+        **{column: nearest_rank(durations("artifact_completed"), p) for column, p in PERCENTILE_COLUMNS.items()},
         "avg_transcript_confidence": mean(meta("confidenceScore", "transcription_completed")),
         "avg_claim_confidence": mean(meta("confidenceScore", "claims_extracted")),
         "auto_resolution_rate": _div(n("entity_resolution_completed"), outcomes),
@@ -155,9 +159,8 @@ def expected(events: Iterable[dict[str, Any]]) -> dict[str, Any]:
 def assert_row_matches(row: Any, want: dict[str, Any], where: str) -> None:
     for column, value in want.items():
         got = getattr(row, column)
-        if column == "p95_end_to_end_latency":
-            # Within one histogram bucket: buckets are 25 % wide (100 ms for the first).
-            assert abs(got - value) <= 0.25 * value + 100.0, (where, column, got, value)
+        if column in PERCENTILE_COLUMNS:
+            assert abs(got - value) <= PERCENTILE_ERROR * value, (where, column, got, value)
         elif isinstance(value, Decimal):
             assert abs(Decimal(got) - value) <= Decimal("1E-9"), (where, column, got, value)
         elif isinstance(value, float):

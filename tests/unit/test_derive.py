@@ -1,4 +1,4 @@
-"""derive(): every figure from additive parts, safe divisions, p95 from the histogram."""
+"""derive(): every figure from additive parts, safe divisions, percentiles from the sketch."""
 
 from __future__ import annotations
 
@@ -15,11 +15,19 @@ from voicepipe.metrics.derive import METRIC_COLUMNS, derive, stage_figures
 def test_every_snapshot_metric_column_is_derived() -> None:
     columns = {name for name in vars(SnapshotMetrics) if not name.startswith("_")}
     assert set(METRIC_COLUMNS) == columns
-    assert set(derive(empty_parts())) == columns
+    assert set(derive(empty_parts())) == columns | {"percentile_error"}
+
+
+def test_percentile_error_says_whether_a_coarse_row_is_in() -> None:
+    fine, coarse = empty_parts(), empty_parts()
+    coarse["coarse_percentiles"] = True
+    assert derive(fine)["percentile_error"] == 0.01
+    assert derive(sum_parts([fine, coarse]))["percentile_error"] == 0.25
 
 
 def test_empty_parts_give_zeros_never_nan() -> None:
     figures = derive(empty_parts())
+    del figures["percentile_error"]
     for name, value in figures.items():
         assert value == 0, name
         assert not (isinstance(value, float) and math.isnan(value)), name
@@ -52,15 +60,16 @@ def test_rates_means_and_totals_follow_the_formulas() -> None:
     assert 0.0 <= f["auto_resolution_rate"] <= 1.0
 
 
-def test_p95_comes_from_the_merged_histogram_not_from_averaging_p95s() -> None:
+def test_p95_comes_from_the_merged_sketch_not_from_averaging_p95s() -> None:
     fast, slow = empty_parts(), empty_parts()
     for _ in range(95):
         add_event(fast, "artifact_completed", 1_000.0, {})
     for _ in range(5):
         add_event(slow, "artifact_completed", 60_000.0, {})
     merged = derive(sum_parts([fast, slow]))
-    # Exact nearest-rank p95 of the 100 values is 1,000 ms; within one 25 % bucket.
-    assert 1_000.0 / 1.25 <= merged["p95_end_to_end_latency"] <= 1_000.0 * 1.25
+    # Exact nearest-rank p95 of the 100 values is 1,000 ms, and p99 60,000 ms: each within 1 %.
+    assert merged["p95_end_to_end_latency"] == pytest.approx(1_000.0, rel=0.01)
+    assert merged["p99_end_to_end_latency"] == pytest.approx(60_000.0, rel=0.01)
     average_of_p95s = (derive(fast)["p95_end_to_end_latency"] + derive(slow)["p95_end_to_end_latency"]) / 2
     assert merged["p95_end_to_end_latency"] < average_of_p95s / 10
     assert merged["avg_end_to_end_latency"] == pytest.approx((95 * 1_000 + 5 * 60_000) / 100)
@@ -74,5 +83,6 @@ def test_stage_figures_cover_the_four_processing_stages() -> None:
     assert list(stages) == ["transcription", "claims_extraction", "entity_resolution", "draft_generation"]
     assert stages["draft_generation"] == {
         "stage": "draft_generation", "completed": 1, "failed": 1, "failure_rate": 0.5, "avg_latency": 300.0,
+        **{f"p{p}_latency": pytest.approx(300.0, rel=0.01) for p in (50, 90, 95, 99)},
     }
     assert stages["transcription"]["failure_rate"] == 0.0

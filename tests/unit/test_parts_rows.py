@@ -7,13 +7,14 @@ import random
 from decimal import Decimal
 from typing import Any
 
-from voicepipe.events import histogram
+from voicepipe.events import sketch
 from voicepipe.events.parts import (
     ALL_PARTS,
+    COARSE_PART,
     DECIMAL_PARTS,
     FLOAT_PARTS,
-    HISTOGRAM_PART,
     INT_PARTS,
+    SKETCH_PART,
     empty_parts,
     parts_of_row,
     sum_part_rows,
@@ -26,17 +27,20 @@ def counter_row(rng: random.Random) -> tuple[Any, ...]:
     values: dict[str, Any] = {name: rng.randint(0, 1000) for name in INT_PARTS}
     values.update({name: rng.uniform(0, 1e6) for name in FLOAT_PARTS})
     values.update({name: Decimal(rng.randint(0, 10**8)) / 10**6 for name in DECIMAL_PARTS})
-    # Counters store an all-zero histogram empty.
-    values[HISTOGRAM_PART] = [] if rng.random() < 0.3 else [rng.randint(0, 5) for _ in range(histogram.N_BUCKETS)]
+    durations: dict[int, int] = {}
+    for _ in range(rng.choice((0, 1, 5, 40))):
+        sketch.add(durations, rng.randrange(len(sketch.KINDS)), rng.lognormvariate(8, 2))
+    values[SKETCH_PART] = sketch.pack(durations)
+    values[COARSE_PART] = rng.random() < 0.1
     return tuple(values[name] for name in ALL_PARTS)
 
 
-def test_a_row_with_an_empty_histogram_gets_every_bucket() -> None:
+def test_a_row_without_durations_has_an_empty_sketch() -> None:
     rng = random.Random(1)
     row = list(counter_row(rng))
-    row[ALL_PARTS.index(HISTOGRAM_PART)] = []
+    row[ALL_PARTS.index(SKETCH_PART)] = []
     parts = parts_of_row(row)
-    assert parts[HISTOGRAM_PART] == histogram.empty()
+    assert parts[SKETCH_PART] == {}
     assert parts == sum_parts([dict(zip(ALL_PARTS, row, strict=True))])
 
 
@@ -46,7 +50,8 @@ def test_summing_rows_column_by_column_matches_sum_parts() -> None:
     fast = sum_part_rows(rows)
     slow = sum_parts([dict(zip(ALL_PARTS, row, strict=True)) for row in rows])
     assert set(fast) == set(slow)
-    for name in (*INT_PARTS, *DECIMAL_PARTS, HISTOGRAM_PART):
+    assert fast[COARSE_PART] is slow[COARSE_PART] is True
+    for name in (*INT_PARTS, *DECIMAL_PARTS, SKETCH_PART):
         assert fast[name] == slow[name], name
         assert type(fast[name]) is type(slow[name]), name
     for name in FLOAT_PARTS:

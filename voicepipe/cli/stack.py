@@ -41,7 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     dev.set_defaults(func=cmd_dev)
 
-    migrate = sub.add_parser("migrate", help="apply database migrations to DATABASE_URL")
+    migrate = sub.add_parser(
+        "migrate", help="apply database migrations to DATABASE_URL, then recount the counters carried over from "
+                        "the 64-bucket histogram whose events are kept, for finer percentiles")
     migrate.add_argument(
         "--app-role", metavar="NAME",
         help="then create or update the application's role NAME (password from VOICEPIPE_APP_DB_PASSWORD): "
@@ -82,12 +84,27 @@ def cmd_migrate(args: argparse.Namespace) -> int:
         raise SettingsError("VOICEPIPE_APP_DB_PASSWORD must be set with --app-role (the role's password)")
     upgrade(url)
     print("voicepipe: database migrated to head")
+    _refine_percentiles()
     if args.app_role:
         from voicepipe.infra.db_roles import grant_app_role
 
         grant_app_role(url, args.app_role, password)
         print(f"voicepipe: role {args.app_role} may read and write rows, not change the schema")
     return 0
+
+
+def _refine_percentiles() -> None:
+    """Counters carried over from the 64-bucket histogram, recounted where their events are kept."""
+    from models.session import session_scope
+    from voicepipe.events.recording import refine_coarse_counters
+
+    result = refine_coarse_counters(session_scope)
+    if result.days:
+        print(f"voicepipe: recounted {result.counter_rows} counter rows over {result.days} days from their "
+              "events: their windows' percentiles are within 1 % once the next aggregation runs re-aggregate them")
+    if result.kept_coarse:
+        print(f"voicepipe: {result.kept_coarse} older counter rows keep coarse percentiles (within 25 %, "
+              "end-to-end only): their events are gone")
 
 
 def cmd_rebuild_counters(args: argparse.Namespace) -> int:

@@ -2,7 +2,9 @@
 
 A ``Parts`` is a plain dict from column name (models.events.AdditiveParts) to value.
 Parts of any set of events are the element-wise sum of the events' parts, which is
-what makes counters, hourly and daily snapshots all exactly summable.
+what makes counters, hourly and daily snapshots all exactly summable. The latency
+sketch is a dict (voicepipe.events.sketch) summed key by key; the coarse flag, set on
+rows carried over from the fixed 64-bucket histogram, is summed by OR.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from voicepipe.domain import ENTITY_OUTCOMES, EVENT_TYPES, PIPELINE
-from voicepipe.events import histogram
+from voicepipe.events import sketch
 
 Parts = dict[str, Any]
 
@@ -45,11 +47,14 @@ FLOAT_PARTS: tuple[str, ...] = tuple(f"{name}_sum" for _, name in LATENCIES) + t
     f"{name}_sum" for _, name in CONFIDENCES
 )
 DECIMAL_PARTS: tuple[str, ...] = ("ai_cost_sum",)
-HISTOGRAM_PART = "end_to_end_histogram"
+SKETCH_PART = "latency_sketch"
+COARSE_PART = "coarse_percentiles"
 SCALAR_PARTS: tuple[str, ...] = INT_PARTS + FLOAT_PARTS + DECIMAL_PARTS
-ALL_PARTS: tuple[str, ...] = SCALAR_PARTS + (HISTOGRAM_PART,)
+ALL_PARTS: tuple[str, ...] = SCALAR_PARTS + (SKETCH_PART, COARSE_PART)
 
+assert tuple(name for _, name in LATENCIES) == sketch.KINDS
 _LATENCY_OF = {t: name for types, name in LATENCIES for t in types}
+_KIND_OF = {t: sketch.KIND_OF[name] for t, name in _LATENCY_OF.items()}
 _CONFIDENCE_OF = dict(CONFIDENCES)
 _TOTALS_OF: dict[str, list[tuple[str, str]]] = {}
 for _types, _key, _column in TOTALS:
@@ -59,14 +64,15 @@ for _types, _key, _column in TOTALS:
 
 _EMPTY_SCALARS: Parts = {
     **{name: 0 for name in INT_PARTS}, **{name: 0.0 for name in FLOAT_PARTS}, "ai_cost_sum": Decimal(0),
+    COARSE_PART: False,
 }
 
 
 def empty_parts() -> Parts:
-    # A copy of a template (the scalars are immutable) and a new histogram: recording
+    # A copy of a template (the scalars are immutable) and a new sketch: recording
     # makes one per (organization, hour) of a batch, up to 1,000 a batch.
     parts = dict(_EMPTY_SCALARS)
-    parts[HISTOGRAM_PART] = histogram.empty()
+    parts[SKETCH_PART] = {}
     return parts
 
 
@@ -82,8 +88,7 @@ def add_event(
     if latency is not None and duration_ms is not None:
         parts[f"{latency}_sum"] += float(duration_ms)
         parts[f"{latency}_count"] += 1
-        if event_type == "artifact_completed":
-            parts[HISTOGRAM_PART][histogram.bucket_of(float(duration_ms))] += 1
+        sketch.add(parts[SKETCH_PART], _KIND_OF[event_type], float(duration_ms))
     confidence = _CONFIDENCE_OF.get(event_type)
     score = metadata.get("confidenceScore")
     if confidence is not None and score is not None:
@@ -99,26 +104,26 @@ def add_event(
 
 
 def sum_parts(rows: Iterable[Mapping[str, Any]]) -> Parts:
-    """Element-wise sum of parts rows (counter rows or snapshot rows)."""
+    """Element-wise sum of parts rows (counter rows or snapshot rows, or Parts)."""
     total = empty_parts()
-    hists = []
+    sketches = []
     for row in rows:
         for name in INT_PARTS:
             total[name] += int(row[name] or 0)
         for name in FLOAT_PARTS:
             total[name] += float(row[name] or 0.0)
         total["ai_cost_sum"] += Decimal(row["ai_cost_sum"] or 0)
-        hists.append(row[HISTOGRAM_PART] or ())
-    total[HISTOGRAM_PART] = histogram.merge(hists)
+        entries = row[SKETCH_PART]  # packed in a database row, a dict in Parts
+        sketches.append(entries if isinstance(entries, dict) else sketch.unpack(entries))
+        total[COARSE_PART] = total[COARSE_PART] or bool(row[COARSE_PART])
+    total[SKETCH_PART] = sketch.merge(sketches)
     return total
 
 
 def parts_of_row(values: Sequence[Any]) -> Parts:
     """Parts from one row of the ALL_PARTS columns, as PostgreSQL returns them (no NULLs)."""
     parts = dict(zip(ALL_PARTS, values, strict=True))
-    if len(parts[HISTOGRAM_PART]) != histogram.N_BUCKETS:
-        # Counters store an all-zero histogram empty; parts always carry every bucket.
-        parts[HISTOGRAM_PART] = histogram.merge([parts[HISTOGRAM_PART]])
+    parts[SKETCH_PART] = sketch.unpack(parts[SKETCH_PART])
     return parts
 
 
@@ -138,8 +143,6 @@ def sum_part_rows(rows: Sequence[Sequence[Any]]) -> Parts:
         total[name] = math.fsum(columns.get(name, ()))
     for name in DECIMAL_PARTS:
         total[name] = sum(columns.get(name, ()), Decimal(0))
-    # Counters store an all-zero histogram empty: only full ones are summed, bucket by bucket.
-    full = [hist for hist in columns.get(HISTOGRAM_PART, ()) if hist]
-    buckets = [sum(bucket) for bucket in zip(*full, strict=True)] if full else ()
-    total[HISTOGRAM_PART] = histogram.merge([buckets])
+    total[SKETCH_PART] = sketch.merge(sketch.unpack(entries) for entries in columns.get(SKETCH_PART, ()) if entries)
+    total[COARSE_PART] = any(columns.get(COARSE_PART, ()))
     return total

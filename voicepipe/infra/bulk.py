@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterable, Sequence
-from functools import cache
+from functools import lru_cache
 from typing import Any
 
 from psycopg import postgres
@@ -23,7 +23,7 @@ _INT8 = postgres.types["int8"]
 _ARRAY_HEAD = struct.Struct("!iiI")
 
 
-@cache
+@lru_cache(maxsize=256)
 def _int8_array(n: int) -> struct.Struct:
     return struct.Struct("!iiIii" + "iq" * n)
 
@@ -31,9 +31,9 @@ def _int8_array(n: int) -> struct.Struct:
 class Int8ArrayBinaryDumper(Dumper):
     """bigint[] for binary COPY in one struct call.
 
-    psycopg's generic list dumper packs element by element in Python: 1,001
-    histograms of 64 buckets cost more than the other 90,000 values of a snapshot
-    COPY together. One-dimensional, no NULLs (what histograms are).
+    psycopg's generic list dumper packs element by element in Python: 1,001 arrays of
+    64 elements cost more than the other 90,000 values of a snapshot COPY together.
+    One-dimensional, no NULLs (what latency sketches are).
     """
 
     format = Format.BINARY

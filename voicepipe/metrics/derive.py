@@ -12,8 +12,8 @@ from decimal import Decimal
 from typing import Any
 
 from voicepipe.domain import PIPELINE
-from voicepipe.events import histogram
-from voicepipe.events.parts import HISTOGRAM_PART
+from voicepipe.events import sketch
+from voicepipe.events.parts import COARSE_PART, SKETCH_PART
 
 # Numeric(24, 10) columns: quantizing here makes the value we compute and the value
 # PostgreSQL stores the same, so a re-run compares equal.
@@ -28,7 +28,10 @@ METRIC_COLUMNS: tuple[str, ...] = (
     "avg_entity_resolution_latency",
     "avg_draft_generation_latency",
     "avg_end_to_end_latency",
+    "p50_end_to_end_latency",
+    "p90_end_to_end_latency",
     "p95_end_to_end_latency",
+    "p99_end_to_end_latency",
     "avg_transcript_confidence",
     "avg_claim_confidence",
     "auto_resolution_rate",
@@ -59,11 +62,17 @@ def mean(parts: Mapping[str, Any], name: str) -> float:
     return ratio(parts[f"{name}_sum"], parts[f"{name}_count"])
 
 
-def p95(parts: Mapping[str, Any]) -> float:
-    return histogram.percentile(parts[HISTOGRAM_PART] or (), 0.95)
+_PERCENTILE_COLUMNS = tuple(f"p{p}_end_to_end_latency" for p in sketch.PERCENTS)
+# How far a percentile may be from the exact value, relatively: the sketch's bound, or the
+# 64-bucket histogram's for windows recorded before sketches (coarse_percentiles).
+COARSE_PERCENTILE_ERROR = 0.25
 
 
-# (figure, sum part, count part), in METRIC_COLUMNS order around p95.
+def percentile_error(parts: Mapping[str, Any]) -> float:
+    return COARSE_PERCENTILE_ERROR if parts.get(COARSE_PART) else sketch.ALPHA
+
+
+# (figure, sum part, count part), in METRIC_COLUMNS order around the percentiles.
 _LATENCY_MEANS: tuple[tuple[str, str, str], ...] = tuple(
     (f"avg_{name}", f"{name}_sum", f"{name}_count")
     for name in (
@@ -82,7 +91,8 @@ _ZERO_COST = Decimal(0).quantize(COST_QUANTUM)
 
 
 def derive(parts: Mapping[str, Any]) -> dict[str, Any]:
-    """Every SnapshotMetrics column, from one window's (or any set's) additive parts."""
+    """Every SnapshotMetrics column, from one window's (or any set's) additive parts, and
+    `percentile_error`, the bound on the percentiles' relative error (not a column)."""
     # Column names are spelled out once (not formatted per call): an hour of 10,000
     # organizations derives 10,000 times.
     received = int(parts["n_artifact_received"])
@@ -104,7 +114,7 @@ def derive(parts: Mapping[str, Any]) -> dict[str, Any]:
     }
     for column, total, count in _LATENCY_MEANS:
         figures[column] = ratio(parts[total], parts[count])
-    figures["p95_end_to_end_latency"] = p95(parts)
+    figures.update(zip(_PERCENTILE_COLUMNS, sketch.quantiles(parts[SKETCH_PART], sketch.END_TO_END), strict=True))
     for column, total, count in _CONFIDENCE_MEANS:
         figures[column] = ratio(parts[total], parts[count])
     figures.update({
@@ -126,6 +136,7 @@ def derive(parts: Mapping[str, Any]) -> dict[str, Any]:
         "retries_initiated": int(parts["n_retry_initiated"]),
         "retries_succeeded": int(parts["n_retry_succeeded"]),
         "retries_failed": int(parts["n_retry_failed"]),
+        "percentile_error": percentile_error(parts),
     })
     return figures
 
@@ -137,9 +148,10 @@ STAGES: tuple[tuple[str, tuple[str, ...], str, str], ...] = tuple(
 
 
 def stage_figures(parts: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Per stage: completed and failed counts, failure rate, mean latency."""
+    """Per stage: completed and failed counts, failure rate, mean latency and its percentiles."""
     rows = []
     for stage, done_types, failed_type, latency in STAGES:
+        p50, p90, p95, p99 = sketch.quantiles(parts[SKETCH_PART], sketch.KIND_OF[latency])
         done = sum(int(parts[f"n_{t}"]) for t in done_types)
         failed = int(parts[f"n_{failed_type}"])
         rows.append(
@@ -149,6 +161,7 @@ def stage_figures(parts: Mapping[str, Any]) -> list[dict[str, Any]]:
                 "failed": failed,
                 "failure_rate": ratio(failed, done + failed),
                 "avg_latency": mean(parts, latency),
+                "p50_latency": p50, "p90_latency": p90, "p95_latency": p95, "p99_latency": p99,
             }
         )
     return rows

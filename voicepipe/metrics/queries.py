@@ -82,7 +82,7 @@ def organization_breakdown(
 ) -> list[OrganizationFigures]:
     """Per organization over [start, end), busiest first, with names ("Unknown" when missing).
 
-    Summed in PostgreSQL (one statement: the parts and histogram buckets, names joined
+    Summed in PostgreSQL (one statement: the parts and latency sketches, names joined
     in), then derived from the summed parts: never an average of averages.
     """
     _check(period_type, start, end)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import operator
 from collections.abc import Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -12,14 +11,15 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from voicepipe.events.histogram import N_BUCKETS
+from voicepipe.events import sketch
 from voicepipe.events.parts import (
     ALL_PARTS,
+    COARSE_PART,
     DECIMAL_PARTS,
     FLOAT_PARTS,
-    HISTOGRAM_PART,
     INT_PARTS,
     SCALAR_PARTS,
+    SKETCH_PART,
     Parts,
 )
 from voicepipe.infra.bulk import copy_then, dbapi_connection, stage
@@ -63,7 +63,7 @@ _DELETE_VANISHED_SQL = (
 
 
 # A row's values in column order, in one C call each (10,000 rows an hour at 10,000 organizations).
-_parts_of = operator.itemgetter(*PART_COLUMNS)
+_scalars_of = operator.itemgetter(*SCALAR_PARTS)
 _figures_of = operator.itemgetter(*METRIC_COLUMNS)
 
 
@@ -71,7 +71,8 @@ def snapshot_values(
     organization_id: str | None, period_type: str, start: datetime, end: datetime, parts: Parts
 ) -> tuple[Any, ...]:
     """One snapshot row in SNAPSHOT_COLUMNS order: the parts as given, then their figures."""
-    return (organization_id, period_type, start, end, *_parts_of(parts), *_figures_of(derive(parts)))
+    return (organization_id, period_type, start, end, *_scalars_of(parts), sketch.pack(parts[SKETCH_PART]),
+            bool(parts[COARSE_PART]), *_figures_of(derive(parts)))
 
 
 def write_window(
@@ -84,11 +85,11 @@ def write_window(
 ) -> int:
     """Upsert one row per organization plus the platform row (organization NULL).
 
-    Parts must be complete (every bucket of the histogram present), as empty_parts()
-    makes them: they are stored as given. Rows whose values would not change are not
-    rewritten. Organization rows of this window that are not in ``org_parts`` any more
-    are deleted (their counters went away, e.g. after a rebuild). Returns the number of
-    rows of the window (organizations plus the platform).
+    Parts must be complete, as empty_parts() makes them: they are stored as given. Rows
+    whose values would not change are not rewritten. Organization rows of this window
+    that are not in ``org_parts`` any more are deleted (their counters went away, e.g.
+    after a rebuild). Returns the number of rows of the window (organizations plus the
+    platform).
     """
     rows = [snapshot_values(org, period_type, start, end, parts) for org, parts in sorted(org_parts.items())]
     rows.append(snapshot_values(None, period_type, start, end, platform_parts))
@@ -112,10 +113,7 @@ _HOUR_FROM_COUNTERS_SQL = (
     "/* upsert metrics_snapshots of an hour from event_counters and vp_stage_hour */"
     " WITH src AS (SELECT st.organization_id, CAST(%(period_type)s AS varchar) AS period_type,"
     " CAST(%(start)s AS timestamptz) AS period_start, CAST(%(end)s AS timestamptz) AS period_end, "
-    + ", ".join(f"c.{n}" for n in SCALAR_PARTS)
-    # Counters store an all-zero histogram empty; snapshot rows carry every bucket.
-    + f", c.{HISTOGRAM_PART} || array_fill(0::bigint, ARRAY[{N_BUCKETS} - cardinality(c.{HISTOGRAM_PART})])"
-    + f" AS {HISTOGRAM_PART}, "
+    + ", ".join(f"c.{n}" for n in ALL_PARTS) + ", "
     + ", ".join(f"st.{n}" for n in METRIC_COLUMNS)
     + " FROM vp_stage_hour st JOIN event_counters c ON c.hour_start = %(start)s"
     " AND c.organization_id = st.organization_id AND c.revision = st.revision),"
@@ -164,66 +162,47 @@ class SummedParts:
 
 
 _IN_RANGE = "s.period_type = %(period_type)s AND s.period_start >= %(lo)s AND s.period_start < %(hi)s"
-# Two aggregates over the same rows, joined per organization, in one statement (one
+# Three aggregates over the same rows, joined per organization, in one statement (one
 # snapshot of the data); docs/profiling.md has the measurements behind each choice:
-# - Exact parts, in any order, in a hash aggregate. Integer parts and histogram buckets
-#   are summed as float8 and cast back: every partial sum of integers below 2**53 (9e15)
-#   is an integer a double holds exactly, so the result is exact whatever the order, at
-#   half the cost of a bigint sum. Histograms are summed one sum per subscript in use
-#   (a bucket past an array's end is NULL, which sum skips). Decimal sums are exact in
-#   any order. The constant xid group key changes no group but makes hashing the only
-#   way to group (xid has no ordering), whatever the statistics expect.
+# - Exact parts, in any order, in a hash aggregate. Integer parts are summed as float8
+#   and cast back: every partial sum of integers below 2**53 (9e15) is an integer a
+#   double holds exactly, so the result is exact whatever the order, at half the cost
+#   of a bigint sum. Decimal sums are exact in any order. The constant xid group key
+#   changes no group but makes hashing the only way to group (xid has no ordering),
+#   whatever the statistics expect.
 # - Float parts, in a fixed order: floating-point addition is not associative, so a
 #   day's averages would change in the last digits from one run to the next. They are
 #   summed from a narrow subquery ordered by (organization, window start), by byte
 #   ("C" collation), so the sort carries only those columns and no locale.
+# - Sketches: every row's non-empty buckets unnested, counted per (organization, key)
+#   in a hash aggregate (as float8, exact as above), and packed again per organization
+#   in no particular order (Python reads them into a dict).
 # The join key maps the platform (organization NULL) to '', which no organization id
 # can be (ids are never blank); names are joined after summing.
-_ALL_BUCKETS: tuple[int, ...] = tuple(range(1, N_BUCKETS + 1))  # PostgreSQL subscripts
 _FLOAT_SUMS = ", ".join(f"sum(s.{n}) AS {n}" for n in FLOAT_PARTS)
 _FLOAT_COLUMNS = ", ".join(f"s.{n}" for n in FLOAT_PARTS)
-_H = f"s.{HISTOGRAM_PART}"
-
-
-@functools.lru_cache(maxsize=128)
-def _sum_sql(buckets: tuple[int, ...]) -> str:
-    """The summing statement, with one sum per histogram subscript in BUCKETS.
-
-    The subscripts left out are summed for the platform rows only, in the column
-    `unseen` (0 when none is left out): sum_snapshot_parts checks that it is 0.
-    """
-    unseen = [i for i in _ALL_BUCKETS if i not in buckets]
-    unseen_sum = (
-        "sum(CASE WHEN s.organization_id IS NULL THEN ("
-        + " + ".join(f"coalesce({_H}[{i}], 0)" for i in unseen)
-        + ")::float8 END)" if unseen else "0"
-    )
-    sums = ", ".join(
-        [f"sum(s.{n}::float8)::bigint AS {n}" for n in INT_PARTS]
-        + [f"sum(s.{n}) AS {n}" for n in DECIMAL_PARTS]
-        + [f"coalesce(sum({_H}[{i}]::float8), 0)::bigint AS b{i}" for i in buckets]
-        + [f"{unseen_sum} AS unseen"]
-    )
-    return (
-        "SELECT e.organization_id, o.name, e.windows, e.unseen, "
-        + ", ".join(f"f.{n}" if n in FLOAT_PARTS else f"e.{n}" for n in SCALAR_PARTS)
-        + "".join(f", e.b{i}" for i in buckets)
-        + " FROM (SELECT s.organization_id, coalesce(s.organization_id, '') AS k, count(*) AS windows, "
-        + f"{sums} FROM metrics_snapshots s WHERE {_IN_RANGE} GROUP BY s.organization_id, CAST('0' AS xid)) e"
-        + f" JOIN (SELECT coalesce(s.organization_id, '') AS k, {_FLOAT_SUMS}"
-        + f" FROM (SELECT s.organization_id COLLATE \"C\" AS organization_id, {_FLOAT_COLUMNS}"
-        + f" FROM metrics_snapshots s WHERE {_IN_RANGE}"
-        + " ORDER BY 1, s.period_start) s GROUP BY s.organization_id) f ON f.k = e.k"
-        + " LEFT JOIN organizations o ON o.id = e.organization_id"
-    )
-
-
-# The histogram buckets in use over the range, from the platform rows (30 rows for 30
-# days): a bucket empty for the platform is empty for every organization.
-_USED_BUCKETS_SQL = (
-    "SELECT coalesce(array_agg(i ORDER BY i), '{}') FROM (SELECT i FROM metrics_snapshots s"
-    f" CROSS JOIN LATERAL generate_subscripts({_H}, 1) i"
-    f" WHERE {_IN_RANGE} AND s.organization_id IS NULL GROUP BY i HAVING sum({_H}[i]) > 0) u"
+_BITS = sketch.COUNT_BITS
+_SUMS = ", ".join(
+    [f"sum(s.{n}::float8)::bigint AS {n}" for n in INT_PARTS]
+    + [f"sum(s.{n}) AS {n}" for n in DECIMAL_PARTS]
+    + [f"bool_or(s.{COARSE_PART}) AS {COARSE_PART}"]
+)
+_SUM_SQL = (
+    "SELECT e.organization_id, o.name, e.windows, "
+    + ", ".join(f"f.{n}" if n in FLOAT_PARTS else f"e.{n}" for n in SCALAR_PARTS)
+    + f", coalesce(h.sketch, '{{}}'), e.{COARSE_PART}"
+    + " FROM (SELECT s.organization_id, coalesce(s.organization_id, '') AS k, count(*) AS windows, "
+    + f"{_SUMS} FROM metrics_snapshots s WHERE {_IN_RANGE} GROUP BY s.organization_id, CAST('0' AS xid)) e"
+    + f" JOIN (SELECT coalesce(s.organization_id, '') AS k, {_FLOAT_SUMS}"
+    + f" FROM (SELECT s.organization_id COLLATE \"C\" AS organization_id, {_FLOAT_COLUMNS}"
+    + f" FROM metrics_snapshots s WHERE {_IN_RANGE}"
+    + " ORDER BY 1, s.period_start) s GROUP BY s.organization_id) f ON f.k = e.k"
+    + f" LEFT JOIN (SELECT k, array_agg((key << {_BITS}) + n) AS sketch"
+    + f" FROM (SELECT coalesce(s.organization_id, '') AS k, b >> {_BITS} AS key,"
+    + f" sum((b & {(1 << _BITS) - 1})::float8)::bigint AS n"
+    + f" FROM metrics_snapshots s CROSS JOIN LATERAL unnest(s.{SKETCH_PART}) AS b WHERE {_IN_RANGE}"
+    + " GROUP BY 1, 2, CAST('0' AS xid)) u GROUP BY k) h ON h.k = e.k"
+    + " LEFT JOIN organizations o ON o.id = e.organization_id"
 )
 _N_SCALARS = len(SCALAR_PARTS)
 _E2E_COUNT = SCALAR_PARTS.index("end_to_end_latency_count")
@@ -255,42 +234,13 @@ def sum_snapshot_parts(
 
     Key None is the platform: the sum of the platform rows, which include the events
     without an organization (never the sum of organization rows alone).
-
-    Only the histogram buckets in use are summed per organization (a sum per bucket
-    per row was half the statement's cost, and latencies fill a few of the 64). Which
-    ones are in use is read first, from the platform rows, whose every bucket is at
-    least any organization's in the same window (both are written in one transaction).
-    A window that changed between the two statements shows in the platform rows'
-    left-out buckets (`unseen`); a histogram that does not add up to its end-to-end
-    count shows a left-out bucket too: either way the sum runs again over all 64.
     """
     params = {"period_type": period_type, "lo": lo, "hi": hi}
-    with dbapi_connection(session).cursor() as cur:
-        used = tuple(cur.execute(_USED_BUCKETS_SQL, params).fetchone()[0])
-        with sum_plan_settings(cur):
-            sums = _sums(cur, used, params)
-            if used != _ALL_BUCKETS and sums is None:
-                sums = _sums(cur, _ALL_BUCKETS, params)
-    return sums or {}
-
-
-def _sums(cur: Any, buckets: tuple[int, ...], params: Mapping[str, Any]) -> dict[str | None, SummedParts] | None:
-    """The sums with BUCKETS summed and the others zero; None if a left-out bucket is not empty."""
-    complete = buckets == _ALL_BUCKETS
     sums: dict[str | None, SummedParts] = {}
-    for org, name, windows, unseen, *values in cur.execute(_sum_sql(buckets), params):
-        counts = values[_N_SCALARS:]
-        if complete:
-            hist = counts
-        else:
-            if unseen or sum(counts) != values[_E2E_COUNT]:
-                return None
-            hist = [0] * N_BUCKETS
-            for i, count in zip(buckets, counts, strict=True):
-                hist[i - 1] = count
-        parts: Parts = dict(zip(SCALAR_PARTS, values[:_N_SCALARS], strict=True))
-        parts[HISTOGRAM_PART] = hist
-        sums[org] = SummedParts(parts, windows, name)
-    if not complete and sums and None not in sums:
-        return None  # organization rows without platform rows: nothing says which buckets they use
+    with dbapi_connection(session).cursor() as cur, sum_plan_settings(cur):
+        for org, name, windows, *values in cur.execute(_SUM_SQL, params):
+            parts: Parts = dict(zip(SCALAR_PARTS, values[:_N_SCALARS], strict=True))
+            parts[SKETCH_PART] = sketch.unpack(values[_N_SCALARS])
+            parts[COARSE_PART] = bool(values[_N_SCALARS + 1])
+            sums[org] = SummedParts(parts, windows, name)
     return sums

@@ -43,7 +43,8 @@ from voicepipe.errors import (
     RetryNotAllowed,
     RetryRateLimited,
 )
-from voicepipe.events.parts import HISTOGRAM_PART, SCALAR_PARTS, Parts, add_event, empty_parts
+from voicepipe.events import sketch
+from voicepipe.events.parts import SCALAR_PARTS, SKETCH_PART, Parts, add_event, empty_parts
 from voicepipe.events.recording import EVENT_COLUMNS, CounterKey, add_to_counters, parse_events
 from voicepipe.events.schema import Event
 from voicepipe.infra.bulk import dbapi_connection
@@ -230,12 +231,12 @@ def _apply(cur: Any, req: _Request, art: Artifact, attempt: int, now: datetime
     events = parse_events(raws)
     grouped = _counter_parts(events)
     counter_columns = tuple(n for n in SCALAR_PARTS if any(p[n] for p in grouped.values()))
-    histogram = any(any(p[HISTOGRAM_PART]) for p in grouped.values())
+    sketched = any(p[SKETCH_PART] for p in grouped.values())
 
     retry_id = uuid.uuid4()
     start = STAGE_ORDER.index(first_stage(req.stage))
     cur.execute(
-        _apply_sql(STAGE_ORDER[start:], req.request_id is not None, counter_columns, histogram),
+        _apply_sql(STAGE_ORDER[start:], req.request_id is not None, counter_columns, sketched),
         {
             "artifact_id": req.artifact_id, "request_id": req.request_id, "retry_id": retry_id,
             "stage": req.stage, "requested_by": req.requested_by, "reason": req.reason, "attempt": attempt,
@@ -243,7 +244,7 @@ def _apply(cur: Any, req: _Request, art: Artifact, attempt: int, now: datetime
             "metadata": Jsonb({**(art.metadata_ or {}), "retryAttempt": attempt}),
             "events": Jsonb([_event_json(e) for e in events]),
             "n_events": len(events),
-            "counters": Jsonb([_counter_json(key, parts, counter_columns, histogram)
+            "counters": Jsonb([_counter_json(key, parts, counter_columns, sketched)
                                for key, parts in grouped.items()]),
         },
     )
@@ -317,7 +318,7 @@ def _lock_sql(with_request_id: bool) -> str:
 
 @functools.cache
 def _apply_sql(
-    stages: tuple[str, ...], with_request_id: bool, counter_columns: tuple[str, ...], histogram: bool
+    stages: tuple[str, ...], with_request_id: bool, counter_columns: tuple[str, ...], sketched: bool
 ) -> str:
     """Steps 3-6 as data-modifying CTEs; returns the ids of the events stored (and a stored request).
 
@@ -351,11 +352,11 @@ def _apply_sql(
         "FROM jsonb_populate_recordset(NULL::pipeline_events, %(events)s) WHERE EXISTS (SELECT FROM art) "
         "ON CONFLICT (id) DO NOTHING RETURNING id)"
     )
-    parts = [*counter_columns, *([HISTOGRAM_PART] if histogram else [])]
+    parts = [*counter_columns, *([SKETCH_PART] if sketched else [])]
     if parts:
         sets = [f"{n} = event_counters.{n} + excluded.{n}" for n in counter_columns]
-        if histogram:
-            sets.append(f"{HISTOGRAM_PART} = vp_hist_add(event_counters.{HISTOGRAM_PART}, excluded.{HISTOGRAM_PART})")
+        if sketched:
+            sets.append(f"{SKETCH_PART} = vp_sketch_add(event_counters.{SKETCH_PART}, excluded.{SKETCH_PART})")
         sets += ["revision = nextval('counter_revision_seq')", "updated_at = now()"]
         counter_cols = ", ".join(["organization_id", "hour_start", *parts])
         # ORDER BY: concurrent recorders lock counter rows in the same order (recording.py).
@@ -396,15 +397,15 @@ def _event_json(event: Event) -> dict[str, Any]:
     }
 
 
-def _counter_json(key: CounterKey, parts: Parts, columns: tuple[str, ...], histogram: bool) -> dict[str, Any]:
+def _counter_json(key: CounterKey, parts: Parts, columns: tuple[str, ...], sketched: bool) -> dict[str, Any]:
     org, hour = key
     row: dict[str, Any] = {"organization_id": org, "hour_start": hour.isoformat()}
     for name in columns:
         value = parts[name]
         # numeric from its exact decimal text, never through a float.
         row[name] = str(value) if isinstance(value, Decimal) else value
-    if histogram:
-        row[HISTOGRAM_PART] = list(parts[HISTOGRAM_PART])
+    if sketched:
+        row[SKETCH_PART] = sketch.pack(parts[SKETCH_PART])
     return row
 
 

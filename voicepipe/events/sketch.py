@@ -1,0 +1,108 @@
+"""Latency sketches: sparse relative-error histograms that add up exactly.
+
+A duration d >= MIN_MS goes to bucket i = ceil(log_γ d), which holds (γ**(i-1), γ**i] ms,
+with γ = (1 + ALPHA) / (1 - ALPHA); the bucket's value 2 γ**i / (γ + 1) is within ALPHA
+(1 %) of every duration in it. Durations below MIN_MS (1 µs) count as 0. A percentile
+read by nearest rank from the summed counts lands in the bucket of the exact value, so
+it is within ALPHA of it, in any window and any range, from 1 µs to years.
+
+Only non-empty buckets are kept: a dict from key to count, where a key holds the latency
+kind (KINDS) and the bucket. PostgreSQL keeps them in one bigint[] column, each element
+key << COUNT_BITS | count, sorted by key; vp_sketch_add (migration 0011) adds two.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+ALPHA = 0.01
+GAMMA = (1 + ALPHA) / (1 - ALPHA)
+_LOG_GAMMA = math.log(GAMMA)
+MIN_MS = 0.001
+MAX_MS = 1e13  # about 317 years: past the longest duration events may carry
+# The latencies sketched, in the order of voicepipe.events.parts.LATENCIES.
+KINDS: tuple[str, ...] = (
+    "transcription_latency",
+    "claims_extraction_latency",
+    "entity_resolution_latency",
+    "draft_generation_latency",
+    "end_to_end_latency",
+)
+KIND_OF = {name: kind for kind, name in enumerate(KINDS)}
+END_TO_END = KIND_OF["end_to_end_latency"]
+PERCENTS: tuple[int, ...] = (50, 90, 95, 99)
+
+_SLOT_BITS = 16
+_OFFSET = 1024  # slot = bucket + _OFFSET; slot 0 is the zero bucket
+COUNT_BITS = 40
+_COUNT_MASK = (1 << COUNT_BITS) - 1
+_TOP_BUCKET = math.ceil(math.log(MAX_MS) / _LOG_GAMMA)
+
+Sketch = dict[int, int]
+
+
+def key_of(kind: int, duration_ms: float) -> int:
+    """The key of the bucket a duration (ms, >= 0) of that kind falls in."""
+    if duration_ms < MIN_MS:
+        return kind << _SLOT_BITS
+    bucket = min(math.ceil(math.log(duration_ms) / _LOG_GAMMA), _TOP_BUCKET)
+    return (kind << _SLOT_BITS) | (bucket + _OFFSET)
+
+
+def value_of(key: int) -> float:
+    """The value a bucket stands for: 0 for the zero bucket, else within ALPHA of its durations."""
+    slot = key & ((1 << _SLOT_BITS) - 1)
+    if slot == 0:
+        return 0.0
+    return 2.0 * GAMMA ** (slot - _OFFSET) / (GAMMA + 1.0)
+
+
+def kind_of(key: int) -> int:
+    return key >> _SLOT_BITS
+
+
+def add(sketch: Sketch, kind: int, duration_ms: float, count: int = 1) -> None:
+    key = key_of(kind, duration_ms)
+    sketch[key] = sketch.get(key, 0) + count
+
+
+def merge(sketches: Iterable[Mapping[int, int]]) -> Sketch:
+    total: Sketch = {}
+    for sketch in sketches:
+        for key, count in sketch.items():
+            total[key] = total.get(key, 0) + count
+    return total
+
+
+def pack(sketch: Mapping[int, int]) -> list[int]:
+    """The bigint[] PostgreSQL stores: key << COUNT_BITS | count, sorted, empty buckets left out."""
+    return [(key << COUNT_BITS) | count for key, count in sorted(sketch.items()) if count]
+
+
+def unpack(entries: Sequence[int] | None) -> Sketch:
+    return {entry >> COUNT_BITS: entry & _COUNT_MASK for entry in entries or ()}
+
+
+def count(sketch: Mapping[int, int], kind: int) -> int:
+    return sum(n for key, n in sketch.items() if key >> _SLOT_BITS == kind)
+
+
+def quantiles(sketch: Mapping[int, int], kind: int, percents: Sequence[int] = PERCENTS) -> tuple[float, ...]:
+    """The nearest-rank percentiles (integer percents, ascending) of one kind; 0 when empty.
+
+    Rank ceil(p n / 100), in integers: exact for any count.
+    """
+    buckets = sorted((key, n) for key, n in sketch.items() if key >> _SLOT_BITS == kind and n)
+    total = sum(n for _, n in buckets)
+    if total == 0:
+        return tuple(0.0 for _ in percents)
+    result = []
+    seen, i = 0, -1
+    for p in percents:
+        rank = max(1, -(-p * total // 100))
+        while seen < rank:
+            i += 1
+            seen += buckets[i][1]
+        result.append(value_of(buckets[i][0]))
+    return tuple(result)
