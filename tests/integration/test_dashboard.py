@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from sqlalchemy import create_engine
@@ -218,14 +218,15 @@ def check_figures(page: Any, scope: str, expected: dict[str, Any]) -> int:
 FIGURES = (
     "artifacts_received", "artifacts_completed", "artifacts_failed", "overall_failure_rate",
     "transcription_failure_rate", "claims_extraction_failure_rate", "entity_resolution_failure_rate",
-    "draft_generation_failure_rate", "avg_end_to_end_latency", "p95_end_to_end_latency", "total_ai_cost",
-    "avg_cost_per_artifact",
+    "draft_generation_failure_rate", "avg_end_to_end_latency", "p50_end_to_end_latency", "p90_end_to_end_latency",
+    "p95_end_to_end_latency", "p99_end_to_end_latency", "total_ai_cost", "avg_cost_per_artifact",
 )
 CHART_SERIES = {
     "artifacts": ("artifacts_received", "artifacts_completed", "artifacts_failed"),
     "failure-rates": ("overall_failure_rate", "transcription_failure_rate", "claims_extraction_failure_rate",
                       "entity_resolution_failure_rate", "draft_generation_failure_rate"),
-    "latency": ("avg_end_to_end_latency", "p95_end_to_end_latency"),
+    "latency": ("avg_end_to_end_latency", "p50_end_to_end_latency", "p95_end_to_end_latency",
+                "p99_end_to_end_latency"),
     "cost": ("total_ai_cost",),
 }
 
@@ -254,9 +255,13 @@ def check_series(page: Any, s: Session, now: datetime, prefix: str, org: str | N
                 assert svg.locator("polyline.line").count() == len(keys)
         totals = range_figures(s, period, start, end, org)
         assert check_figures(page, f"#totals-{period}", {k: totals[k] for k in FIGURES}) == len(FIGURES)
+        precision = page.locator(f"#precision-{period}")
+        assert float(precision.get_attribute("data-percentile-error")) == 0.01
+        assert precision.text_content() == "Percentiles within 1% of exact."
         for st in stage_breakdown(s, period, start, end, org):
             row = f'#stages-table-{period} tr[data-stage="{st["stage"]}"]'
-            check_figures(page, row, {k: st[k] for k in ("completed", "failed", "failure_rate", "avg_latency")})
+            check_figures(page, row, {k: st[k] for k in ("completed", "failed", "failure_rate", "avg_latency",
+                                                         "p50_latency", "p90_latency", "p95_latency", "p99_latency")})
             bar = page.locator(f'svg#stages-{period} rect.bar[data-label="{st["stage"]}"]')
             assert float(bar.get_attribute("data-value") or "nan") == st["failure_rate"]
 
@@ -331,8 +336,8 @@ def test_dashboard_in_a_browser_shows_the_query_functions_figures(
                 check_figures(page, f'#organizations tr[data-organization-id="{f.organization_id}"]',
                               {"windows": f.windows, **{k: f.metrics[k] for k in (
                                   "artifacts_received", "artifacts_completed", "artifacts_failed",
-                                  "overall_failure_rate", "avg_end_to_end_latency", "p95_end_to_end_latency",
-                                  "total_ai_cost")}})
+                                  "overall_failure_rate", "avg_end_to_end_latency", "p50_end_to_end_latency",
+                                  "p95_end_to_end_latency", "p99_end_to_end_latency", "total_ai_cost")}})
             # Sortable: clicking a header re-orders by that column, clicking again reverses it.
             page.click('#organizations th a[data-sort="overall_failure_rate"]')
             by_rate = sorted(breakdown, key=lambda f: f.metrics["overall_failure_rate"], reverse=True)
@@ -413,6 +418,34 @@ def check_usage(page: Any, s: Session, now: datetime, first: date, last: date) -
         for key, totals in top:
             check_figures(page, f'#usage-top-{table} tr[data-key="{key}"]', {"cost": totals.cost,
                                                                              "calls": totals.calls})
+
+
+def test_each_windows_percentile_precision_is_shown(dashboard: tuple[int, Filled], engine: Any) -> None:
+    """A window carried over from the 64-bucket histogram says so, and so does every range holding it."""
+    port, _ = dashboard
+    with engine.begin() as conn:
+        coarse = conn.execute(sql_text(
+            "UPDATE metrics_snapshots SET coarse_percentiles = true WHERE id = (SELECT id FROM metrics_snapshots "
+            "WHERE period_type = 'hourly' AND organization_id IS NULL ORDER BY period_start DESC OFFSET 3 LIMIT 1) "
+            "RETURNING period_start")).scalar_one().astimezone(UTC)
+
+    def api(path: str) -> dict[str, Any]:
+        code, body, _ = get(port, path, CREDENTIALS)
+        assert code == 200, body
+        return cast(dict[str, Any], json.loads(body))
+
+    hourly = api("/api/platform/series?period=hourly")
+    errors = {_ts(w["period_start"]): w["percentile_error"] for w in hourly["windows"]}
+    assert errors.pop(coarse) == 0.25
+    assert set(errors.values()) == {0.01}
+    assert hourly["totals"]["percentile_error"] == 0.25
+    assert api("/api/platform/stages?period=hourly")["percentile_error"] == 0.25
+    assert api("/api/platform/series?period=daily")["totals"]["percentile_error"] == 0.01
+    assert {r["percentile_error"] for r in api("/api/organizations?period=hourly")["organizations"]} == {0.01}
+    page = get(port, "/", CREDENTIALS)[1].decode()
+    assert '<p class="muted precision" id="precision-hourly" data-percentile-error="0.25">Percentiles within 25%: ' \
+        "some windows were recorded before latency sketches" in page
+    assert 'id="precision-daily" data-percentile-error="0.01">Percentiles within 1% of exact.' in page
 
 
 def test_dashboard_refuses_to_start_without_credentials(db_url: str, broker_url: str, service_data_dir: Path) -> None:

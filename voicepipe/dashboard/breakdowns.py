@@ -91,7 +91,7 @@ class _Cached:
 
 def _table_row(f: OrganizationFigures) -> TableRow:
     row = {"organization_id": f.organization_id, "name": f.name, "windows": f.windows,
-           **{c: f.metrics[c] for c in ORGANIZATION_COLUMNS}}
+           **{c: f.metrics[c] for c in ORGANIZATION_COLUMNS}, "percentile_error": f.metrics["percentile_error"]}
     return row, {k: jsonable(v) for k, v in row.items()}
 
 

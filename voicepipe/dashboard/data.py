@@ -25,12 +25,14 @@ from sqlalchemy.orm import Session
 from models.directory import Organization
 from models.metrics import MetricsSnapshot
 from voicepipe.errors import InvalidInput, VoicepipeError
+from voicepipe.events.parts import COARSE_PART
 from voicepipe.metrics.bookkeeping import DAILY, HOURLY
+from voicepipe.metrics.derive import percentile_error, stage_figures
 from voicepipe.metrics.queries import (
     UNKNOWN_ORGANIZATION,
     historical_snapshots,
     range_figures,
-    stage_breakdown,
+    range_parts,
 )
 from voicepipe.observability.probe import DueWindows, read_only_session
 from voicepipe.validation import MAX_TS, MIN_TS, check_id
@@ -58,7 +60,10 @@ FIGURES: tuple[str, ...] = (
     "entity_resolution_failure_rate",
     "draft_generation_failure_rate",
     "avg_end_to_end_latency",
+    "p50_end_to_end_latency",
+    "p90_end_to_end_latency",
     "p95_end_to_end_latency",
+    "p99_end_to_end_latency",
     "total_ai_cost",
     "avg_cost_per_artifact",
 )
@@ -69,7 +74,9 @@ ORGANIZATION_COLUMNS: tuple[str, ...] = (
     "artifacts_failed",
     "overall_failure_rate",
     "avg_end_to_end_latency",
+    "p50_end_to_end_latency",
     "p95_end_to_end_latency",
+    "p99_end_to_end_latency",
     "total_ai_cost",
 )
 SORT_KEYS: tuple[str, ...] = ("name", "organization_id", "windows", *ORGANIZATION_COLUMNS)
@@ -102,7 +109,8 @@ def period_span(period: str, now: datetime) -> tuple[datetime, datetime]:
 
 
 def _figures(values: dict[str, Any]) -> dict[str, Any]:
-    return {name: jsonable(values[name]) for name in FIGURES}
+    """The shown figures, and the relative error their percentiles may have (derive.percentile_error)."""
+    return {**{name: jsonable(values[name]) for name in FIGURES}, "percentile_error": values["percentile_error"]}
 
 
 def series(session: Session, period: str, now: datetime, organization_id: str | None = None) -> dict[str, Any]:
@@ -116,22 +124,25 @@ def series(session: Session, period: str, now: datetime, organization_id: str | 
         "organization_id": organization_id,
         "totals": _figures(range_figures(session, period, start, end, organization_id)),
         "windows": [
-            {"period_start": jsonable(row.period_start), **_figures({n: getattr(row, n) for n in FIGURES})}
+            {"period_start": jsonable(row.period_start), **_figures(
+                {**{n: getattr(row, n) for n in FIGURES}, "percentile_error": percentile_error(
+                    {COARSE_PART: row.coarse_percentiles})})}
             for row in rows
         ],
     }
 
 
 def stages(session: Session, period: str, now: datetime, organization_id: str | None = None) -> dict[str, Any]:
-    """Per-stage completed, failed, failure rate and mean latency (stage_breakdown)."""
+    """Per-stage completed, failed, failure rate, mean latency and its percentiles."""
     start, end = period_span(period, now)
+    parts = range_parts(session, period, start, end, organization_id)
     return {
         "period": period,
         "start": start.isoformat(),
         "end": end.isoformat(),
         "organization_id": organization_id,
-        "stages": [{k: jsonable(v) for k, v in s.items()} for s in stage_breakdown(
-            session, period, start, end, organization_id)],
+        "percentile_error": percentile_error(parts),
+        "stages": [{k: jsonable(v) for k, v in s.items()} for s in stage_figures(parts)],
     }
 
 

@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from voicepipe.dashboard import charts, data
+from voicepipe.events.sketch import ALPHA, PERCENTS
 from voicepipe.metrics.bookkeeping import HOURLY
 
 
@@ -45,7 +46,8 @@ FORMAT: dict[str, Callable[[Any], str]] = {
     "artifacts_received": fmt_int, "artifacts_completed": fmt_int, "artifacts_failed": fmt_int,
     "windows": fmt_int, "completed": fmt_int, "failed": fmt_int, "calls": fmt_int,
     "input_tokens": fmt_int, "cached_tokens": fmt_int, "output_tokens": fmt_int,
-    "avg_end_to_end_latency": fmt_ms, "p95_end_to_end_latency": fmt_ms, "avg_latency": fmt_ms,
+    "avg_end_to_end_latency": fmt_ms, "avg_latency": fmt_ms,
+    **{f"p{p}_end_to_end_latency": fmt_ms for p in PERCENTS}, **{f"p{p}_latency": fmt_ms for p in PERCENTS},
     "total_ai_cost": fmt_usd, "avg_cost_per_artifact": fmt_usd, "cost": fmt_usd,
     "cache_hit_rate": fmt_pct, "failure_rate": fmt_pct,
 }
@@ -70,7 +72,7 @@ LABELS: dict[str, str] = {
     "overall_failure_rate": "Failure rate", "transcription_failure_rate": "Transcription",
     "claims_extraction_failure_rate": "Claims extraction", "entity_resolution_failure_rate": "Entity resolution",
     "draft_generation_failure_rate": "Draft generation", "avg_end_to_end_latency": "Avg end-to-end",
-    "p95_end_to_end_latency": "p95 end-to-end", "total_ai_cost": "AI cost",
+    **{f"p{p}_end_to_end_latency": f"p{p} end-to-end" for p in PERCENTS}, "total_ai_cost": "AI cost",
     "avg_cost_per_artifact": "AI cost / artifact", "windows": "Windows", "name": "Organization",
     "organization_id": "Id",
 }
@@ -81,7 +83,8 @@ CHARTS: tuple[tuple[str, str, tuple[str, ...], Callable[[float], str]], ...] = (
     ("failure-rates", "Failure rates", (
         "overall_failure_rate", "transcription_failure_rate", "claims_extraction_failure_rate",
         "entity_resolution_failure_rate", "draft_generation_failure_rate"), lambda v: f"{v * 100:.4g} %"),
-    ("latency", "End-to-end latency", ("avg_end_to_end_latency", "p95_end_to_end_latency"),
+    ("latency", "End-to-end latency", ("avg_end_to_end_latency", "p50_end_to_end_latency",
+                                        "p95_end_to_end_latency", "p99_end_to_end_latency"),
      lambda v: f"{v / 1000:,.4g} s"),
     ("cost", "AI cost (USD)", ("total_ai_cost",), lambda v: f"${v:,.4g}"),
 )
@@ -95,13 +98,22 @@ def series_charts(payload: dict[str, Any], prefix: str, api: str) -> list[tuple[
     out = []
     for key, title, figures, value_fmt in CHARTS:
         lines = [
+            # Windows computed before latency sketches have no p50, p90 or p99.
             charts.Series(f, LABELS[f], [(datetime.fromisoformat(w["period_start"]), float(w[f]))
-                                         for w in payload["windows"]])
+                                         for w in payload["windows"] if w[f] is not None])
             for f in figures
         ]
         out.append((title, charts.line_chart(f"{prefix}-{payload['period']}-{key}", lines, start, end,
                                              value_fmt, x_label, api)))
     return out
+
+
+def precision(error: float) -> str:
+    """What a percentile_error means, in words."""
+    if error > ALPHA:
+        return (f"Percentiles within {error:.0%}: some windows were recorded before latency sketches "
+                "(end-to-end only, from 64 buckets)")
+    return f"Percentiles within {error:.0%} of exact"
 
 
 def stage_bars(section: dict[str, Any]) -> Markup:
@@ -111,7 +123,8 @@ def stage_bars(section: dict[str, Any]) -> Markup:
 
 
 _env = Environment(loader=PackageLoader("voicepipe.dashboard", "templates"), autoescape=select_autoescape())
-_env.globals.update(figure=figure, fmt=fmt, fmt_age=fmt_age, LABELS=LABELS, FIGURES=data.FIGURES,
+_env.globals.update(figure=figure, fmt=fmt, fmt_age=fmt_age, LABELS=LABELS, FIGURES=data.FIGURES, precision=precision,
+                    PERCENTILE_FIGURES={f"p{p}_end_to_end_latency" for p in PERCENTS}, FINE_ERROR=ALPHA,
                     ORGANIZATION_COLUMNS=data.ORGANIZATION_COLUMNS, stage_bars=stage_bars)
 
 
