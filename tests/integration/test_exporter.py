@@ -150,8 +150,17 @@ def test_scrape_after_an_hour_where_one_organization_fails_every_transcription(
     assert {o: org("voicepipe_organization_artifacts_received", o) for o in ("org-bad", "org-good", "org-mixed")} \
         == {"org-bad": 6, "org-good": 5, "org-mixed": 4}
     assert org("voicepipe_organization_ai_cost_usd", "org-good") == pytest.approx(0.05)
-    # Every artifact_completed of org-good took 60 s, so its p95 lies in that histogram bucket.
-    assert 45 <= org("voicepipe_organization_p95_latency_seconds", "org-good") <= 75
+    # Every artifact_completed took 60 s and every transcription 20 s: each percentile within 1 % of it.
+    assert org("voicepipe_organization_p95_latency_seconds", "org-good") == pytest.approx(60, rel=0.01)
+    for q in ("0.5", "0.9", "0.95", "0.99"):
+        for o in ("org-good", "org-mixed"):
+            assert got[("voicepipe_organization_latency_seconds", (("organization", o), ("quantile", q)))] \
+                == pytest.approx(60, rel=0.01)
+        for latency, seconds in (("end_to_end", 60), ("transcription", 20), ("claims_extraction", 0)):
+            assert got[("voicepipe_latency_seconds", (("latency", latency), ("quantile", q)))] \
+                == pytest.approx(seconds, rel=0.01)
+    assert ("voicepipe_organization_latency_seconds", (("organization", "org-bad"), ("quantile", "0.5"))) in got
+    assert got[("voicepipe_latency_percentile_error", ())] == 0.01
     assert got[("voicepipe_newest_hour_start_timestamp_seconds", ())] == hour.timestamp()
 
     # Lag and due windows are what `voicepipe status` says.

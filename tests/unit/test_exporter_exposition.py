@@ -16,6 +16,7 @@ from voicepipe.observability.probe import BeatState, OrganizationHour, PipelineH
 NAMES = ("voicepipe_organization_artifacts_received", "voicepipe_organization_artifacts_finished",
          "voicepipe_organization_failure_rate", "voicepipe_organization_p95_latency_seconds",
          "voicepipe_organization_ai_cost_usd")
+QUANTILE_FAMILY = "voicepipe_organization_latency_seconds"
 # Ids a label value must escape (quote, backslash, newline), and non-ASCII.
 AWKWARD = ['club "north"', "back\\slash", "two\nlines", "Zürich-ü", "plain-0"]
 
@@ -30,7 +31,9 @@ def organizations(rng: random.Random) -> list[OrganizationHour]:
     ids = AWKWARD + [f"org-{i:05d}" for i in range(200)]
     return [OrganizationHour(org, rng.randint(0, 10**6), (done := rng.randint(0, 500)), (bad := rng.randint(0, 50)),
                              rng.choice([0.0, 1.0, bad / (done + bad) if done + bad else 0.0, math.nan]),
-                             rng.choice([0.0, rng.uniform(0, 1e8), math.inf]), rng.uniform(0, 100) * 1e-3)
+                             rng.choice([0.0, rng.uniform(0, 1e8), math.inf]), rng.uniform(0, 100) * 1e-3,
+                             (rng.choice([math.nan, 0.0, rng.uniform(0, 1e6)]), rng.uniform(0, 1e7),
+                              rng.uniform(0, 1e7), rng.choice([math.nan, rng.uniform(0, 1e8)])))
             for org in ids]
 
 
@@ -57,6 +60,11 @@ def reference(orgs: list[OrganizationHour]) -> bytes:
         for o in orgs:
             family.add_metric([o.organization_id], values[name](o))
         families.append(family)
+    quantiles = GaugeMetricFamily(QUANTILE_FAMILY, METRICS[QUANTILE_FAMILY][1], labels=["organization", "quantile"])
+    for o in orgs:
+        for q, ms in zip(("0.5", "0.9", "0.95", "0.99"), o.percentiles_ms, strict=True):
+            quantiles.add_metric([o.organization_id, q], ms / 1000.0)
+    families.append(quantiles)
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(families))  # type: ignore[arg-type]
     return generate_latest(registry)
@@ -70,9 +78,16 @@ def test_direct_exposition_equals_the_generic_writer_byte_for_byte() -> None:
 
 def test_direct_exposition_parses_back_to_every_organization_and_value() -> None:
     orgs = organizations(random.Random(11))
-    parsed = {f.name: {s.labels["organization"]: s.value for s in f.samples}
-              for f in text_string_to_metric_families(organization_exposition(health(orgs)).decode())}
+    families = list(text_string_to_metric_families(organization_exposition(health(orgs)).decode()))
+    parsed = {f.name: {s.labels["organization"]: s.value for s in f.samples} for f in families
+              if f.name != QUANTILE_FAMILY}
     assert set(parsed) == set(NAMES)
+    (quantiles,) = [f for f in families if f.name == QUANTILE_FAMILY]
+    by_org = {(s.labels["organization"], s.labels["quantile"]): s.value for s in quantiles.samples}
+    for o in orgs:
+        for q, ms in zip(("0.5", "0.9", "0.95", "0.99"), o.percentiles_ms, strict=True):
+            got = by_org[(o.organization_id, q)]
+            assert got == ms / 1000.0 or (math.isnan(ms) and math.isnan(got))
     received = parsed["voicepipe_organization_artifacts_received"]
     assert received == {o.organization_id: float(o.artifacts_received) for o in orgs}
     assert set(received) >= set(AWKWARD)
@@ -93,6 +108,7 @@ def test_beyond_the_limit_organizations_are_summed_into_one_series_without_a_p95
     assert parsed["voicepipe_organization_artifacts_finished"][""] == finished
     assert parsed["voicepipe_organization_failure_rate"][""] == sum(o.artifacts_failed for o in rest) / finished
     assert math.isclose(parsed["voicepipe_organization_ai_cost_usd"][""], sum(o.ai_cost for o in rest))
-    assert "" not in parsed["voicepipe_organization_p95_latency_seconds"]
-    assert len(parsed["voicepipe_organization_p95_latency_seconds"]) == 50
+    for name in ("voicepipe_organization_p95_latency_seconds", QUANTILE_FAMILY):
+        assert "" not in parsed[name]
+        assert len(parsed[name]) == 50
     assert parsed["voicepipe_organizations_not_shown"] == {"": float(len(rest))}

@@ -25,7 +25,10 @@ from sqlalchemy.orm import Session
 from models.artifacts import Artifact, RetryRequest
 from models.metrics import AggregationWindow, MetricsSnapshot
 from voicepipe.domain import STATUSES, WORKING_STATUSES
+from voicepipe.events import sketch
+from voicepipe.events.parts import COARSE_PART
 from voicepipe.metrics.bookkeeping import DAILY, HOURLY, newest_computed, utc
+from voicepipe.metrics.derive import percentile_error
 from voicepipe.metrics.due import day_states, first_data_hour, hour_states
 from voicepipe.windows import DAY, HOUR, floor_day, floor_hour
 
@@ -70,6 +73,16 @@ class OrganizationHour:
     failure_rate: float
     p95_end_to_end_latency_ms: float
     ai_cost: float
+    # p50, p90, p95 and p99 end-to-end (NaN for p50, p90 and p99 of a window computed before sketches).
+    percentiles_ms: tuple[float, ...] = ()
+
+
+@dataclass(frozen=True)
+class HourLatencies:
+    """The platform's latency percentiles in the newest hourly snapshot."""
+
+    percentiles_ms: dict[str, tuple[float, ...]]  # latency (sketch.KINDS) -> p50, p90, p95, p99
+    percentile_error: float  # the bound on their relative error (derive.percentile_error)
 
 
 @dataclass
@@ -86,6 +99,7 @@ class PipelineHealth:
     beat: BeatState
     newest_hour: datetime | None = None
     organizations: list[OrganizationHour] = field(default_factory=list)
+    latencies: HourLatencies | None = None
     # The oldest hour with counters; None when nothing was recorded (or all is past retention).
     first_data: datetime | None = None
 
@@ -182,6 +196,26 @@ def dead_letter_count(session: Session) -> int:
     ) or 0)
 
 
+def _ms(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def newest_hour_latencies(session: Session, newest: datetime) -> HourLatencies | None:
+    """Every latency's percentiles in the newest hour, from the platform row's sketch."""
+    row = session.execute(
+        select(MetricsSnapshot.latency_sketch, MetricsSnapshot.coarse_percentiles).where(
+            MetricsSnapshot.period_type == HOURLY, MetricsSnapshot.period_start == newest,
+            MetricsSnapshot.organization_id.is_(None))
+    ).one_or_none()
+    if row is None:
+        return None
+    entries = sketch.unpack(row[0])
+    return HourLatencies(
+        {name: sketch.quantiles(entries, kind) for kind, name in enumerate(sketch.KINDS)},
+        percentile_error({COARSE_PART: row[1]}),
+    )
+
+
 def newest_hour_organizations(session: Session) -> tuple[datetime | None, list[OrganizationHour]]:
     """Every organization of the newest hourly snapshot (bounded: those active in that hour)."""
     newest = session.scalar(
@@ -198,6 +232,9 @@ def newest_hour_organizations(session: Session) -> tuple[datetime | None, list[O
             MetricsSnapshot.overall_failure_rate,
             MetricsSnapshot.p95_end_to_end_latency,
             MetricsSnapshot.total_ai_cost,
+            MetricsSnapshot.p50_end_to_end_latency,
+            MetricsSnapshot.p90_end_to_end_latency,
+            MetricsSnapshot.p99_end_to_end_latency,
         )
         .where(
             MetricsSnapshot.period_type == HOURLY,
@@ -207,8 +244,9 @@ def newest_hour_organizations(session: Session) -> tuple[datetime | None, list[O
         .order_by(MetricsSnapshot.organization_id)
     ).all()
     return utc(newest), [
-        OrganizationHour(str(org), int(rec), int(done), int(failed), float(rate), float(p95), float(cost))
-        for org, rec, done, failed, rate, p95, cost in rows
+        OrganizationHour(str(org), int(rec), int(done), int(failed), float(rate), float(p95), float(cost),
+                         (_ms(p50), _ms(p90), float(p95), _ms(p99)))
+        for org, rec, done, failed, rate, p95, cost, p50, p90, p99 in rows
     ]
 
 
@@ -243,6 +281,7 @@ def collect(
         beat=read_beat(heartbeat, now.timestamp()),
         newest_hour=newest_hour,
         organizations=per_organization,
+        latencies=newest_hour_latencies(session, newest_hour) if newest_hour is not None else None,
         first_data=first_data_hour(session),
     )
 
