@@ -1,9 +1,9 @@
 """Bare SQL baselines: the irreducible reads and writes of the metrics engine, with nothing else.
 
 Each is one statement that touches the same rows as voicepipe's path and computes the same
-additive parts (every scalar part, every histogram bucket), but derives no figure, takes no
-lock, keeps no bookkeeping and does not care about summation order. A ratio to one of them
-says how far the engine is from what PostgreSQL itself needs for the job.
+additive parts (every scalar part, the latency sketches summed key by key), but derives no
+figure, takes no lock, keeps no bookkeeping and does not care about summation order. A
+ratio to one of them says how far the engine is from what PostgreSQL itself needs for the job.
 """
 
 from __future__ import annotations
@@ -13,43 +13,82 @@ from datetime import date, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
-from voicepipe.events.histogram import N_BUCKETS
-from voicepipe.events.parts import DECIMAL_PARTS, FLOAT_PARTS, HISTOGRAM_PART, INT_PARTS, SCALAR_PARTS
+from voicepipe.events.parts import (
+    ALL_PARTS,
+    COARSE_PART,
+    DECIMAL_PARTS,
+    FLOAT_PARTS,
+    INT_PARTS,
+    SCALAR_PARTS,
+    SKETCH_PART,
+)
+from voicepipe.events.sketch import COUNT_BITS
+from voicepipe.metrics.snapshots import SUM_WORK_MEM
 
-_BUCKETS = range(1, N_BUCKETS + 1)
+_MASK = (1 << COUNT_BITS) - 1
+# A constant group key that changes no group but leaves hashing the only way to group (xid
+# has no ordering), as in the summing statement: sorting millions of unnested buckets on
+# statistics that expect a handful of rows would measure the planner, not the work.
+_HASHED = "CAST('0' AS xid)"
 _SUMS = ", ".join(
     [f"sum({n}) AS {n}" for n in INT_PARTS + FLOAT_PARTS + DECIMAL_PARTS]
-    + [f"sum({HISTOGRAM_PART}[{i}]) AS b{i}" for i in _BUCKETS]
+    + [f"bool_or({COARSE_PART}) AS {COARSE_PART}"]
 )
+
+
+def _summed_sketch(table: str, where: str, by: str | None = None) -> str:
+    """The sketches of TABLE's rows WHERE summed key by key, as the summing statement does
+    (every non-empty bucket unnested, counted per key as float8 in a hash aggregate, packed
+    again): column `sketch`, per value of the expression BY (column `k`) if given."""
+    inner, outer = (f"{by} AS k, ", "k, ") if by else ("", "")
+    return (
+        f"SELECT {outer}array_agg((key << {COUNT_BITS}) + n) AS sketch"
+        f" FROM (SELECT {inner}b >> {COUNT_BITS} AS key, sum((b & {_MASK})::float8)::bigint AS n"
+        f" FROM {table} CROSS JOIN LATERAL unnest({table}.{SKETCH_PART}) AS b WHERE {where}"
+        f" GROUP BY {outer}key, {_HASHED}) AS u"
+        + (" GROUP BY k" if by else "")
+    )
+
 
 # Every part of the snapshot rows of [lo, hi), summed per organization (the platform rows
 # under NULL): what the daily rollup and the organization breakdown must at least read and add.
+# The sketches are summed beside the scalars and joined to them per organization ('' for the
+# platform, as no organization id is blank), with the summing statement's planner settings
+# (voicepipe.metrics.snapshots.sum_plan_settings: no nested loop, its work_mem).
+_ORG_KEY = "coalesce(organization_id, '')"
+_IN_RANGE = "period_type = :period_type AND period_start >= :lo AND period_start < :hi"
 BARE_SUMS = (
-    f"SELECT organization_id, count(*), {_SUMS} FROM metrics_snapshots"
-    " WHERE period_type = :period_type AND period_start >= :lo AND period_start < :hi GROUP BY organization_id"
+    f"SELECT e.organization_id, e.windows, {', '.join(f'e.{n}' for n in (*SCALAR_PARTS, COARSE_PART))},"
+    " coalesce(h.sketch, '{}')"
+    f" FROM (SELECT organization_id, {_ORG_KEY} AS k, count(*) AS windows, {_SUMS}"
+    f" FROM metrics_snapshots WHERE {_IN_RANGE} GROUP BY organization_id, {_HASHED}) e"
+    f" LEFT JOIN ({_summed_sketch('metrics_snapshots', _IN_RANGE, _ORG_KEY)}) h"
+    " ON h.k = e.k"
 )
 
 HOUR_TABLE = "bench_bare_snapshots"
-_COLUMNS = ("organization_id", "period_type", "period_start", "period_end", *SCALAR_PARTS, HISTOGRAM_PART)
-_PADDED = f"{HISTOGRAM_PART} || array_fill(0::bigint, ARRAY[{N_BUCKETS} - cardinality({HISTOGRAM_PART})])"
-# The hour's counter rows copied as its organization rows, and their sums as the platform
-# row, upserted into a copy of metrics_snapshots: what the hourly aggregation must at least
-# read and write (figures are left at their defaults, nothing is derived).
+_COLUMNS = ("organization_id", "period_type", "period_start", "period_end", *ALL_PARTS)
+# The hour's counter rows copied as its organization rows (sketches as they are), and their
+# sums as the platform row, upserted into a copy of metrics_snapshots: what the hourly
+# aggregation must at least read and write (figures are left at their defaults, nothing is derived).
 BARE_HOUR = (
     f"INSERT INTO {HOUR_TABLE} ({', '.join(_COLUMNS)})"
-    f" SELECT organization_id, 'hourly', :h, :h_end, {', '.join(SCALAR_PARTS)}, {_PADDED}"
+    f" SELECT organization_id, 'hourly', :h, :h_end, {', '.join(ALL_PARTS)}"
     " FROM event_counters WHERE hour_start = :h AND organization_id IS NOT NULL"
     f" UNION ALL SELECT NULL, 'hourly', :h, :h_end, {', '.join(f'sum({n})' for n in SCALAR_PARTS)},"
-    f" ARRAY[{', '.join(f'coalesce(sum({HISTOGRAM_PART}[{i}]), 0)' for i in _BUCKETS)}]::bigint[]"
+    f" coalesce(({_summed_sketch('event_counters', 'hour_start = :h')}), '{{}}'),"
+    f" coalesce(bool_or({COARSE_PART}), false)"
     " FROM event_counters WHERE hour_start = :h"
     " ON CONFLICT (organization_id, period_type, period_start) DO UPDATE SET "
-    + ", ".join(f"{c} = excluded.{c}" for c in (*SCALAR_PARTS, HISTOGRAM_PART))
+    + ", ".join(f"{c} = excluded.{c}" for c in ALL_PARTS)
 )
 
 
 def bare_sums(engine: Engine, period_type: str, lo: datetime, hi: datetime) -> int:
     """Run BARE_SUMS; returns the number of groups (organizations and the platform)."""
     with engine.connect() as conn:
+        conn.execute(text("SELECT set_config('work_mem', :work_mem, true), set_config('enable_nestloop', 'off', true)"),
+                     {"work_mem": SUM_WORK_MEM})
         return len(conn.execute(text(BARE_SUMS), {"period_type": period_type, "lo": lo, "hi": hi}).all())
 
 

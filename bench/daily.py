@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 
 from bench.baselines import bare_sums
+from bench.data import Buckets, row_sketch_sql
 from bench.harness import Env, Result, ratio_spread, timed
 from voicepipe.metrics.daily import aggregate_day
 from voicepipe.metrics.due import due_hours
@@ -16,17 +17,23 @@ from voicepipe.metrics.hourly import aggregate_hour
 ORGS = 1000
 
 # Synthetic counters straight into event_counters: realistic magnitudes, every part non-zero.
-SEED_COUNTERS = """
+# An hour's 19 transcriptions (10 to 30 s) and 17 end-to-end latencies (25 to 70 s) each
+# fall in their own sketch bucket, as at 2 % buckets they mostly do.
+COUNTER_LATENCIES = (
+    Buckets("transcription_latency", 10_000, n=19, per=1, step=3),
+    Buckets("end_to_end_latency", 25_000, n=17, per=1, spread=2, step=3),
+)
+SEED_COUNTERS = f"""
+WITH orgs AS (SELECT o, {row_sketch_sql("o", *COUNTER_LATENCIES)} AS latency_sketch
+              FROM generate_series(0, :orgs - 1) o)
 INSERT INTO event_counters (organization_id, hour_start, n_artifact_received, n_artifact_completed,
   n_artifact_failed, n_transcription_completed, n_transcription_failed, n_claims_extracted,
   n_entity_resolution_completed, n_entity_needs_disambiguation, n_drafts_generated,
   transcription_latency_sum, transcription_latency_count, end_to_end_latency_sum,
-  end_to_end_latency_count, claims_total, ai_cost_sum, end_to_end_histogram)
+  end_to_end_latency_count, claims_total, ai_cost_sum, latency_sketch)
 SELECT 'org-' || lpad(o::text, 4, '0'), h, 20, 17, 2, 19, 1, 18, 15, 3, 17,
-  19 * 20000.0, 19, 17 * 45000.0, 17, 60, 0.25,
-  (SELECT array_agg(CASE WHEN b BETWEEN 20 + o % 2 AND 36 + o % 2 THEN 1 ELSE 0 END ORDER BY b)
-   FROM generate_series(0, 63) b)
-FROM generate_series(0, :orgs - 1) o,
+  19 * 20000.0, {COUNTER_LATENCIES[0].count}, 17 * 45000.0, {COUNTER_LATENCIES[1].count}, 60, 0.25, orgs.latency_sketch
+FROM orgs,
      generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 hour', interval '1 hour') h
 """
 

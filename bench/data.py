@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import random
 import uuid
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from voicepipe.domain import EVENT_TYPES
+from voicepipe.events import sketch
 
 WEIGHTS = {t: 1.0 for t in EVENT_TYPES}
 WEIGHTS.update({"artifact_received": 4, "artifact_completed": 3, "transcription_completed": 4,
@@ -40,52 +42,118 @@ def events(n: int, start: datetime, span: timedelta, orgs: int, seed: int = 1) -
     return out
 
 
+# Latency sketches of seeded rows, built in SQL (voicepipe/events/sketch.py has the format).
+_BITS = sketch.COUNT_BITS
+_MASK = (1 << _BITS) - 1
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """N buckets of one latency per seeded row, PER events in each.
+
+    The keys are N + SPREAD - 1 buckets STEP apart from the one of FIRST_MS; row r uses N
+    consecutive ones from number r % SPREAD, so rows differ and their sums have more keys.
+    PER may be an SQL expression of the seed's row (an int otherwise).
+    """
+
+    latency: str  # one of sketch.KINDS
+    first_ms: float
+    n: int
+    per: int | str
+    spread: int = 1
+    step: int = 1
+
+    @property
+    def keys(self) -> list[int]:
+        first = sketch.key_of(sketch.KIND_OF[self.latency], self.first_ms)
+        return [first + i * self.step for i in range(self.n + self.spread - 1)]
+
+    @property
+    def count(self) -> int:
+        """A row's count of that latency (PER an int)."""
+        assert isinstance(self.per, int)
+        return self.n * self.per
+
+
+def row_sketch_sql(row: str, *latencies: Buckets) -> str:
+    """SQL of the packed sketch of row number ROW (an SQL expression) with those latencies' buckets."""
+    picks = " UNION ALL ".join(
+        f"SELECT (k << {_BITS}) + CAST({b.per} AS bigint) AS e"
+        f" FROM unnest(CAST(ARRAY{b.keys} AS bigint[])) WITH ORDINALITY AS u(k, i)"
+        f" WHERE i > {row} % {b.spread} AND i <= {b.n} + {row} % {b.spread}"
+        for b in latencies
+    )
+    return f"(SELECT array_agg(e ORDER BY e) FROM ({picks}) AS picked)"
+
+
+def summed_sketch_sql(source: str, by: str | None = None) -> str:
+    """SQL of the key-wise sums of the latency_sketch column of SOURCE (a FROM item), packed
+    as column `sketch`, per value of column BY (with that column), or over all its rows."""
+    group = f"{by}, " if by else ""
+    return (
+        f"SELECT {group}array_agg((k << {_BITS}) + n ORDER BY k) AS sketch"
+        f" FROM (SELECT {group}e >> {_BITS} AS k, sum(e & {_MASK})::bigint AS n"
+        f" FROM {source} CROSS JOIN LATERAL unnest({source}.latency_sketch) AS e"
+        f" GROUP BY {group}e >> {_BITS}) AS per_key"
+        + (f" GROUP BY {by}" if by else "")
+    )
+
+
+@dataclass(frozen=True)
+class DailyLatencies:
+    transcription: Buckets
+    end_to_end: Buckets
+
+
 # 30 days (any range) of daily snapshots for ORGS organizations and their platform rows,
-# as the daily rollup writes them. The end-to-end histogram has PER events in each bucket
-# from B_LO to B_HI, shifted by the organization's number modulo SPREAD; the end-to-end
-# count is their total, and each platform row's histogram the sum of its organizations'.
-_SEED_DAILY_ORGS = """
-INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end,
+# as the daily rollup writes them. Each organization's latency sketch has a few
+# transcription and end-to-end buckets (a DailyLatencies): its latency counts are their
+# totals, and each platform row's sketch is the key-wise sum of its organizations'.
+def _seed_daily_sql(latencies: DailyLatencies) -> tuple[str, str]:
+    tr, e2e = latencies.transcription, latencies.end_to_end
+    orgs = f"orgs AS (SELECT o, {row_sketch_sql('o', tr, e2e)} AS latency_sketch FROM generate_series(0, :orgs - 1) o)"
+    days = "generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 day', interval '1 day') d"
+    columns = """INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end,
   n_artifact_received, n_artifact_completed, n_artifact_failed, transcription_latency_sum,
   transcription_latency_count, end_to_end_latency_sum, end_to_end_latency_count, ai_cost_sum,
-  end_to_end_histogram, artifacts_received, artifacts_completed, artifacts_failed)
-SELECT :prefix || lpad(o::text, :digits, '0'), 'daily', d, d + interval '1 day', 400, 360, 30, 7200000, 360,
-  (:b_hi - :b_lo + 1) * :per * 45000.0, (:b_hi - :b_lo + 1) * :per, 6.5,
-  (SELECT array_agg(CASE WHEN b BETWEEN :b_lo + o % :spread AND :b_hi + o % :spread THEN :per ELSE 0 END ORDER BY b)
-  FROM generate_series(0, 63) b), 400, 360, 30
-FROM generate_series(0, :orgs - 1) o,
-     generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 day', interval '1 day') d
-"""
-_SEED_DAILY_PLATFORM = """
-WITH h AS (
-  SELECT array_agg(n ORDER BY b) AS hist FROM (
-    SELECT b, :per * count(*) FILTER (WHERE b BETWEEN :b_lo + o % :spread AND :b_hi + o % :spread) AS n
-    FROM generate_series(0, 63) b, generate_series(0, :orgs - 1) o GROUP BY b) buckets)
-INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end,
-  n_artifact_received, n_artifact_completed, n_artifact_failed, transcription_latency_sum,
-  transcription_latency_count, end_to_end_latency_sum, end_to_end_latency_count, ai_cost_sum,
-  end_to_end_histogram, artifacts_received, artifacts_completed, artifacts_failed)
-SELECT NULL, 'daily', d, d + interval '1 day', 400 * :orgs, 360 * :orgs, 30 * :orgs, 7200000.0 * :orgs,
-  360 * :orgs, (:b_hi - :b_lo + 1) * :per * 45000.0 * :orgs, (:b_hi - :b_lo + 1) * :per * :orgs, 6.5 * :orgs,
-  h.hist, 400 * :orgs, 360 * :orgs, 30 * :orgs
-FROM h, generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 day', interval '1 day') d
-"""
-# Latencies of 11 s to 4 min: 14 buckets in use platform-wide (12 per organization).
-USUAL_HISTOGRAM = {"b_lo": 22, "b_hi": 33, "spread": 3, "per": 30}
-# Every one of the 64 buckets in use, in every organization: the most the sums can cost.
-FULL_HISTOGRAM = {"b_lo": 0, "b_hi": 63, "spread": 1, "per": 5}
+  latency_sketch, artifacts_received, artifacts_completed, artifacts_failed)"""
+    seed_orgs = f"""WITH {orgs}
+{columns}
+SELECT :prefix || lpad(o::text, :digits, '0'), 'daily', d, d + interval '1 day', 400, 360, 30,
+  {tr.count} * 20000.0, {tr.count}, {e2e.count} * 45000.0, {e2e.count}, 6.5, orgs.latency_sketch, 400, 360, 30
+FROM orgs, {days}"""
+    seed_platform = f"""WITH {orgs}, platform AS ({summed_sketch_sql('orgs')})
+{columns}
+SELECT NULL, 'daily', d, d + interval '1 day', 400 * :orgs, 360 * :orgs, 30 * :orgs, {tr.count} * 20000.0 * :orgs,
+  {tr.count} * :orgs, {e2e.count} * 45000.0 * :orgs, {e2e.count} * :orgs, 6.5 * :orgs,
+  platform.sketch, 400 * :orgs, 360 * :orgs, 30 * :orgs
+FROM platform, {days}"""
+    return seed_orgs, seed_platform
+
+
+# A handful of buckets: transcriptions of 14 to 29 s and end-to-end latencies of 11 s to
+# 4 min, 4 and 12 buckets per organization (5 and 14 platform-wide).
+USUAL_SKETCH = DailyLatencies(
+    Buckets("transcription_latency", 14_000, n=4, per=90, spread=2, step=9),
+    Buckets("end_to_end_latency", 11_000, n=12, per=30, spread=3, step=12),
+)
+# A wide sketch, the most the sums can cost: every bucket from 8 to 17 s (40) in use for
+# transcriptions and every one from 2 s to 1 min 50 s (200, 201 platform-wide) end to end.
+WIDE_SKETCH = DailyLatencies(
+    Buckets("transcription_latency", 8_000, n=40, per=9),
+    Buckets("end_to_end_latency", 2_000, n=200, per=5, spread=2),
+)
 
 
 def seed_daily_snapshots(
     conn: Any, orgs: int, lo: datetime, hi: datetime, prefix: str, *,
-    digits: int = 5, histogram: dict[str, int] | None = None, analyze: bool = True,
+    digits: int = 5, latencies: DailyLatencies = USUAL_SKETCH, analyze: bool = True,
 ) -> None:
     """Daily snapshot rows for [lo, hi): ORGS organizations (PREFIX + number) and the platform."""
     from sqlalchemy import text
 
-    params = {"orgs": orgs, "lo": lo, "hi": hi, "prefix": prefix, "digits": digits,
-              **(histogram or USUAL_HISTOGRAM)}
-    conn.execute(text(_SEED_DAILY_ORGS), params)
-    conn.execute(text(_SEED_DAILY_PLATFORM), params)
+    params = {"orgs": orgs, "lo": lo, "hi": hi, "prefix": prefix, "digits": digits}
+    for sql in _seed_daily_sql(latencies):
+        conn.execute(text(sql), params)
     if analyze:
         conn.execute(text("ANALYZE metrics_snapshots"))

@@ -24,6 +24,7 @@ from functools import partial
 
 from sqlalchemy import text
 
+from bench.data import Buckets, row_sketch_sql, summed_sketch_sql
 from bench.harness import Env, Result, at_two_scales, cli_server, percentile, settle_late_marks
 from voicepipe.usage.rollup import aggregate_usage_day
 
@@ -32,19 +33,23 @@ USAGE_ORG = "dash-org-0001"
 CREDENTIALS = "bench:bench-password"
 
 # One row per organization and window; values vary by organization so sorting does work.
-# The histogram has a handful of non-empty buckets, like real latencies.
-SEED_ORG_SNAPSHOTS = """
+# The latency sketch has a handful of non-empty buckets, like real latencies: 2 of
+# transcriptions (N is even) and 5 end to end, each holding a share of the row's count.
+ORG_LATENCIES = (
+    Buckets("transcription_latency", 15_000, n=2, per=":n / 2", step=15),
+    Buckets("end_to_end_latency", 32_000, n=5, per=":n / 5 + o % 3", step=8),
+)
+SEED_ORG_SNAPSHOTS = f"""
 INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end,
   n_artifact_received, n_artifact_completed, n_artifact_failed, n_transcription_completed,
   n_transcription_failed, transcription_latency_sum, transcription_latency_count,
-  end_to_end_latency_sum, end_to_end_latency_count, ai_cost_sum, end_to_end_histogram,
+  end_to_end_latency_sum, end_to_end_latency_count, ai_cost_sum, latency_sketch,
   artifacts_received, artifacts_completed, artifacts_failed, overall_failure_rate,
   avg_end_to_end_latency, p95_end_to_end_latency, total_ai_cost)
 SELECT 'dash-org-' || lpad(o::text, 4, '0'), :period, w, w + CAST(:step AS interval),
   :n + o % 7, :n - 2 + o % 5, 1 + o % 3, :n, o % 2, 20000.0 * :n, :n,
   45000.0 * 5 * (:n / 5 + o % 3), 5 * (:n / 5 + o % 3), 0.01 * :n + o * 0.0001,
-  (SELECT array_agg(CASE WHEN b BETWEEN 30 AND 34 THEN :n / 5 + (o % 3) ELSE 0 END ORDER BY b)
-   FROM generate_series(0, 63) b),
+  {row_sketch_sql("o", *ORG_LATENCIES)},
   :n + o % 7, :n - 2 + o % 5, 1 + o % 3, (1 + o % 3)::float / (:n - 1 + o % 5 + o % 3), 45000, 60000,
   0.01 * :n + o * 0.0001
 FROM generate_series(0, :orgs - 1) o,
@@ -53,20 +58,24 @@ FROM generate_series(0, :orgs - 1) o,
 ON CONFLICT DO NOTHING
 """
 
-# Each organization's five buckets hold the same count, so the platform's hold a fifth of
-# its end-to-end count each: the platform rows' histograms are their organizations' sums.
-SEED_PLATFORM_SNAPSHOTS = """
+# The platform rows: their organizations' sums, the sketches key by key.
+SEED_PLATFORM_SNAPSHOTS = f"""
+WITH org_rows AS (SELECT * FROM metrics_snapshots WHERE organization_id LIKE 'dash-org-%' AND period_type = :period),
+sketches AS ({summed_sketch_sql("org_rows", "period_start")})
 INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end,
-  n_artifact_received, n_artifact_completed, n_artifact_failed, end_to_end_latency_sum,
+  n_artifact_received, n_artifact_completed, n_artifact_failed, n_transcription_completed,
+  n_transcription_failed, transcription_latency_sum, transcription_latency_count, end_to_end_latency_sum,
   end_to_end_latency_count, ai_cost_sum, artifacts_received, artifacts_completed, artifacts_failed,
-  total_ai_cost, end_to_end_histogram)
-SELECT NULL, period_type, period_start, period_end, r, c, f, els, elc, cost, r, c, f, total,
-  (SELECT array_agg(CASE WHEN b BETWEEN 30 AND 34 THEN elc / 5 ELSE 0 END ORDER BY b) FROM generate_series(0, 63) b)
+  total_ai_cost, latency_sketch)
+SELECT NULL, period_type, period_start, period_end, r, c, f, tc, tf, tls, tlc, els, elc, cost, r, c, f, total,
+  sketches.sketch
 FROM (SELECT period_type, period_start, period_end, sum(n_artifact_received) AS r, sum(n_artifact_completed) AS c,
-        sum(n_artifact_failed) AS f, sum(end_to_end_latency_sum) AS els, sum(end_to_end_latency_count) AS elc,
+        sum(n_artifact_failed) AS f, sum(n_transcription_completed) AS tc, sum(n_transcription_failed) AS tf,
+        sum(transcription_latency_sum) AS tls, sum(transcription_latency_count) AS tlc,
+        sum(end_to_end_latency_sum) AS els, sum(end_to_end_latency_count) AS elc,
         sum(ai_cost_sum) AS cost, sum(total_ai_cost) AS total
-      FROM metrics_snapshots WHERE organization_id LIKE 'dash-org-%' AND period_type = :period
-      GROUP BY period_type, period_start, period_end) platform
+      FROM org_rows GROUP BY period_type, period_start, period_end) platform
+JOIN sketches USING (period_start)
 ON CONFLICT DO NOTHING
 """
 

@@ -24,7 +24,7 @@ from sqlalchemy import func, select, text
 
 from bench.baselines import HOUR_TABLE, bare_hour, bare_sums
 from bench.daily import SEED_COUNTERS
-from bench.data import FULL_HISTOGRAM, USUAL_HISTOGRAM, seed_daily_snapshots
+from bench.data import USUAL_SKETCH, WIDE_SKETCH, DailyLatencies, seed_daily_snapshots
 from bench.harness import Env, Result, ratio_spread, spread_of
 from models import AggregationWindow
 from tests.support.helpers import celery_cmd, producer, redis_client, service_env, spawn, wait_for
@@ -149,13 +149,13 @@ def _measure(env: Env, orgs: int, base: datetime) -> dict[str, Any]:
     t_hour, t_first = hour_runs(late, first=False), hour_runs(forget, first=True, repeat=3)
     hour_run()
     # 30 days of daily snapshots far back (reads only: no recomputation limit applies),
-    # twice: with the usual latencies, then with every histogram bucket in use.
+    # twice: with the usual latencies, then with wide sketches (~200 end-to-end buckets a row).
     far = 120 if orgs == SCALES[0] else 200
 
-    def breakdown_of(histogram: dict[str, int], b_hi: datetime, prefix: str) -> dict[str, Any]:
+    def breakdown_of(latencies: DailyLatencies, b_hi: datetime, prefix: str) -> dict[str, Any]:
         b_lo = b_hi - 30 * DAY
         with env.engine.begin() as conn:
-            seed_daily_snapshots(conn, orgs, b_lo, b_hi, prefix, histogram=histogram, analyze=False)
+            seed_daily_snapshots(conn, orgs, b_lo, b_hi, prefix, latencies=latencies, analyze=False)
 
         def breakdown() -> None:
             with env.session() as s:
@@ -165,8 +165,8 @@ def _measure(env: Env, orgs: int, base: datetime) -> dict[str, Any]:
         return _stale_then_analyzed(
             env, lambda: ratio_spread(breakdown, lambda: bare_sums(env.engine, "daily", b_lo, b_hi), repeat=3))
 
-    breakdown = breakdown_of(USUAL_HISTOGRAM, base - far * DAY, f"s{orgs}-")
-    breakdown_full = breakdown_of(FULL_HISTOGRAM, base - (far + 40) * DAY, f"f{orgs}-")
+    breakdown = breakdown_of(USUAL_SKETCH, base - far * DAY, f"s{orgs}-")
+    breakdown_full = breakdown_of(WIDE_SKETCH, base - (far + 40) * DAY, f"f{orgs}-")
     return {"hour": t_hour, "hour_first": t_first, "catch_up_1": (one, None, None), "catch_up_2": (two, None, None),
             "day": t_day["stale"], "day_analyzed": t_day["analyzed"],
             "breakdown": breakdown["stale"], "breakdown_analyzed": breakdown["analyzed"],
@@ -182,8 +182,10 @@ NAMES = {
     "day_analyzed": "daily rollup, analyzed",
     "breakdown": "organization breakdown, 30 days, statistics from before the load",
     "breakdown_analyzed": "organization breakdown, 30 days, analyzed",
-    "breakdown_full": "organization breakdown, 30 days, all 64 latency buckets in use, statistics from before the load",
-    "breakdown_full_analyzed": "organization breakdown, 30 days, all 64 latency buckets in use, analyzed",
+    "breakdown_full": "organization breakdown, 30 days, wide sketches (~200 end-to-end buckets a row), "
+                      "statistics from before the load",
+    "breakdown_full_analyzed": "organization breakdown, 30 days, wide sketches (~200 end-to-end buckets a row), "
+                               "analyzed",
 }
 BASELINES = {"hour": "bare SQL upsert of the same rows from the same counters",
              "hour_first": "bare SQL insert of the same rows from the same counters",
