@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -128,6 +129,37 @@ def test_end_to_end_duration_fills_the_sketch_bucket_it_belongs_to(session: Sess
     assert counter.latency_sketch == [((END_TO_END << 16 | (346 + 1024)) << 40) | 1]
     assert counter.end_to_end_latency_sum == 1000.0
     assert not counter.coarse_percentiles
+
+
+def test_a_busy_counter_rows_sketch_is_appended_to_then_compacted(session: Session) -> None:
+    # 3,000 end-to-end durations, spread over hundreds of buckets, into one counter row
+    # in batches of 300: appended while short, compacted once past 1,024 entries.
+    rng = random.Random(5)
+    durations = [rng.lognormvariate(9, 3) for _ in range(3_000)]
+    sizes = []
+    for i in range(0, len(durations), 300):
+        record_events(session, [{"event_type": "artifact_completed", "duration_ms": d, "organization_id": "o",
+                                 "occurred_at": T0.isoformat()} for d in durations[i : i + 300]])
+        session.commit()
+        (counter,) = session.execute(select(EventCounter)).scalars()
+        sizes.append(len(counter.latency_sketch))
+        assert sketched(counter.latency_sketch, END_TO_END) == counter.end_to_end_latency_count == i + 300
+    # Each batch adds one entry per bucket it fills; past 1,024 the row holds each bucket once.
+    bucket = [math.ceil(math.log(d) / math.log(GAMMA)) for d in durations]
+    want, size = [], 0
+    for i in range(0, len(durations), 300):
+        added = len(set(bucket[i : i + 300]))
+        size = size + added if size + added <= 1_024 else len(set(bucket[: i + 300]))
+        want.append(size)
+    assert sizes == want
+    assert want[:2] == [sum(len(set(bucket[i : i + 300])) for i in range(0, j, 300)) for j in (300, 600)]
+    keys = [e >> 40 for e in counter.latency_sketch]
+    # Every bucket is where its durations are: the end-to-end count of each key is the number
+    # of durations within 1 % of its value.
+    values = {k: 2 * GAMMA ** ((k & 0xFFFF) - 1024) / (GAMMA + 1) for k in keys}
+    for key, value in values.items():
+        stored = sum(e & (2**40 - 1) for e in counter.latency_sketch if e >> 40 == key)
+        assert stored == sum(1 for d in durations if abs(d - value) <= 0.01 * d), key
 
 
 def test_a_batch_with_one_bad_event_writes_nothing(session: Session) -> None:

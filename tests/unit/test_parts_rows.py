@@ -40,7 +40,7 @@ def test_a_row_without_durations_has_an_empty_sketch() -> None:
     row = list(counter_row(rng))
     row[ALL_PARTS.index(SKETCH_PART)] = []
     parts = parts_of_row(row)
-    assert parts[SKETCH_PART] == {}
+    assert parts[SKETCH_PART] == []
     assert parts == sum_parts([dict(zip(ALL_PARTS, row, strict=True))])
 
 
@@ -61,4 +61,4 @@ def test_summing_rows_column_by_column_matches_sum_parts() -> None:
 
 
 def test_no_rows_sum_to_empty_parts() -> None:
-    assert sum_part_rows([]) == empty_parts()
+    assert sum_part_rows([]) == {**empty_parts(), SKETCH_PART: []}

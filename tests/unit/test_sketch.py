@@ -75,6 +75,24 @@ def test_the_rank_is_the_nearest_rank_at_its_boundary() -> None:
     assert sketch.quantiles(s, 0, (95, 96)) == pytest.approx((1_000.0, 50_000.0), rel=0.01)
 
 
+def test_appended_entry_lists_mean_what_their_merge_means() -> None:
+    # Counter rows grow by appending a batch's entries: keys repeat, order is lost.
+    rng = random.Random(9)
+    batches = []
+    for _ in range(30):
+        s: dict[int, int] = {}
+        for _ in range(rng.randint(0, 20)):
+            sketch.add(s, rng.randrange(len(sketch.KINDS)), rng.lognormvariate(7, 2))
+        batches.append(sketch.pack(s))
+    appended = [e for batch in reversed(batches) for e in batch]
+    merged = sketch.merge(batches)
+    assert merged == sorted(merged) and len({e >> 40 for e in merged}) == len(merged)
+    assert sketch.pack(appended) == merged
+    for kind in range(len(sketch.KINDS)):
+        assert sketch.quantiles(appended, kind) == sketch.quantiles(merged, kind)
+        assert sketch.count(appended, kind) == sum(sketch.count(b, kind) for b in batches)
+
+
 def test_packing_is_sorted_and_drops_empty_buckets() -> None:
     s = {sketch.key_of(sketch.END_TO_END, 5.0): 2, sketch.key_of(0, 5.0): 1, sketch.key_of(0, 9.0): 0}
     packed = sketch.pack(s)

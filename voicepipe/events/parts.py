@@ -3,8 +3,9 @@
 A ``Parts`` is a plain dict from column name (models.events.AdditiveParts) to value.
 Parts of any set of events are the element-wise sum of the events' parts, which is
 what makes counters, hourly and daily snapshots all exactly summable. The latency
-sketch is a dict (voicepipe.events.sketch) summed key by key; the coarse flag, set on
-rows carried over from the fixed 64-bucket histogram, is summed by OR.
+sketch (voicepipe.events.sketch) is summed key by key: a dict while recording, the
+stored entry list otherwise. The coarse flag, set on rows carried over from the fixed
+64-bucket histogram, is summed by OR.
 """
 
 from __future__ import annotations
@@ -113,8 +114,7 @@ def sum_parts(rows: Iterable[Mapping[str, Any]]) -> Parts:
         for name in FLOAT_PARTS:
             total[name] += float(row[name] or 0.0)
         total["ai_cost_sum"] += Decimal(row["ai_cost_sum"] or 0)
-        entries = row[SKETCH_PART]  # packed in a database row, a dict in Parts
-        sketches.append(entries if isinstance(entries, dict) else sketch.unpack(entries))
+        sketches.append(row[SKETCH_PART] or ())
         total[COARSE_PART] = total[COARSE_PART] or bool(row[COARSE_PART])
     total[SKETCH_PART] = sketch.merge(sketches)
     return total
@@ -122,9 +122,7 @@ def sum_parts(rows: Iterable[Mapping[str, Any]]) -> Parts:
 
 def parts_of_row(values: Sequence[Any]) -> Parts:
     """Parts from one row of the ALL_PARTS columns, as PostgreSQL returns them (no NULLs)."""
-    parts = dict(zip(ALL_PARTS, values, strict=True))
-    parts[SKETCH_PART] = sketch.unpack(parts[SKETCH_PART])
-    return parts
+    return dict(zip(ALL_PARTS, values, strict=True))
 
 
 def sum_part_rows(rows: Sequence[Sequence[Any]]) -> Parts:
@@ -143,6 +141,6 @@ def sum_part_rows(rows: Sequence[Sequence[Any]]) -> Parts:
         total[name] = math.fsum(columns.get(name, ()))
     for name in DECIMAL_PARTS:
         total[name] = sum(columns.get(name, ()), Decimal(0))
-    total[SKETCH_PART] = sketch.merge(sketch.unpack(entries) for entries in columns.get(SKETCH_PART, ()) if entries)
+    total[SKETCH_PART] = sketch.merge(columns.get(SKETCH_PART, ()))
     total[COARSE_PART] = any(columns.get(COARSE_PART, ()))
     return total

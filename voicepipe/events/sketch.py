@@ -6,15 +6,22 @@ with γ = (1 + ALPHA) / (1 - ALPHA); the bucket's value 2 γ**i / (γ + 1) is wi
 read by nearest rank from the summed counts lands in the bucket of the exact value, so
 it is within ALPHA of it, in any window and any range, from 1 µs to years.
 
-Only non-empty buckets are kept: a dict from key to count, where a key holds the latency
-kind (KINDS) and the bucket. PostgreSQL keeps them in one bigint[] column, each element
-key << COUNT_BITS | count, sorted by key; vp_sketch_add (migration 0011) adds two.
+Only non-empty buckets are kept, each as one integer: key << COUNT_BITS | count, where a
+key holds the latency kind (KINDS) and the bucket. A sketch is a list of them, the same
+in PostgreSQL (a bigint[] column) and in Python; it means the sum of the counts per key,
+so lists add by concatenation, and entries may come in any order and a key may repeat
+(counter rows grow by appending; vp_sketch_add, migration 0011, compacts them). Merged
+and packed sketches are sorted with each key once. While recording, a sketch is built as
+a dict from key to count.
 """
 
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
+from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import chain
 
 ALPHA = 0.01
 GAMMA = (1 + ALPHA) / (1 - ALPHA)
@@ -39,7 +46,8 @@ COUNT_BITS = 40
 _COUNT_MASK = (1 << COUNT_BITS) - 1
 _TOP_BUCKET = math.ceil(math.log(MAX_MS) / _LOG_GAMMA)
 
-Sketch = dict[int, int]
+Sketch = dict[int, int]  # key -> count, while recording
+_KIND_SHIFT = _SLOT_BITS + COUNT_BITS
 
 
 def key_of(kind: int, duration_ms: float) -> int:
@@ -67,34 +75,48 @@ def add(sketch: Sketch, kind: int, duration_ms: float, count: int = 1) -> None:
     sketch[key] = sketch.get(key, 0) + count
 
 
-def merge(sketches: Iterable[Mapping[int, int]]) -> Sketch:
-    total: Sketch = {}
-    for sketch in sketches:
-        for key, count in sketch.items():
-            total[key] = total.get(key, 0) + count
-    return total
+def merge(sketches: Iterable[Sequence[int] | Mapping[int, int]]) -> list[int]:
+    """Sketches (entry lists, or dicts) added up: sorted, each key once.
+
+    Identical entries are counted first, in C (Counter): across an hour's organizations
+    most buckets hold one or two durations, so 252,000 entries of 1,000 organizations
+    are 3,000 distinct ones, and only those are added up in Python.
+    """
+    same = Counter(chain.from_iterable(pack(s) if isinstance(s, Mapping) else s for s in sketches))
+    totals: dict[int, int] = {}
+    for entry, times in same.items():
+        key = entry >> COUNT_BITS
+        totals[key] = totals.get(key, 0) + (entry & _COUNT_MASK) * times
+    return [(key << COUNT_BITS) | n for key, n in sorted(totals.items()) if n]
 
 
-def pack(sketch: Mapping[int, int]) -> list[int]:
-    """The bigint[] PostgreSQL stores: key << COUNT_BITS | count, sorted, empty buckets left out."""
+def pack(sketch: Mapping[int, int] | Sequence[int]) -> list[int]:
+    """The entry list PostgreSQL stores: sorted, each key once, empty buckets left out."""
+    if not isinstance(sketch, Mapping):
+        return merge([sketch])
     return [(key << COUNT_BITS) | count for key, count in sorted(sketch.items()) if count]
 
 
-def unpack(entries: Sequence[int] | None) -> Sketch:
-    return {entry >> COUNT_BITS: entry & _COUNT_MASK for entry in entries or ()}
+def unpack(entries: Sequence[int] | Mapping[int, int] | None) -> Sketch:
+    """A dict from key to count (for tests and readers that want one)."""
+    if isinstance(entries, Mapping):
+        return dict(entries)
+    return {entry >> COUNT_BITS: entry & _COUNT_MASK for entry in merge([entries or ()])}
 
 
-def count(sketch: Mapping[int, int], kind: int) -> int:
-    return sum(n for key, n in sketch.items() if key >> _SLOT_BITS == kind)
+def count(sketch: Sequence[int] | Mapping[int, int], kind: int) -> int:
+    return sum(n for key, n in unpack(sketch).items() if key >> _SLOT_BITS == kind)
 
 
-def quantiles(sketch: Mapping[int, int], kind: int, percents: Sequence[int] = PERCENTS) -> tuple[float, ...]:
+def quantiles(sketch: Sequence[int] | Mapping[int, int], kind: int,
+              percents: Sequence[int] = PERCENTS) -> tuple[float, ...]:
     """The nearest-rank percentiles (integer percents, ascending) of one kind; 0 when empty.
 
     Rank ceil(p n / 100), in integers: exact for any count.
     """
-    buckets = sorted((key, n) for key, n in sketch.items() if key >> _SLOT_BITS == kind and n)
-    total = sum(n for _, n in buckets)
+    entries = pack(sketch) if isinstance(sketch, Mapping) else sorted(sketch)
+    run = entries[bisect_left(entries, kind << _KIND_SHIFT):bisect_left(entries, (kind + 1) << _KIND_SHIFT)]
+    total = sum(run) & _COUNT_MASK  # the counts' sum: the keys' parts are multiples of 2**40
     if total == 0:
         return tuple(0.0 for _ in percents)
     result = []
@@ -103,6 +125,6 @@ def quantiles(sketch: Mapping[int, int], kind: int, percents: Sequence[int] = PE
         rank = max(1, -(-p * total // 100))
         while seen < rank:
             i += 1
-            seen += buckets[i][1]
-        result.append(value_of(buckets[i][0]))
+            seen += run[i] & _COUNT_MASK
+        result.append(value_of(run[i] >> COUNT_BITS))
     return tuple(result)

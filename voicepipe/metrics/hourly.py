@@ -61,7 +61,8 @@ def aggregate_hour(session: Session, hour_start: datetime) -> int:
     hour = parse_hour(hour_start)
     check_recomputable(hour)
     lock_window(session, HOURLY, hour)
-    with dbapi_connection(session).cursor() as cur:
+    # In binary: the sketches' arrays decode in a third of the time text takes.
+    with dbapi_connection(session).cursor(binary=True) as cur:
         rows = cur.execute(_COUNTERS_SQL, (hour,)).fetchall()
     # One counter row per (organization, hour): an organization's parts are its row.
     org_rows = [(row[0], row[1], parts_of_row(row[2:])) for row in rows if row[0] is not None]

@@ -176,7 +176,7 @@ _IN_RANGE = "s.period_type = %(period_type)s AND s.period_start >= %(lo)s AND s.
 #   ("C" collation), so the sort carries only those columns and no locale.
 # - Sketches: every row's non-empty buckets unnested, counted per (organization, key)
 #   in a hash aggregate (as float8, exact as above), and packed again per organization
-#   in no particular order (Python reads them into a dict).
+#   in no particular order (readers sort them).
 # The join key maps the platform (organization NULL) to '', which no organization id
 # can be (ids are never blank); names are joined after summing.
 _FLOAT_SUMS = ", ".join(f"sum(s.{n}) AS {n}" for n in FLOAT_PARTS)
@@ -237,10 +237,10 @@ def sum_snapshot_parts(
     """
     params = {"period_type": period_type, "lo": lo, "hi": hi}
     sums: dict[str | None, SummedParts] = {}
-    with dbapi_connection(session).cursor() as cur, sum_plan_settings(cur):
+    with dbapi_connection(session).cursor(binary=True) as cur, sum_plan_settings(cur):
         for org, name, windows, *values in cur.execute(_SUM_SQL, params):
             parts: Parts = dict(zip(SCALAR_PARTS, values[:_N_SCALARS], strict=True))
-            parts[SKETCH_PART] = sketch.unpack(values[_N_SCALARS])
+            parts[SKETCH_PART] = values[_N_SCALARS]
             parts[COARSE_PART] = bool(values[_N_SCALARS + 1])
             sums[org] = SummedParts(parts, windows, name)
     return sums

@@ -209,7 +209,7 @@ def newest_hour_latencies(session: Session, newest: datetime) -> HourLatencies |
     ).one_or_none()
     if row is None:
         return None
-    entries = sketch.unpack(row[0])
+    entries = row[0]
     return HourLatencies(
         {name: sketch.quantiles(entries, kind) for kind, name in enumerate(sketch.KINDS)},
         percentile_error({COARSE_PART: row[1]}),
