@@ -105,11 +105,14 @@ BEGIN
     RETURN NEW;
 END $$""",
 )
-TRIGGERS = (
-    "CREATE TRIGGER vp_counters_from_histogram BEFORE INSERT OR UPDATE OF end_to_end_histogram "
-    "ON event_counters FOR EACH ROW EXECUTE FUNCTION vp_counters_from_histogram()",
-    "CREATE TRIGGER vp_snapshots_from_histogram BEFORE INSERT OR UPDATE OF end_to_end_histogram "
-    "ON metrics_snapshots FOR EACH ROW EXECUTE FUNCTION vp_snapshots_from_histogram()",
+# WHEN keeps them off this release's writes, which leave the histogram empty: a trigger
+# function called on every inserted row doubled the cost of writing counter rows (19 us
+# a row against 10 us).
+TRIGGERS = tuple(
+    f"CREATE TRIGGER {name} BEFORE INSERT OR UPDATE OF end_to_end_histogram ON {table} FOR EACH ROW "
+    f"WHEN (cardinality(NEW.end_to_end_histogram) > 0) EXECUTE FUNCTION {name}()"
+    for name, table in (("vp_counters_from_histogram", "event_counters"),
+                        ("vp_snapshots_from_histogram", "metrics_snapshots"))
 )
 
 
