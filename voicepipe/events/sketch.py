@@ -66,10 +66,6 @@ def value_of(key: int) -> float:
     return 2.0 * GAMMA ** (slot - _OFFSET) / (GAMMA + 1.0)
 
 
-def kind_of(key: int) -> int:
-    return key >> _SLOT_BITS
-
-
 def add(sketch: Sketch, kind: int, duration_ms: float, count: int = 1) -> None:
     key = key_of(kind, duration_ms)
     sketch[key] = sketch.get(key, 0) + count
