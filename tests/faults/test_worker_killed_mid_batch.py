@@ -35,7 +35,7 @@ from tests.support.faults import (
     production_producer,
     start_worker_proc,
 )
-from tests.support.helpers import RECENT, Proc, is_amqp, wait_for
+from tests.support.helpers import RECENT, Proc, is_amqp, redis_client, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -55,6 +55,12 @@ def committed(session: Session) -> tuple[set[str], int, int]:
     return ids, rows, counted
 
 
+def redis_lengths(broker_url: str) -> tuple[int, int]:
+    """(messages queued on `events`, messages held unacknowledged: kombu's `unacked` hash)."""
+    with redis_client(broker_url) as client:
+        return int(client.llen("events")), int(client.hlen("unacked"))
+
+
 @pytest.mark.parametrize("moment", ["worker-killed-before-commit", "worker-killed-after-commit-before-ack",
                                     "pool-process-killed"])
 def test_kill_9_mid_batch_records_every_event_exactly_once(
@@ -63,7 +69,9 @@ def test_kill_9_mid_batch_records_every_event_exactly_once(
     app = "worker" if is_amqp(broker_url) else SHORT_VISIBILITY_APP
     # The batch waits on the held lock instead of failing fast, so it is killed inside its transaction.
     # A flush interval of 1.5 s: the worker's first batch takes every message it received by then.
-    env = {"VOICEPIPE_LOCK_TIMEOUT_MS": "120000", "VP_TEST_VISIBILITY_TIMEOUT_S": "3",
+    # A visibility timeout of 10 s: long enough that the worker does not take back, before it is
+    # killed, messages it holds (on a loaded machine taking them all can take seconds).
+    env = {"VOICEPIPE_LOCK_TIMEOUT_MS": "120000", "VP_TEST_VISIBILITY_TIMEOUT_S": "10",
            "VOICEPIPE_RECORD_FLUSH_MS": "1500"}
     hour = RECENT + timedelta(hours=9)
     expected: set[str] = set()
@@ -89,9 +97,15 @@ def test_kill_9_mid_batch_records_every_event_exactly_once(
     second: Proc | None = None
     try:
         wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="the batch blocked on the lock")
+        if not is_amqp(broker_url):
+            # kombu's Redis transport pops a message (BRPOP), then records it as unacknowledged:
+            # a worker killed between the two loses that one message (docs/howto/survival.md).
+            # Kill only once the worker holds them all, so this tests the batch, not that window.
+            wait_for(lambda: redis_lengths(broker_url) == (0, N), timeout=60,
+                     what=f"the worker holding all {N} messages")
         sizes = [int(s) for s in DISPATCHED.findall(first.log())]
-        # One batch of many messages is in its transaction; any others are held unacknowledged.
-        assert len(sizes) == 1 and sizes[0] >= N // 2, sizes
+        # One batch of many messages is in its transaction; the others are held unacknowledged.
+        assert len(sizes) == 1 and sizes[0] >= 10, sizes
         (pool_process,) = psutil.Process(first.popen.pid).children()
         if moment == "worker-killed-before-commit":
             first.kill()  # kill -9 the whole worker: main process and pool, nothing acknowledged
@@ -112,7 +126,9 @@ def test_kill_9_mid_batch_records_every_event_exactly_once(
             second = start_worker_proc(db_url, broker_url, tmp_path, "after", queues="events", concurrency=1,
                                        app=app, env=env)
         wait_for(lambda: committed(session)[1] >= N, timeout=120, interval=0.5, what=f"all {N} events recorded")
-        time.sleep(4)  # a late redelivery (visibility timeout 3 s) would show up as a double now
+        if not is_amqp(broker_url):  # every message came back and was acknowledged (RabbitMQ: at once)
+            wait_for(lambda: redis_lengths(broker_url) == (0, 0), timeout=60, what="every message acknowledged")
+        time.sleep(4)  # a late redelivery would show up as a double now
         ids, rows, counted = committed(session)
         assert ids == expected
         assert rows == counted == N
