@@ -22,7 +22,7 @@ from voicepipe.events.parts import (
     SCALAR_PARTS,
     SKETCH_PART,
 )
-from voicepipe.events.sketch import COUNT_BITS
+from voicepipe.events.sketch import COUNT_BITS, END_TO_END, KIND_SHIFT
 from voicepipe.metrics.snapshots import SUM_WORK_MEM
 
 _MASK = (1 << COUNT_BITS) - 1
@@ -51,20 +51,29 @@ def _summed_sketch(table: str, where: str, by: str | None = None) -> str:
 
 
 # Every part of the snapshot rows of [lo, hi), summed per organization (the platform rows
-# under NULL): what the daily rollup and the organization breakdown must at least read and add.
+# under NULL): what the daily rollup must at least read and add. The organization breakdown
+# reads only end-to-end latency from the sketches (BARE_BREAKDOWN_SUMS).
 # The sketches are summed beside the scalars and joined to them per organization ('' for the
 # platform, as no organization id is blank), with the summing statement's planner settings
 # (voicepipe.metrics.snapshots.sum_plan_settings: no nested loop, its work_mem).
 _ORG_KEY = "coalesce(organization_id, '')"
 _IN_RANGE = "period_type = :period_type AND period_start >= :lo AND period_start < :hi"
-BARE_SUMS = (
-    f"SELECT e.organization_id, e.windows, {', '.join(f'e.{n}' for n in (*SCALAR_PARTS, COARSE_PART))},"
-    " coalesce(h.sketch, '{}')"
-    f" FROM (SELECT organization_id, {_ORG_KEY} AS k, count(*) AS windows, {_SUMS}"
-    f" FROM metrics_snapshots WHERE {_IN_RANGE} GROUP BY organization_id, {_HASHED}) e"
-    f" LEFT JOIN ({_summed_sketch('metrics_snapshots', _IN_RANGE, _ORG_KEY)}) h"
-    " ON h.k = e.k"
-)
+_E2E = f" AND b >> {KIND_SHIFT} = {END_TO_END}"
+
+
+def _bare_sums(sketch_where: str) -> str:
+    return (
+        f"SELECT e.organization_id, e.windows, {', '.join(f'e.{n}' for n in (*SCALAR_PARTS, COARSE_PART))},"
+        " coalesce(h.sketch, '{}')"
+        f" FROM (SELECT organization_id, {_ORG_KEY} AS k, count(*) AS windows, {_SUMS}"
+        f" FROM metrics_snapshots WHERE {_IN_RANGE} GROUP BY organization_id, {_HASHED}) e"
+        f" LEFT JOIN ({_summed_sketch('metrics_snapshots', sketch_where, _ORG_KEY)}) h"
+        " ON h.k = e.k"
+    )
+
+
+BARE_SUMS = _bare_sums(_IN_RANGE)
+BARE_BREAKDOWN_SUMS = _bare_sums(_IN_RANGE + _E2E)
 
 HOUR_TABLE = "bench_bare_snapshots"
 _COLUMNS = ("organization_id", "period_type", "period_start", "period_end", *ALL_PARTS)
@@ -84,12 +93,13 @@ BARE_HOUR = (
 )
 
 
-def bare_sums(engine: Engine, period_type: str, lo: datetime, hi: datetime) -> int:
-    """Run BARE_SUMS; returns the number of groups (organizations and the platform)."""
+def bare_sums(engine: Engine, period_type: str, lo: datetime, hi: datetime, *, breakdown: bool = False) -> int:
+    """Run BARE_SUMS (BARE_BREAKDOWN_SUMS); returns the number of groups (organizations and the platform)."""
     with engine.connect() as conn:
         conn.execute(text("SELECT set_config('work_mem', :work_mem, true), set_config('enable_nestloop', 'off', true)"),
                      {"work_mem": SUM_WORK_MEM})
-        return len(conn.execute(text(BARE_SUMS), {"period_type": period_type, "lo": lo, "hi": hi}).all())
+        sql = BARE_BREAKDOWN_SUMS if breakdown else BARE_SUMS
+        return len(conn.execute(text(sql), {"period_type": period_type, "lo": lo, "hi": hi}).all())
 
 
 def bare_hour(engine: Engine, hour: datetime, *, first: bool = False) -> None:

@@ -162,8 +162,10 @@ def _measure(env: Env, orgs: int, base: datetime) -> dict[str, Any]:
                 rows = organization_breakdown(s, "daily", b_lo, b_hi)
                 assert len(rows) >= orgs
 
-        return _stale_then_analyzed(
-            env, lambda: ratio_spread(breakdown, lambda: bare_sums(env.engine, "daily", b_lo, b_hi), repeat=3))
+        def bare() -> int:
+            return bare_sums(env.engine, "daily", b_lo, b_hi, breakdown=True)
+
+        return _stale_then_analyzed(env, lambda: ratio_spread(breakdown, bare, repeat=3))
 
     breakdown = breakdown_of(USUAL_SKETCH, base - far * DAY, f"s{orgs}-")
     breakdown_full = breakdown_of(WIDE_SKETCH, base - (far + 40) * DAY, f"f{orgs}-")
@@ -189,7 +191,9 @@ NAMES = {
 }
 BASELINES = {"hour": "bare SQL upsert of the same rows from the same counters",
              "hour_first": "bare SQL insert of the same rows from the same counters",
-             **{k: "bare SQL sums of every part of the same rows" for k in NAMES if k.startswith(("day", "breakdown"))}}
+             **{k: "bare SQL sums of every part of the same rows" for k in NAMES if k.startswith("day")},
+             **{k: "bare SQL sums of the same rows (sketches: end-to-end only)" for k in NAMES
+                if k.startswith("breakdown")}}
 # Ratio goals (baseline time / ours): within 2x of the bare statement. The hour's is the
 # issue's at 10,000 organizations; the day's and the breakdown's hold at both scales.
 WITHIN_2X = 0.5

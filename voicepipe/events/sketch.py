@@ -47,7 +47,7 @@ _COUNT_MASK = (1 << COUNT_BITS) - 1
 _TOP_BUCKET = math.ceil(math.log(MAX_MS) / _LOG_GAMMA)
 
 Sketch = dict[int, int]  # key -> count, while recording
-_KIND_SHIFT = _SLOT_BITS + COUNT_BITS
+KIND_SHIFT = _SLOT_BITS + COUNT_BITS  # an entry >> KIND_SHIFT is its kind
 
 
 def key_of(kind: int, duration_ms: float) -> int:
@@ -111,7 +111,7 @@ def quantiles(sketch: Sequence[int] | Mapping[int, int], kind: int,
     Rank ceil(p n / 100), in integers: exact for any count.
     """
     entries = pack(sketch) if isinstance(sketch, Mapping) else sorted(sketch)
-    run = entries[bisect_left(entries, kind << _KIND_SHIFT):bisect_left(entries, (kind + 1) << _KIND_SHIFT)]
+    run = entries[bisect_left(entries, kind << KIND_SHIFT):bisect_left(entries, (kind + 1) << KIND_SHIFT)]
     total = sum(run) & _COUNT_MASK  # the counts' sum: the keys' parts are multiples of 2**40
     if total == 0:
         return tuple(0.0 for _ in percents)

@@ -86,7 +86,7 @@ def organization_breakdown(
     in), then derived from the summed parts: never an average of averages.
     """
     _check(period_type, start, end)
-    sums = sum_snapshot_parts(session, period_type, start, end)
+    sums = sum_snapshot_parts(session, period_type, start, end, end_to_end_only=True)
     result = [
         OrganizationFigures(org, summed.name or UNKNOWN_ORGANIZATION, summed.windows, derive(summed.parts))
         for org, summed in sums.items()

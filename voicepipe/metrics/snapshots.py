@@ -187,23 +187,31 @@ _SUMS = ", ".join(
     + [f"sum(s.{n}) AS {n}" for n in DECIMAL_PARTS]
     + [f"bool_or(s.{COARSE_PART}) AS {COARSE_PART}"]
 )
-_SUM_SQL = (
-    "SELECT e.organization_id, o.name, e.windows, "
-    + ", ".join(f"f.{n}" if n in FLOAT_PARTS else f"e.{n}" for n in SCALAR_PARTS)
-    + f", coalesce(h.sketch, '{{}}'), e.{COARSE_PART}"
-    + " FROM (SELECT s.organization_id, coalesce(s.organization_id, '') AS k, count(*) AS windows, "
-    + f"{_SUMS} FROM metrics_snapshots s WHERE {_IN_RANGE} GROUP BY s.organization_id, CAST('0' AS xid)) e"
-    + f" JOIN (SELECT coalesce(s.organization_id, '') AS k, {_FLOAT_SUMS}"
-    + f" FROM (SELECT s.organization_id COLLATE \"C\" AS organization_id, {_FLOAT_COLUMNS}"
-    + f" FROM metrics_snapshots s WHERE {_IN_RANGE}"
-    + " ORDER BY 1, s.period_start) s GROUP BY s.organization_id) f ON f.k = e.k"
-    + f" LEFT JOIN (SELECT k, array_agg((key << {_BITS}) + n) AS sketch"
-    + f" FROM (SELECT coalesce(s.organization_id, '') AS k, b >> {_BITS} AS key,"
-    + f" sum((b & {(1 << _BITS) - 1})::float8)::bigint AS n"
-    + f" FROM metrics_snapshots s CROSS JOIN LATERAL unnest(s.{SKETCH_PART}) AS b WHERE {_IN_RANGE}"
-    + " GROUP BY 1, 2, CAST('0' AS xid)) u GROUP BY k) h ON h.k = e.k"
-    + " LEFT JOIN organizations o ON o.id = e.organization_id"
-)
+
+
+def _sum_sql(kind: int | None) -> str:
+    """The summing statement; with a kind, only that kind's sketch entries are summed."""
+    only = "" if kind is None else f" AND b >> {sketch.KIND_SHIFT} = {int(kind)}"
+    return (
+        "SELECT e.organization_id, o.name, e.windows, "
+        + ", ".join(f"f.{n}" if n in FLOAT_PARTS else f"e.{n}" for n in SCALAR_PARTS)
+        + f", coalesce(h.sketch, '{{}}'), e.{COARSE_PART}"
+        + " FROM (SELECT s.organization_id, coalesce(s.organization_id, '') AS k, count(*) AS windows, "
+        + f"{_SUMS} FROM metrics_snapshots s WHERE {_IN_RANGE} GROUP BY s.organization_id, CAST('0' AS xid)) e"
+        + f" JOIN (SELECT coalesce(s.organization_id, '') AS k, {_FLOAT_SUMS}"
+        + f" FROM (SELECT s.organization_id COLLATE \"C\" AS organization_id, {_FLOAT_COLUMNS}"
+        + f" FROM metrics_snapshots s WHERE {_IN_RANGE}"
+        + " ORDER BY 1, s.period_start) s GROUP BY s.organization_id) f ON f.k = e.k"
+        + f" LEFT JOIN (SELECT k, array_agg((key << {_BITS}) + n) AS sketch"
+        + f" FROM (SELECT coalesce(s.organization_id, '') AS k, b >> {_BITS} AS key,"
+        + f" sum((b & {(1 << _BITS) - 1})::float8)::bigint AS n"
+        + f" FROM metrics_snapshots s CROSS JOIN LATERAL unnest(s.{SKETCH_PART}) AS b WHERE {_IN_RANGE}{only}"
+        + " GROUP BY 1, 2, CAST('0' AS xid)) u GROUP BY k) h ON h.k = e.k"
+        + " LEFT JOIN organizations o ON o.id = e.organization_id"
+    )
+
+
+_SUM_SQL = {kind: _sum_sql(kind) for kind in (None, sketch.END_TO_END)}
 _N_SCALARS = len(SCALAR_PARTS)
 _E2E_COUNT = SCALAR_PARTS.index("end_to_end_latency_count")
 SUM_WORK_MEM = "64MB"
@@ -227,18 +235,21 @@ def sum_plan_settings(cur: Any) -> Iterator[None]:
 
 @without_cyclic_gc
 def sum_snapshot_parts(
-    session: Session, period_type: str, lo: datetime, hi: datetime
+    session: Session, period_type: str, lo: datetime, hi: datetime, *, end_to_end_only: bool = False
 ) -> dict[str | None, SummedParts]:
     """Additive parts of the snapshots of one period type with period_start in [lo, hi),
     summed per organization in SQL, with organization names.
 
     Key None is the platform: the sum of the platform rows, which include the events
-    without an organization (never the sum of organization rows alone).
+    without an organization (never the sum of organization rows alone). With
+    end_to_end_only, the sketches keep only end-to-end latency: all that derive() reads
+    from them, and a fifth of the entries to sum (the organization breakdown's case).
     """
     params = {"period_type": period_type, "lo": lo, "hi": hi}
     sums: dict[str | None, SummedParts] = {}
     with dbapi_connection(session).cursor(binary=True) as cur, sum_plan_settings(cur):
-        for org, name, windows, *values in cur.execute(_SUM_SQL, params):
+        for org, name, windows, *values in cur.execute(_SUM_SQL[sketch.END_TO_END if end_to_end_only else None],
+                                                         params):
             parts: Parts = dict(zip(SCALAR_PARTS, values[:_N_SCALARS], strict=True))
             parts[SKETCH_PART] = values[_N_SCALARS]
             parts[COARSE_PART] = bool(values[_N_SCALARS + 1])
