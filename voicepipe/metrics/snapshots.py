@@ -243,7 +243,7 @@ def sum_snapshot_parts(
     Key None is the platform: the sum of the platform rows, which include the events
     without an organization (never the sum of organization rows alone). With
     end_to_end_only, the sketches keep only end-to-end latency: all that derive() reads
-    from them, and a fifth of the entries to sum (the organization breakdown's case).
+    from them, and up to a fifth of the entries to sum (the organization breakdown's case).
     """
     params = {"period_type": period_type, "lo": lo, "hi": hi}
     sums: dict[str | None, SummedParts] = {}
