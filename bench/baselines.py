@@ -22,7 +22,7 @@ from voicepipe.events.parts import (
     SCALAR_PARTS,
     SKETCH_PART,
 )
-from voicepipe.events.sketch import COUNT_BITS, END_TO_END, KIND_SHIFT
+from voicepipe.events.sketch import COUNT_BITS, END_TO_END, kind_sql
 from voicepipe.metrics.snapshots import SUM_WORK_MEM
 
 _MASK = (1 << COUNT_BITS) - 1
@@ -58,7 +58,7 @@ def _summed_sketch(table: str, where: str, by: str | None = None) -> str:
 # (voicepipe.metrics.snapshots.sum_plan_settings: no nested loop, its work_mem).
 _ORG_KEY = "coalesce(organization_id, '')"
 _IN_RANGE = "period_type = :period_type AND period_start >= :lo AND period_start < :hi"
-_E2E = f" AND b >> {KIND_SHIFT} = {END_TO_END}"
+_E2E = f" AND {kind_sql('b', END_TO_END)}"
 
 
 def _bare_sums(sketch_where: str) -> str:

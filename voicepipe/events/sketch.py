@@ -66,6 +66,11 @@ def value_of(key: int) -> float:
     return 2.0 * GAMMA ** (slot - _OFFSET) / (GAMMA + 1.0)
 
 
+def kind_sql(entry: str, kind: int) -> str:
+    """The SQL condition that the stored entry (a bigint expression) is of that kind."""
+    return f"{entry} >> {KIND_SHIFT} = {int(kind)}"
+
+
 def add(sketch: Sketch, kind: int, duration_ms: float, count: int = 1) -> None:
     key = key_of(kind, duration_ms)
     sketch[key] = sketch.get(key, 0) + count

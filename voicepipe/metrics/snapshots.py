@@ -191,7 +191,7 @@ _SUMS = ", ".join(
 
 def _sum_sql(kind: int | None) -> str:
     """The summing statement; with a kind, only that kind's sketch entries are summed."""
-    only = "" if kind is None else f" AND b >> {sketch.KIND_SHIFT} = {int(kind)}"
+    only = "" if kind is None else f" AND {sketch.kind_sql('b', kind)}"
     return (
         "SELECT e.organization_id, o.name, e.windows, "
         + ", ".join(f"f.{n}" if n in FLOAT_PARTS else f"e.{n}" for n in SCALAR_PARTS)
