@@ -15,6 +15,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from sqlalchemy import create_engine
@@ -43,6 +44,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "tests/integration" in str(item.fspath) or "tests/acceptance" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """`-n auto` (pyproject's addopts): one test process more than CPUs, as the tests mostly
+    wait on the processes and servers they start (on 2 cores, 3 take 8 minutes, 1 takes 19)."""
+    return (os.cpu_count() or 1) + 1
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -104,11 +111,27 @@ def session(engine: object) -> Iterator[Session]:
         yield s
 
 
+def per_worker_database(url: str) -> str:
+    """Under pytest-xdist, worker gwN of a shared Redis takes database (n - N), n the URL's.
+
+    Each test empties its database (broker_url), so two workers must not share one.
+    RabbitMQ needs nothing: every test has a vhost of its own.
+    """
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if is_amqp(url) or not worker.startswith("gw"):
+        return url
+    parts = urlsplit(url)
+    database = int(parts.path.strip("/") or 0) - int(worker[2:])
+    if database < 0:
+        raise pytest.UsageError(f"TEST_BROKER_URL {url}: too few Redis databases below it for worker {worker}")
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
 @pytest.fixture(scope="session")
 def broker_base_url(short_tmp: Path) -> Iterator[str]:
     url = os.environ.get("TEST_BROKER_URL")
     if url:
-        yield url
+        yield per_worker_database(url)
         return
     from voicepipe.infra import embedded
 
