@@ -510,10 +510,10 @@ def test_a_recomputed_window_or_a_new_name_shows_within_seconds_and_the_old_tabl
             old = [("club-b", "Unknown", 5), ("club-a", "A Club", 3)]
             assert table() == expected(s) == old
             first_sum = response()[2]
-            # A late event re-aggregated into the day, and a name from the directory.
+            # A late event re-aggregated into the day, and a name from the directory, in one
+            # commit: the table in between (new name, old counts) is a state of its own.
             record_events(s, received("club-a", 4, 1000), now=now)
             upsert_organization(s, id="club-b", name="B Club")
-            s.commit()
             aggregate(s)
             new = [("club-a", "A Club", 7), ("club-b", "B Club", 5)]
             assert expected(s) == new
