@@ -31,9 +31,10 @@ from tests.support.faults import (
     lock_waiters,
     pool_children,
     production_producer,
+    redis_lengths,
     start_worker_proc,
 )
-from tests.support.helpers import RECENT, Proc, is_amqp, redis_client, wait_for
+from tests.support.helpers import RECENT, Proc, is_amqp, wait_for
 from tests.support.pipeline import FAST, ingest, status_of
 from tests.support.redis_server import OwnRedis
 from voicepipe.observability.queues import queue_depths
@@ -62,20 +63,6 @@ def stored(session: Session) -> tuple[set[str], int]:
 def deliveries_counted(session: Session) -> int:
     session.rollback()
     return int(session.scalar(text("SELECT count(*) FROM task_deliveries")) or 0)
-
-
-def unacked(broker_url: str) -> int:
-    """Messages a Redis consumer holds unacknowledged (kombu's `unacked` hash); 0 on RabbitMQ."""
-    if is_amqp(broker_url):
-        return 0
-    with redis_client(broker_url) as client:
-        return int(client.hlen("unacked"))
-
-
-def redis_lengths(server: OwnRedis) -> tuple[int, int]:
-    """(messages queued on `events`, messages held unacknowledged) on a Redis of the test's own."""
-    with server.client() as client:
-        return int(client.llen("events")), int(client.hlen("unacked"))
 
 
 def send(client: Celery, bodies: list[dict[str, Any]]) -> None:
@@ -125,7 +112,8 @@ def test_an_undecodable_message_among_a_thousand_good_ones_loses_none(
     wait_for(lambda: stored(session)[0] == want, timeout=120, interval=0.5, what="the 1,000 good events")
     assert stored(session)[1] == 1000
     assert worker.alive(), worker.log()[-3000:]
-    wait_for(lambda: queue_depths(broker_url, ["events"])["events"] == 0 and unacked(broker_url) == 0,
+    wait_for(lambda: queue_depths(broker_url, ["events"])["events"] == 0
+             and (is_amqp(broker_url) or redis_lengths(broker_url)[1] == 0),
              timeout=30, what="nothing left queued or held")
     assert "UndecodableMessage" in worker.log()  # the bad one, refused by name and parked
     session.rollback()
@@ -238,7 +226,7 @@ def test_redis_restart_with_a_batch_in_flight_records_every_event_once_within_a_
     engine = create_engine(db_url)
     try:
         wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="a batch blocked on the lock")
-        wait_for(lambda: redis_lengths(own_redis)[0] == 0, timeout=30, what="every message held")
+        wait_for(lambda: redis_lengths(own_redis.url)[0] == 0, timeout=30, what="every message held")
         own_redis.kill()  # kill -9 with a batch in its transaction and the rest buffered
         locked_events.rollback()  # the batch commits while Redis is away: it cannot be acknowledged
         time.sleep(2)
@@ -249,7 +237,7 @@ def test_redis_restart_with_a_batch_in_flight_records_every_event_once_within_a_
         ids, counted = stored(session)
         assert ids == {e["event_id"] for e in bodies} and counted == n
         assert worker.alive(), worker.log()[-3000:]
-        wait_for(lambda: redis_lengths(own_redis) == (0, 0),
+        wait_for(lambda: redis_lengths(own_redis.url) == (0, 0),
                  timeout=30, what="nothing left held or queued")
         assert "messages held across a connection loss" in worker.log()
     finally:

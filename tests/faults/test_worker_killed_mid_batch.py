@@ -33,9 +33,10 @@ from tests.support.faults import (
     SHORT_VISIBILITY_APP,
     lock_waiters,
     production_producer,
+    redis_lengths,
     start_worker_proc,
 )
-from tests.support.helpers import RECENT, Proc, is_amqp, redis_client, wait_for
+from tests.support.helpers import RECENT, Proc, is_amqp, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -53,12 +54,6 @@ def committed(session: Session) -> tuple[set[str], int, int]:
     rows = int(session.scalar(select(func.count()).select_from(PipelineEvent)) or 0)
     counted = int(session.scalar(select(func.coalesce(func.sum(EventCounter.n_artifact_received), 0))) or 0)
     return ids, rows, counted
-
-
-def redis_lengths(broker_url: str) -> tuple[int, int]:
-    """(messages queued on `events`, messages held unacknowledged: kombu's `unacked` hash)."""
-    with redis_client(broker_url) as client:
-        return int(client.llen("events")), int(client.hlen("unacked"))
 
 
 def holds_all(broker_url: str) -> None:

@@ -33,6 +33,7 @@ from tests.support.helpers import (
     admin_execute,
     celery_cmd,
     producer,
+    redis_client,
     service_env,
     spawn,
     wait_for,
@@ -252,3 +253,9 @@ def lock_waiters(engine: Engine, like: str) -> list[str]:
             "SELECT query FROM pg_stat_activity WHERE datname = current_database() "
             "AND pid <> pg_backend_pid() AND wait_event_type = 'Lock' AND query ILIKE :like"),
             {"like": f"%{like}%"}).scalars())
+
+
+def redis_lengths(broker_url: str, queue: str = "events") -> tuple[int, int]:
+    """(messages queued on QUEUE, messages held unacknowledged: kombu's `unacked` hash) on Redis."""
+    with redis_client(broker_url) as client:
+        return int(client.llen(queue)), int(client.hlen("unacked"))
