@@ -19,11 +19,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """RabbitMQ-only tests are deselected (not skipped: CI fails on skips) on any other broker.
+    """RabbitMQ-only tests are deselected (not skipped: CI fails on skips) on any other broker,
+    and beside other test processes (pytest-xdist): they restart the RabbitMQ every test shares.
 
-    .ci/run runs the broker-dependent tests a second time with TEST_BROKER_URL=amqp://.
+    .ci/run runs the broker-dependent tests a second time with TEST_BROKER_URL=amqp://, then
+    these alone (`-n 0 -m rabbitmq`).
     """
-    if is_amqp(os.environ.get("TEST_BROKER_URL", "")):
+    parallel = int(getattr(config, "workerinput", {}).get("workercount", 1)) > 1
+    if is_amqp(os.environ.get("TEST_BROKER_URL", "")) and not parallel:
         return
     keep = [item for item in items if item.get_closest_marker("rabbitmq") is None]
     if len(keep) != len(items):
