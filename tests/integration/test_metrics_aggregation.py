@@ -340,12 +340,13 @@ def test_a_counter_changed_while_its_hour_is_written_leaves_rows_of_the_parts_re
     original = hourly.write_hour_from_counters
     outcomes: list[bool] = []
 
-    def late_event_first(*args: Any, **kwargs: Any) -> bool:
+    def late_event_first(*args: Any, **kwargs: Any) -> tuple[bool, Any]:
         with Session(engine) as other:  # another transaction, committed before the write
             record_events(other, [late])
             other.commit()
-        outcomes.append(original(*args, **kwargs))
-        return outcomes[-1]
+        result = original(*args, **kwargs)
+        outcomes.append(result[0])
+        return result
 
     monkeypatch.setattr(hourly, "write_hour_from_counters", late_event_first)
     with Session(engine) as s:

@@ -21,6 +21,7 @@ from voicepipe.events.parts import (
     SCALAR_PARTS,
     SKETCH_PART,
     Parts,
+    sum_part_rows,
 )
 from voicepipe.infra.bulk import copy_then, dbapi_connection, stage
 from voicepipe.infra.gcpause import without_cyclic_gc
@@ -122,25 +123,38 @@ _HOUR_FROM_COUNTERS_SQL = (
 )
 
 
+def hour_figures(organization_id: str, revision: int, parts: Parts) -> tuple[Any, ...]:
+    """An organization's row for write_hour_from_counters: its counter revision and figures."""
+    return (organization_id, revision, *_figures_of(derive(parts)))
+
+
 def write_hour_from_counters(
     session: Session, period_type: str, start: datetime, end: datetime,
-    org_rows: Sequence[tuple[str, int, Parts]], platform_parts: Parts,
-) -> bool:
+    org_figures: Sequence[tuple[Any, ...]], platform_rows: Sequence[Sequence[Any]],
+) -> tuple[bool, Parts]:
     """Upsert an hour's rows, the organizations' parts read from their counter rows.
 
-    ``org_rows`` are (organization, counter revision, parts as read at that revision).
-    Returns False, having written only the rows whose counter kept its revision, if a
-    counter changed since it was read: the caller then writes the window with
-    write_window, from the parts it read. Vanished organizations are not handled here.
+    ``org_figures`` are hour_figures() of each organization's counter row as read (the
+    figures derived from the parts read at that revision). The platform's parts, the sum
+    of ``platform_rows`` (counter rows of ALL_PARTS), are summed here while PostgreSQL
+    writes the organizations' rows (psycopg's pipeline mode: the statement is sent, its
+    result read after); the platform row is written last.
+
+    Returns (whether every row was written, the platform's parts). False means a counter
+    changed since it was read and only the rows whose counter kept its revision were
+    written: the caller then writes the window with write_window, from the parts it read.
+    Vanished organizations are not handled here.
     """
+    params = {"period_type": period_type, "start": start, "end": end}
+    with stage(session, "vp_stage_hour", _HOUR_STAGE_LIKE, _HOUR_STAGE_COLUMNS, org_figures, binary=True) as cur:
+        with cur.connection.pipeline():
+            cur.execute(_HOUR_FROM_COUNTERS_SQL, params)
+            platform_parts = sum_part_rows(platform_rows)
+        (written,) = cur.fetchone()
     platform = snapshot_values(None, period_type, start, end, platform_parts)
     copy_then(session, "vp_stage_snapshots", "metrics_snapshots", SNAPSHOT_COLUMNS, [platform], _UPSERT_SQL,
               binary=True)
-    rows = [(org, revision, *_figures_of(derive(parts))) for org, revision, parts in sorted(org_rows)]
-    params = {"period_type": period_type, "start": start, "end": end}
-    with stage(session, "vp_stage_hour", _HOUR_STAGE_LIKE, _HOUR_STAGE_COLUMNS, rows, binary=True) as cur:
-        (written,) = cur.execute(_HOUR_FROM_COUNTERS_SQL, params).fetchone()
-    return int(written) == len(rows)
+    return int(written) == len(org_figures), platform_parts
 
 
 def delete_vanished(session: Session, period_type: str, start: datetime, organizations: Container[str]) -> None:
