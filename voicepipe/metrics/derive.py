@@ -7,7 +7,8 @@ Every division is safe: a zero denominator gives 0, never NaN or an error.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import operator
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -62,7 +63,8 @@ def mean(parts: Mapping[str, Any], name: str) -> float:
     return ratio(parts[f"{name}_sum"], parts[f"{name}_count"])
 
 
-_PERCENTILE_COLUMNS = tuple(f"p{p}_end_to_end_latency" for p in sketch.PERCENTS)
+# figures_of_values() gives the percentiles where METRIC_COLUMNS names them.
+assert METRIC_COLUMNS[8:12] == tuple(f"p{p}_end_to_end_latency" for p in sketch.PERCENTS)
 # How far a percentile may be from the exact value, relatively: the sketch's bound, or the
 # 64-bucket histogram's for windows recorded before sketches (coarse_percentiles).
 COARSE_PERCENTILE_ERROR = 0.25
@@ -72,73 +74,88 @@ def percentile_error(parts: Mapping[str, Any]) -> float:
     return COARSE_PERCENTILE_ERROR if parts.get(COARSE_PART) else sketch.ALPHA
 
 
-# (figure, sum part, count part), in METRIC_COLUMNS order around the percentiles.
-_LATENCY_MEANS: tuple[tuple[str, str, str], ...] = tuple(
-    (f"avg_{name}", f"{name}_sum", f"{name}_count")
-    for name in (
-        "transcription_latency",
-        "claims_extraction_latency",
-        "entity_resolution_latency",
-        "draft_generation_latency",
-        "end_to_end_latency",
-    )
+# The parts the figures read, in the order figures_of_values() takes them.
+_LATENCY_PARTS: tuple[str, ...] = tuple(
+    f"{name}_{end}"
+    for name in ("transcription_latency", "claims_extraction_latency", "entity_resolution_latency",
+                 "draft_generation_latency", "end_to_end_latency")
+    for end in ("sum", "count")
 )
-_CONFIDENCE_MEANS: tuple[tuple[str, str, str], ...] = (
-    ("avg_transcript_confidence", "transcript_confidence_sum", "transcript_confidence_count"),
-    ("avg_claim_confidence", "claim_confidence_sum", "claim_confidence_count"),
+_CONFIDENCE_PARTS: tuple[str, ...] = (
+    "transcript_confidence_sum", "transcript_confidence_count", "claim_confidence_sum", "claim_confidence_count",
 )
+USED_PARTS: tuple[str, ...] = (
+    "n_artifact_received", "n_artifact_completed", "n_artifact_failed",
+    "n_entity_resolution_completed", "n_entity_needs_disambiguation",
+    "n_transcription_completed", "n_transcription_failed", "n_claims_extracted", "n_claims_extraction_failed",
+    "n_entity_resolution_failed", "n_drafts_generated", "n_draft_generation_failed",
+    "claims_total", "entities_total", "drafts_total", "ai_cost_sum",
+    "n_retry_initiated", "n_retry_succeeded", "n_retry_failed",
+    *_LATENCY_PARTS, *_CONFIDENCE_PARTS, SKETCH_PART,
+)
+_used_of_parts = operator.itemgetter(*USED_PARTS)
 _ZERO_COST = Decimal(0).quantize(COST_QUANTUM)
 
 
-def derive(parts: Mapping[str, Any]) -> dict[str, Any]:
-    """Every SnapshotMetrics column, from one window's (or any set's) additive parts, and
-    `percentile_error`, the bound on the percentiles' relative error (not a column)."""
-    # Column names are spelled out once (not formatted per call): an hour of 10,000
-    # organizations derives 10,000 times.
-    received = int(parts["n_artifact_received"])
-    completed = int(parts["n_artifact_completed"])
-    failed = int(parts["n_artifact_failed"])
-    resolved = int(parts["n_entity_resolution_completed"])
-    ambiguous = int(parts["n_entity_needs_disambiguation"])
+def figures_of_values(used: Sequence[Any]) -> tuple[Any, ...]:
+    """Every SnapshotMetrics column, in METRIC_COLUMNS order, from the USED_PARTS values.
+
+    The one definition of the figures: derive() names them; the hourly aggregation
+    takes the values straight from a counter row (10,000 organizations an hour).
+    """
+    (received, completed, failed, resolved, ambiguous, transcribed, transcription_failed, claimed,
+     claims_failed, resolution_failed, drafted, draft_failed, claims, entities, drafts, cost_sum,
+     retries, retries_ok, retries_failed,
+     t_sum, t_n, c_sum, c_n, e_sum, e_n, d_sum, d_n, e2e_sum, e2e_n,
+     tc_sum, tc_n, cc_sum, cc_n, latency_sketch) = used
+    received, completed, failed = int(received), int(completed), int(failed)
+    resolved, ambiguous = int(resolved), int(ambiguous)
     outcomes = resolved + ambiguous
-    transcription_failed = int(parts["n_transcription_failed"])
-    claims_failed = int(parts["n_claims_extraction_failed"])
-    resolution_failed = int(parts["n_entity_resolution_failed"])
-    draft_failed = int(parts["n_draft_generation_failed"])
-    cost = Decimal(parts["ai_cost_sum"] or 0).quantize(COST_QUANTUM)
-    per_artifact = (cost / received).quantize(COST_QUANTUM) if received else _ZERO_COST
-    figures: dict[str, Any] = {
-        "artifacts_received": received,
-        "artifacts_completed": completed,
-        "artifacts_failed": failed,
-    }
-    for column, total, count in _LATENCY_MEANS:
-        figures[column] = ratio(parts[total], parts[count])
-    figures.update(zip(_PERCENTILE_COLUMNS, sketch.quantiles(parts[SKETCH_PART], sketch.END_TO_END), strict=True))
-    for column, total, count in _CONFIDENCE_MEANS:
-        figures[column] = ratio(parts[total], parts[count])
-    figures.update({
+    transcription_failed, claims_failed = int(transcription_failed), int(claims_failed)
+    resolution_failed, draft_failed = int(resolution_failed), int(draft_failed)
+    cost = Decimal(cost_sum or 0).quantize(COST_QUANTUM)
+    return (
+        received,
+        completed,
+        failed,
+        ratio(t_sum, t_n),
+        ratio(c_sum, c_n),
+        ratio(e_sum, e_n),
+        ratio(d_sum, d_n),
+        ratio(e2e_sum, e2e_n),
+        *sketch.quantiles(latency_sketch, sketch.END_TO_END),
+        ratio(tc_sum, tc_n),
+        ratio(cc_sum, cc_n),
         # Both rates share the outcomes denominator, so each lies in [0, 1] (defect 5).
-        "auto_resolution_rate": ratio(resolved, outcomes),
-        "disambiguation_rate": ratio(ambiguous, outcomes),
-        "transcription_failure_rate": ratio(
-            transcription_failed, int(parts["n_transcription_completed"]) + transcription_failed
-        ),
-        "claims_extraction_failure_rate": ratio(claims_failed, int(parts["n_claims_extracted"]) + claims_failed),
-        "entity_resolution_failure_rate": ratio(resolution_failed, outcomes + resolution_failed),
-        "draft_generation_failure_rate": ratio(draft_failed, int(parts["n_drafts_generated"]) + draft_failed),
-        "overall_failure_rate": ratio(failed, completed + failed),
-        "total_claims_extracted": int(parts["claims_total"]),
-        "total_entities_resolved": int(parts["entities_total"]),
-        "total_drafts_generated": int(parts["drafts_total"]),
-        "total_ai_cost": cost,
-        "avg_cost_per_artifact": per_artifact,
-        "retries_initiated": int(parts["n_retry_initiated"]),
-        "retries_succeeded": int(parts["n_retry_succeeded"]),
-        "retries_failed": int(parts["n_retry_failed"]),
-        "percentile_error": percentile_error(parts),
-    })
-    return figures
+        ratio(resolved, outcomes),
+        ratio(ambiguous, outcomes),
+        ratio(transcription_failed, int(transcribed) + transcription_failed),
+        ratio(claims_failed, int(claimed) + claims_failed),
+        ratio(resolution_failed, outcomes + resolution_failed),
+        ratio(draft_failed, int(drafted) + draft_failed),
+        ratio(failed, completed + failed),
+        int(claims),
+        int(entities),
+        int(drafts),
+        cost,
+        (cost / received).quantize(COST_QUANTUM) if received else _ZERO_COST,
+        int(retries),
+        int(retries_ok),
+        int(retries_failed),
+    )
+
+
+def figures(parts: Mapping[str, Any]) -> tuple[Any, ...]:
+    """Every SnapshotMetrics column, in METRIC_COLUMNS order, from one window's (or any set's) parts."""
+    return figures_of_values(_used_of_parts(parts))
+
+
+def derive(parts: Mapping[str, Any]) -> dict[str, Any]:
+    """Every SnapshotMetrics column by name, and `percentile_error`, the bound on the
+    percentiles' relative error (not a column)."""
+    named = dict(zip(METRIC_COLUMNS, figures(parts), strict=True))
+    named["percentile_error"] = percentile_error(parts)
+    return named
 
 
 # Per-stage figures for the stage breakdown: (stage, completed event types, failed type, latency part).

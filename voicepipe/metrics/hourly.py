@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
-from voicepipe.events.parts import ALL_PARTS, Parts, parts_of_row
+from voicepipe.events.parts import ALL_PARTS, parts_of_row
 from voicepipe.infra.bulk import dbapi_connection
 from voicepipe.infra.gcpause import without_cyclic_gc
 from voicepipe.maintenance.cleanup import recomputable_from
@@ -66,7 +66,7 @@ def aggregate_hour(session: Session, hour_start: datetime) -> int:
     check_recomputable(hour)
     lock_window(session, HOURLY, hour)
     part_rows: list[list[Any]] = []  # every counter row's parts: the platform's sum
-    org_parts: dict[str, Parts] = {}
+    org_rows: dict[str, list[Any]] = {}  # an organization's parts: its counter row's
     org_figures: list[tuple[Any, ...]] = []
     source_revision = 0
     # In binary: the sketches' arrays decode in a third of the time text takes. Streamed:
@@ -77,8 +77,8 @@ def aggregate_hour(session: Session, hour_start: datetime) -> int:
             source_revision += int(revision)
             # One counter row per (organization, hour): an organization's parts are its row.
             if organization is not None:
-                org_parts[organization] = parts = parts_of_row(values)
-                org_figures.append(hour_figures(organization, revision, parts))
+                org_rows[organization] = values
+                org_figures.append(hour_figures(organization, revision, values))
     # The organizations' parts are copied from their counter rows inside PostgreSQL (a
     # quarter of the data to send); should a counter have changed since it was read,
     # the window is written again from the parts read, as it was before, and stays
@@ -87,15 +87,16 @@ def aggregate_hour(session: Session, hour_start: datetime) -> int:
     all_written, platform = write_hour_from_counters(
         session, HOURLY, hour, hour + HOUR, org_figures, part_rows)
     if all_written:
-        delete_vanished(session, HOURLY, hour, org_parts)
+        delete_vanished(session, HOURLY, hour, org_rows)
     else:
         log.info("hour counters changed while aggregated window=%s: rows written from the parts read",
                  hour.isoformat())
+        org_parts = {organization: parts_of_row(values) for organization, values in org_rows.items()}
         write_window(session, HOURLY, hour, hour + HOUR, org_parts, platform)  # deletes the vanished too
-    written = len(org_parts) + 1
+    written = len(org_rows) + 1
     mark_computed(session, HOURLY, hour, source_revision)
     log.info(
         "hour aggregated window=%s organizations=%d rows=%d source_revision=%d",
-        hour.isoformat(), len(org_parts), written, source_revision,
+        hour.isoformat(), len(org_rows), written, source_revision,
     )
     return written

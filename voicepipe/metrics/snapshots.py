@@ -25,7 +25,7 @@ from voicepipe.events.parts import (
 )
 from voicepipe.infra.bulk import copy_then, dbapi_connection, stage
 from voicepipe.infra.gcpause import without_cyclic_gc
-from voicepipe.metrics.derive import METRIC_COLUMNS, derive
+from voicepipe.metrics.derive import METRIC_COLUMNS, USED_PARTS, figures, figures_of_values
 
 PART_COLUMNS: tuple[str, ...] = ALL_PARTS
 SNAPSHOT_KEY = "uq_metrics_snapshots_organization_id_period_type_period_start"
@@ -65,7 +65,7 @@ _DELETE_VANISHED_SQL = (
 
 # A row's values in column order, in one C call each (10,000 rows an hour at 10,000 organizations).
 _scalars_of = operator.itemgetter(*SCALAR_PARTS)
-_figures_of = operator.itemgetter(*METRIC_COLUMNS)
+_used_of_row = operator.itemgetter(*(ALL_PARTS.index(name) for name in USED_PARTS))
 
 
 def snapshot_values(
@@ -73,7 +73,7 @@ def snapshot_values(
 ) -> tuple[Any, ...]:
     """One snapshot row in SNAPSHOT_COLUMNS order: the parts as given, then their figures."""
     return (organization_id, period_type, start, end, *_scalars_of(parts), sketch.pack(parts[SKETCH_PART]),
-            bool(parts[COARSE_PART]), *_figures_of(derive(parts)))
+            bool(parts[COARSE_PART]), *figures(parts))
 
 
 def write_window(
@@ -123,9 +123,10 @@ _HOUR_FROM_COUNTERS_SQL = (
 )
 
 
-def hour_figures(organization_id: str, revision: int, parts: Parts) -> tuple[Any, ...]:
-    """An organization's row for write_hour_from_counters: its counter revision and figures."""
-    return (organization_id, revision, *_figures_of(derive(parts)))
+def hour_figures(organization_id: str, revision: int, values: Sequence[Any]) -> tuple[Any, ...]:
+    """An organization's row for write_hour_from_counters, from its counter row's ALL_PARTS
+    values: its counter revision and figures."""
+    return (organization_id, revision, *figures_of_values(_used_of_row(values)))
 
 
 def write_hour_from_counters(
