@@ -40,15 +40,22 @@ SNAPSHOT_COLUMNS: tuple[str, ...] = (
 # last changed): a window is re-run when a late event touches one organization, and the
 # others' new row versions, index entries and WAL would be for nothing.
 _UPDATED = (*PART_COLUMNS, *METRIC_COLUMNS, "period_end")
-_UPSERT_SQL = (
-    f"INSERT INTO metrics_snapshots ({', '.join(SNAPSHOT_COLUMNS)}) "
-    f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM vp_stage_snapshots "
-    "ORDER BY organization_id NULLS FIRST "
+_ON_CONFLICT = (
     f"ON CONFLICT ON CONSTRAINT {SNAPSHOT_KEY} DO UPDATE SET "
     + ", ".join(f"{c} = excluded.{c}" for c in _UPDATED)
     + ", computed_at = now()"
     + f" WHERE ({', '.join(f'metrics_snapshots.{c}' for c in _UPDATED)})"
     + f" IS DISTINCT FROM ({', '.join(f'excluded.{c}' for c in _UPDATED)})"
+)
+_UPSERT_SQL = (
+    f"INSERT INTO metrics_snapshots ({', '.join(SNAPSHOT_COLUMNS)}) "
+    f"SELECT {', '.join(SNAPSHOT_COLUMNS)} FROM vp_stage_snapshots "
+    f"ORDER BY organization_id NULLS FIRST {_ON_CONFLICT}"
+)
+# One row, as parameters: no staging table for the platform row of an hour.
+_UPSERT_ONE_SQL = (
+    f"INSERT INTO metrics_snapshots ({', '.join(SNAPSHOT_COLUMNS)}) "
+    f"VALUES ({', '.join(['%s'] * len(SNAPSHOT_COLUMNS))}) {_ON_CONFLICT}"
 )
 # Vanished organizations are found in Python, from the window's stored organization ids:
 # `organization_id <> ALL(array)` compared every row with every element (0.55 s for
@@ -139,7 +146,7 @@ def write_hour_from_counters(
     figures derived from the parts read at that revision). The platform's parts, the sum
     of ``platform_rows`` (counter rows of ALL_PARTS), are summed here while PostgreSQL
     writes the organizations' rows (psycopg's pipeline mode: the statement is sent, its
-    result read after); the platform row is written last.
+    result read after); the platform row is written last, in the same pipeline.
 
     Returns (whether every row was written, the platform's parts). False means a counter
     changed since it was read and only the rows whose counter kept its revision were
@@ -147,14 +154,14 @@ def write_hour_from_counters(
     Vanished organizations are not handled here.
     """
     params = {"period_type": period_type, "start": start, "end": end}
-    with stage(session, "vp_stage_hour", _HOUR_STAGE_LIKE, _HOUR_STAGE_COLUMNS, org_figures, binary=True) as cur:
+    with stage(session, "vp_stage_hour", _HOUR_STAGE_LIKE, _HOUR_STAGE_COLUMNS, org_figures, binary=True) as cur, \
+            cur.connection.cursor() as platform_cur:
         with cur.connection.pipeline():
             cur.execute(_HOUR_FROM_COUNTERS_SQL, params)
             platform_parts = sum_part_rows(platform_rows)
+            # Queued behind the organizations' rows: one round trip for both.
+            platform_cur.execute(_UPSERT_ONE_SQL, snapshot_values(None, period_type, start, end, platform_parts))
         (written,) = cur.fetchone()
-    platform = snapshot_values(None, period_type, start, end, platform_parts)
-    copy_then(session, "vp_stage_snapshots", "metrics_snapshots", SNAPSHOT_COLUMNS, [platform], _UPSERT_SQL,
-              binary=True)
     return int(written) == len(org_figures), platform_parts
 
 
