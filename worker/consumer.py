@@ -11,7 +11,9 @@
   next connection as soon as it is up, instead of by kombu as the lost one closes: that
   restore goes through the broker that is gone, and kombu 5.7 then raises an
   AttributeError that stops the worker (the messages would have waited out the
-  visibility timeout). RabbitMQ requeues them itself when the connection closes.
+  visibility timeout). RabbitMQ requeues them itself when the connection closes. Their
+  requests are then settled: a task that ends later does not answer them through the
+  lost connection (kombu's closed Redis channel raises the same AttributeError).
 """
 
 from __future__ import annotations
@@ -63,11 +65,12 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         channel = getattr(self.task_consumer, "channel", None)
         qos = getattr(channel, "qos", None)
+        lost = []
         if isinstance(qos, kombu_redis.QoS):
             qos.restore_at_shutdown = False  # kombu's public switch: restore_lost does it instead
-            self.lost_tags.extend(
-                req.message.delivery_tag for req in {*reserved_requests, *active_requests}
-                if not req.acknowledged and req.message.channel is channel)
+            lost = [req for req in {*reserved_requests, *active_requests}
+                    if not req.acknowledged and req.message.channel is channel]
+            self.lost_tags.extend(req.message.delivery_tag for req in lost)
         from worker.batching import requests_in_batches
 
         # Celery cancels each unacknowledged running task; a batch is one job, left to end on
@@ -75,6 +78,11 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         for req in requests_in_batches():
             active_requests.discard(req)
         super().on_connection_error_after_connected(exc)
+        # Their messages are handed back (restore_lost): settled for this worker. The task's
+        # ack or reject, when it ends (cancelled above, or still reserved), would go through
+        # the lost connection's channel, whose AttributeError stops the worker.
+        for req in lost:
+            req.acknowledged = True
 
     def restore_lost(self) -> None:
         """Put back on their queues the messages a lost connection held (worker/batching.py's HandBack.start)."""
