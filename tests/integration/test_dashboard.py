@@ -271,6 +271,16 @@ def organization_rows(page: Any) -> list[tuple[str, str]]:
         "els => els.map(e => [e.dataset.organizationId, e.querySelector('td a').textContent])")]
 
 
+def click_sort(page: Any, key: str) -> None:
+    """Click a column's sort link and wait for the page it loads: the rows are read from that page,
+    not from the one being left (read too early, the table is empty)."""
+    link = page.locator(f'#organizations th a[data-sort="{key}"]')
+    href = link.get_attribute("href")
+    link.click()
+    page.wait_for_url(lambda url: url.endswith(href))
+    page.wait_for_load_state()
+
+
 def test_dashboard_in_a_browser_shows_the_query_functions_figures(
     dashboard: tuple[int, Filled], engine: Any, tmp_path: Path
 ) -> None:
@@ -339,13 +349,13 @@ def test_dashboard_in_a_browser_shows_the_query_functions_figures(
                                   "overall_failure_rate", "avg_end_to_end_latency", "p50_end_to_end_latency",
                                   "p95_end_to_end_latency", "p99_end_to_end_latency", "total_ai_cost")}})
             # Sortable: clicking a header re-orders by that column, clicking again reverses it.
-            page.click('#organizations th a[data-sort="overall_failure_rate"]')
+            click_sort(page, "overall_failure_rate")
             by_rate = sorted(breakdown, key=lambda f: f.metrics["overall_failure_rate"], reverse=True)
             assert [o for o, _ in organization_rows(page)] == [f.organization_id for f in by_rate]
-            page.click('#organizations th a[data-sort="overall_failure_rate"]')
+            click_sort(page, "overall_failure_rate")
             assert [o for o, _ in organization_rows(page)] == [
                 f.organization_id for f in sorted(breakdown, key=lambda f: f.metrics["overall_failure_rate"])]
-            page.click('#organizations th a[data-sort="name"]')
+            click_sort(page, "name")
             assert [n for _, n in organization_rows(page)] == sorted(f.name for f in breakdown)
             page.goto(base + "/")
             page.screenshot(path=str(screenshot), clip={"x": 0, "y": 0, "width": 1360, "height": 1000})
