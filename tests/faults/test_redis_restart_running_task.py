@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import PipelineEvent
-from tests.support.faults import start_worker_proc
+from tests.support.faults import redis_lengths, start_worker_proc
 from tests.support.helpers import RECENT, producer, wait_for
 from tests.support.redis_server import OwnRedis
 
@@ -46,7 +46,8 @@ def test_redis_killed_while_a_task_runs_leaves_the_worker_consuming(
         sender = producer(own_redis.url)
         sender.send_task("voicepipe.events.record_batch", kwargs={"events": [_event("slow-pill")]},
                          queue="pipeline", ignore_result=True)
-        wait_for(lambda: "voicepipe.events.record_batch" in worker.log() and own_redis.client().hlen("unacked") == 1,
+        wait_for(lambda: "voicepipe.events.record_batch" in worker.log()
+                 and redis_lengths(own_redis.url, "pipeline") == (0, 1),
                  timeout=30, what="the slow task running, its message unacknowledged")
         own_redis.kill()
         time.sleep(2)
@@ -69,7 +70,6 @@ def test_redis_killed_while_a_task_runs_leaves_the_worker_consuming(
         wait_for(recorded, timeout=60, interval=3, what="an event sent after the restart recorded")
         assert "Unrecoverable error" not in worker.log(), worker.log()[-4000:]
         # The slow task's message was handed back, not lost: it is queued or running again.
-        client = own_redis.client()
-        assert client.llen("pipeline") + client.hlen("unacked") >= 1
+        assert sum(redis_lengths(own_redis.url, "pipeline")) >= 1
     finally:
         worker.stop()

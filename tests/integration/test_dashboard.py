@@ -277,8 +277,7 @@ def click_sort(page: Any, key: str) -> None:
     link = page.locator(f'#organizations th a[data-sort="{key}"]')
     href = link.get_attribute("href")
     link.click()
-    page.wait_for_url(lambda url: url.endswith(href))
-    page.wait_for_load_state()
+    page.wait_for_url(lambda url: url.endswith(href))  # and for its load event
 
 
 def test_dashboard_in_a_browser_shows_the_query_functions_figures(
