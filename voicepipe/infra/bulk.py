@@ -8,15 +8,16 @@ The staging table lives per connection, is emptied before each use and at commit
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import lru_cache
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg import postgres
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 from sqlalchemy.orm import Session
 
+T = TypeVar("T")
 _INT8 = postgres.types["int8"]
 # Binary array layout: ndim, has-nulls flag, element type; then (length, lower bound)
 # per dimension; then (byte length, value) per element.
@@ -54,6 +55,24 @@ def dbapi_connection(session: Session) -> Any:
     return session.connection().connection.driver_connection
 
 
+# Built-in types have the same OIDs in every database (user-defined ones start here):
+# a staging table of built-in types only has its types read once per process.
+_FIRST_USER_OID = 16384
+_builtin_types: dict[tuple[str, str, str], list[int]] = {}
+
+
+def _copy_types(cur: Any, stage_table: str, like: str, cols: str) -> list[int]:
+    """The staging columns' type OIDs: binary COPY has no type names in its stream."""
+    key = (stage_table, like, cols)
+    if key in _builtin_types:
+        return _builtin_types[key]
+    cur.execute(f"SELECT {cols} FROM {stage_table} LIMIT 0")
+    types = [column.type_code for column in cur.description]
+    if max(types) < _FIRST_USER_OID:
+        _builtin_types[key] = types
+    return types
+
+
 def stage(
     session: Session,
     stage_table: str,
@@ -71,19 +90,17 @@ def stage(
     """
     cur = dbapi_connection(session).cursor()
     cols = ", ".join(columns)
+    # One round trip for both (no parameters: one simple query). Empty from an earlier use
+    # in this transaction, if any (commit empties it anyway). DELETE, not TRUNCATE:
+    # TRUNCATE swaps the table's files even when it is empty, 4 ms a call, as much as
+    # the COPY of a 1,000-event batch.
     cur.execute(
         f"CREATE TEMP TABLE IF NOT EXISTS {stage_table} ON COMMIT DELETE ROWS AS "
-        f"SELECT {cols} FROM {like} WITH NO DATA"
+        f"SELECT {cols} FROM {like} WITH NO DATA; DELETE FROM {stage_table}"
     )
-    # Empty from an earlier use in this transaction, if any (commit empties it anyway).
-    # DELETE, not TRUNCATE: TRUNCATE swaps the table's files even when it is empty, 4 ms
-    # a call, as much as the COPY of a 1,000-event batch.
-    cur.execute(f"DELETE FROM {stage_table}")
     types: list[int] = []
     if binary:
-        # Binary COPY has no type names in the stream: take them from the staging table.
-        cur.execute(f"SELECT {cols} FROM {stage_table} LIMIT 0")
-        types = [column.type_code for column in cur.description]
+        types = _copy_types(cur, stage_table, like, cols)
         cur.adapters.register_dumper(None, Int8ArrayBinaryDumper)  # this cursor only
     with cur.copy(f"COPY {stage_table} ({cols}) FROM STDIN" + (" (FORMAT BINARY)" if binary else "")) as copy:
         if binary:
@@ -91,6 +108,19 @@ def stage(
         for row in rows:
             copy.write_row(row)
     return cur
+
+
+def execute_while(cur: Any, statement: str, params: Sequence[Any] | None, work: Callable[[], T]) -> tuple[list[Any], T]:
+    """Run a statement that returns rows, and `work` in Python while PostgreSQL executes it.
+
+    Pipeline mode sends the statement without waiting for its result: the two run on
+    separate cores, and the rows are read when `work` is done.
+    """
+    with cur.connection.pipeline():
+        cur.execute(statement, params)
+        done = work()
+        rows = cur.fetchall()
+    return rows, done
 
 
 def copy_then(
