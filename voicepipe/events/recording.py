@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import operator
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from psycopg.types.json import Jsonb
 from sqlalchemy import select, text
@@ -34,7 +34,7 @@ from voicepipe.events.parts import (
     empty_parts,
 )
 from voicepipe.events.schema import Event, parse_event
-from voicepipe.infra.bulk import copy_then, dbapi_connection
+from voicepipe.infra.bulk import dbapi_connection, execute_while, stage
 from voicepipe.infra.gcpause import without_cyclic_gc
 from voicepipe.maintenance.cleanup import cutoffs
 from voicepipe.metrics import late
@@ -48,6 +48,7 @@ INSERT_CHUNK = 1000
 MAX_BATCH = 50_000
 
 CounterKey = tuple[str | None, datetime]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -141,20 +142,35 @@ def record_parsed(session: Session, events: Sequence[Event]) -> RecordResult:
     for event in events:
         unique.setdefault(event.event_id, event)
     batch = list(unique.values())
-    inserted_ids = _insert_events(session, batch)
-    grouped: dict[CounterKey, Parts] = {}
-    for event in batch:
-        if event.event_id in inserted_ids:
-            key = (event.organization_id, floor_hour(event.occurred_at))
-            parts = grouped.get(key)
-            if parts is None:
-                parts = grouped[key] = empty_parts()
-            add_event(parts, event.event_type, event.duration_ms, event.metadata)
-    add_to_counters(session, grouped)
+    hours = [floor_hour(e.occurred_at) for e in batch]
+
+    def summed(pairs: Iterable[tuple[Event, datetime]]) -> tuple[dict[CounterKey, Parts], list[tuple[Any, ...]]]:
+        grouped = group_parts(pairs)
+        return grouped, counter_rows(grouped)
+
+    # The counters of every event are summed while PostgreSQL inserts the events; an id
+    # already stored (a redelivery) is rare, and only then are they summed again.
+    pairs = list(zip(batch, hours, strict=True))
+    inserted_ids, (grouped, rows) = _insert_events(session, batch, hours, lambda: summed(pairs))
+    if len(inserted_ids) < len(batch):
+        grouped, rows = summed(pair for pair in pairs if pair[0].event_id in inserted_ids)
+    _write_counters(session, rows, _ADD_SQL)
     # Counters of a closed hour changed: its snapshot (if any) and its day are stale.
     late.mark(session, late.HOURLY, late.closed_before((hour for _, hour in grouped), utcnow(), HOUR))
     return RecordResult(inserted=len(inserted_ids), duplicates=len(events) - len(inserted_ids),
                         inserted_ids=frozenset(inserted_ids))
+
+
+def group_parts(events: Iterable[tuple[Event, datetime]]) -> dict[CounterKey, Parts]:
+    """The parts of (event, its UTC hour) pairs, summed per (organization, hour)."""
+    grouped: dict[CounterKey, Parts] = {}
+    for event, hour in events:
+        key = (event.organization_id, hour)
+        parts = grouped.get(key)
+        if parts is None:
+            parts = grouped[key] = empty_parts()
+        add_event(parts, event.event_type, event.duration_ms, event.metadata)
+    return grouped
 
 
 EVENT_COLUMNS: tuple[str, ...] = (
@@ -164,10 +180,12 @@ EVENT_COLUMNS: tuple[str, ...] = (
 COUNTER_COLUMNS: tuple[str, ...] = ("organization_id", "hour_start", *ALL_PARTS)
 
 
-# Up to this many rows go in one typed VALUES statement (one round trip); larger
-# batches go through COPY staging, whose fixed cost (temp table, TRUNCATE, COPY)
-# only pays off with many rows. Pipeline stages and retries write one to three events.
-SMALL_BATCH = 64
+# Up to this many values (rows x columns) go in one typed VALUES statement (one round
+# trip); more go through COPY staging. psycopg parses a VALUES list placeholder by
+# placeholder, so its cost grows with the values, while COPY's is mostly fixed (temp
+# table, COPY, the statement): the two cross near 20 events or 5 counter rows (49
+# columns), the batch sizes a busy worker writes. Pipeline stages write one to three events.
+SMALL_VALUES = 256
 _column_types: dict[str, dict[str, str]] = {}
 
 
@@ -185,36 +203,43 @@ def _types(session: Session, table: str) -> dict[str, str]:
 def _write(
     session: Session, stage_table: str, table: str, columns: tuple[str, ...],
     rows: list[tuple[Any, ...]], statement: str,
-) -> list[tuple[Any, ...]]:
-    """Run `statement` (which reads FROM {source}) over rows: VALUES when few, COPY when many."""
-    if len(rows) > SMALL_BATCH:
+) -> Any:
+    """A cursor with `statement` (which reads FROM {source}) ready over rows: VALUES when few, COPY when many.
+
+    Returns (cursor, SQL, parameters); the caller executes them.
+    """
+    if len(rows) * len(columns) > SMALL_VALUES:
         # Binary COPY: every value already has its column's exact type (validated events).
-        return copy_then(session, stage_table, table, columns, rows, statement.format(source=stage_table),
-                         binary=True)
+        cur = stage(session, stage_table, table, columns, rows, binary=True)
+        return cur, statement.format(source=stage_table), None
     types = _types(session, table)
     one = "(" + ", ".join(f"%s::{types[c]}" for c in columns) + ")"
     source = f"(VALUES {', '.join([one] * len(rows))}) AS {stage_table} ({', '.join(columns)})"
-    with dbapi_connection(session).cursor() as cur:
-        cur.execute(statement.format(source=source), [v for row in rows for v in row])
-        return list(cur.fetchall()) if cur.description else []
+    return dbapi_connection(session).cursor(), statement.format(source=source), [v for row in rows for v in row]
 
 
-def _insert_events(session: Session, events: Sequence[Event]) -> set[Any]:
-    if not events:
-        return set()
+def _insert_events(
+    session: Session, events: Sequence[Event], hours: Sequence[datetime], meanwhile: Callable[[], T],
+) -> tuple[set[Any], T]:
+    """Insert the events (an id already stored is skipped); their ids inserted, and what `meanwhile` returned."""
     cols = ", ".join(EVENT_COLUMNS)
-    rows = _write(
+    labels = {hour: hour_label(hour) for hour in set(hours)}
+    if not events:
+        return set(), meanwhile()
+    cur, sql, params = _write(
         session, "vp_stage_events", "pipeline_events", EVENT_COLUMNS,
         [
             (e.event_id, e.event_type, e.artifact_id, e.organization_id, e.coach_id, e.stage,
-             e.occurred_at, hour_label(e.occurred_at), e.duration_ms, e.error_code,
-             e.error_message, Jsonb(e.metadata))
-            for e in events
+             e.occurred_at, labels[hour], e.duration_ms, e.error_code,
+             e.error_message, Jsonb(e.metadata_json, dumps=str))  # already JSON: stored as is
+            for e, hour in zip(events, hours, strict=True)
         ],
         f"INSERT INTO pipeline_events ({cols}) SELECT {cols} FROM {{source}} "
         "ON CONFLICT (id) DO NOTHING RETURNING id",
     )
-    return {row[0] for row in rows}
+    with cur:
+        rows, done = execute_while(cur, sql, params, meanwhile)
+    return {row[0] for row in rows}, done
 
 
 SKETCH_COMPACT_AT = 1024
@@ -253,26 +278,27 @@ _ADD_SQL = _upsert_sql(additive=True)
 _REPLACE_SQL = _upsert_sql(additive=False)
 
 
-def _write_counters(session: Session, grouped: Mapping[CounterKey, Parts], sql: str) -> None:
-    if not grouped:
+def counter_rows(grouped: Mapping[CounterKey, Parts]) -> list[tuple[Any, ...]]:
+    """One row of COUNTER_COLUMNS per (organization, hour)."""
+    return [(org, hour, *_scalars(parts), sketch.pack(parts[SKETCH_PART]), parts[COARSE_PART])
+            for (org, hour), parts in grouped.items()]
+
+
+def _write_counters(session: Session, rows: list[tuple[Any, ...]], sql: str) -> None:
+    if not rows:
         return
-    _write(
-        session, "vp_stage_counters", "event_counters", COUNTER_COLUMNS,
-        [
-            (org, hour, *_scalars(parts), sketch.pack(parts[SKETCH_PART]), parts[COARSE_PART])
-            for (org, hour), parts in grouped.items()
-        ],
-        sql,
-    )
+    cur, sql, params = _write(session, "vp_stage_counters", "event_counters", COUNTER_COLUMNS, rows, sql)
+    with cur:
+        cur.execute(sql, params)
 
 
 def add_to_counters(session: Session, grouped: Mapping[CounterKey, Parts]) -> None:
     """Add parts to their counter rows (created at zero when missing)."""
-    _write_counters(session, grouped, _ADD_SQL)
+    _write_counters(session, counter_rows(grouped), _ADD_SQL)
 
 
 def _replace_counters(session: Session, grouped: Mapping[CounterKey, Parts]) -> None:
-    _write_counters(session, grouped, _REPLACE_SQL)
+    _write_counters(session, counter_rows(grouped), _REPLACE_SQL)
 
 
 def check_events_kept(start: datetime) -> None:

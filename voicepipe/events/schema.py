@@ -61,13 +61,16 @@ class Event:
     error_code: str | None
     error_message: str | None
     metadata: dict[str, Any]
+    # The metadata as stored (compact JSON): dumped once, for its size bound and for the row.
+    metadata_json: str
 
 
 def parse_event(raw: Any, *, now: datetime) -> Event:
     """Validate one event; raise InvalidInput naming the first bad field."""
     if not isinstance(raw, Mapping):
         raise InvalidInput.field("event", f"expected an object, got {type(raw).__name__}")
-    reject_unknown(raw, EVENT_FIELDS, "an event")
+    if not raw.keys() <= EVENT_FIELDS:
+        reject_unknown(raw, EVENT_FIELDS, "an event")
     event_type = raw.get("event_type")
     if not isinstance(event_type, str) or event_type not in EVENT_TYPES:
         raise InvalidInput.field("event_type", f"unknown event type {str(event_type)[:64]!r}")
@@ -79,7 +82,7 @@ def parse_event(raw: Any, *, now: datetime) -> Event:
     occurred_at = now if occurred_raw is None else check_event_time(
         check_timestamp(occurred_raw, "occurred_at"), "occurred_at", now=now)
     max_duration = MAX_END_TO_END_MS if event_type == "artifact_completed" else MAX_DURATION_MS
-    metadata = _parse_metadata(raw.get("metadata"))
+    metadata, metadata_json = _parse_metadata(raw.get("metadata"))
     return Event(
         event_id=event_id,
         event_type=event_type,
@@ -92,16 +95,17 @@ def parse_event(raw: Any, *, now: datetime) -> Event:
         error_code=check_text(raw.get("error_code"), "error_code", max_len=255, optional=True),
         error_message=check_text(raw.get("error_message"), "error_message", optional=True),
         metadata=metadata,
+        metadata_json=metadata_json,
     )
 
 
-def _parse_metadata(raw: Any) -> dict[str, Any]:
+def _parse_metadata(raw: Any) -> tuple[dict[str, Any], str]:
+    """The metadata, its known keys checked, and its compact JSON (bounded in size)."""
     if raw is None:
-        return {}
+        return {}, "{}"
     metadata = check_json_object(raw, "metadata")
-    limit = get_settings().max_metadata_bytes
-    if metadata and len(json.dumps(metadata, separators=(",", ":"))) > limit:
-        raise InvalidInput.field("metadata", f"larger than {limit} bytes as JSON (VOICEPIPE_MAX_METADATA_BYTES)")
+    if not metadata:
+        return metadata, "{}"
     for key in METADATA_INTS:
         if key in metadata:
             metadata[key] = check_int(metadata[key], f"metadata.{key}")
@@ -112,4 +116,8 @@ def _parse_metadata(raw: Any) -> dict[str, Any]:
     for key in METADATA_TEXTS:
         if key in metadata:
             metadata[key] = check_text(metadata[key], f"metadata.{key}", max_len=255, optional=True)
-    return metadata
+    text = json.dumps(metadata, separators=(",", ":"))
+    limit = get_settings().max_metadata_bytes
+    if len(text) > limit:
+        raise InvalidInput.field("metadata", f"larger than {limit} bytes as JSON (VOICEPIPE_MAX_METADATA_BYTES)")
+    return metadata, text

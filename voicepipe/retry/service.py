@@ -44,8 +44,8 @@ from voicepipe.errors import (
     RetryRateLimited,
 )
 from voicepipe.events import sketch
-from voicepipe.events.parts import SCALAR_PARTS, SKETCH_PART, Parts, add_event, empty_parts
-from voicepipe.events.recording import EVENT_COLUMNS, CounterKey, add_to_counters, parse_events
+from voicepipe.events.parts import SCALAR_PARTS, SKETCH_PART, Parts
+from voicepipe.events.recording import EVENT_COLUMNS, CounterKey, add_to_counters, group_parts, parse_events
 from voicepipe.events.schema import Event
 from voicepipe.infra.bulk import dbapi_connection
 from voicepipe.metrics import late
@@ -375,14 +375,7 @@ def _apply_sql(
 
 def _counter_parts(events: Sequence[Event]) -> dict[CounterKey, Parts]:
     """The events' additive parts per (organization, UTC hour), as recording sums them."""
-    grouped: dict[CounterKey, Parts] = {}
-    for event in events:
-        key = (event.organization_id, floor_hour(event.occurred_at))
-        parts = grouped.get(key)
-        if parts is None:
-            parts = grouped[key] = empty_parts()
-        add_event(parts, event.event_type, event.duration_ms, event.metadata)
-    return grouped
+    return group_parts((event, floor_hour(event.occurred_at)) for event in events)
 
 
 def _event_json(event: Event) -> dict[str, Any]:
