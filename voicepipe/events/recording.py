@@ -203,10 +203,10 @@ def _types(session: Session, table: str) -> dict[str, str]:
 def _write(
     session: Session, stage_table: str, table: str, columns: tuple[str, ...],
     rows: list[tuple[Any, ...]], statement: str,
-) -> Any:
-    """A cursor with `statement` (which reads FROM {source}) ready over rows: VALUES when few, COPY when many.
+) -> tuple[Any, str, list[Any] | None]:
+    """(cursor, SQL, parameters) of `statement` (which reads FROM {source}) over rows, for the caller to execute.
 
-    Returns (cursor, SQL, parameters); the caller executes them.
+    VALUES when few, COPY staging (already done on the cursor) when many.
     """
     if len(rows) * len(columns) > SMALL_VALUES:
         # Binary COPY: every value already has its column's exact type (validated events).
@@ -222,10 +222,10 @@ def _insert_events(
     session: Session, events: Sequence[Event], hours: Sequence[datetime], meanwhile: Callable[[], T],
 ) -> tuple[set[Any], T]:
     """Insert the events (an id already stored is skipped); their ids inserted, and what `meanwhile` returned."""
-    cols = ", ".join(EVENT_COLUMNS)
-    labels = {hour: hour_label(hour) for hour in set(hours)}
     if not events:
         return set(), meanwhile()
+    cols = ", ".join(EVENT_COLUMNS)
+    labels = {hour: hour_label(hour) for hour in set(hours)}
     cur, sql, params = _write(
         session, "vp_stage_events", "pipeline_events", EVENT_COLUMNS,
         [
