@@ -73,8 +73,11 @@ def _declare(stage: str) -> Task:
 
     retry.__name__ = retry.__qualname__ = stage
     retry.__doc__ = f"Retry an artifact's {stage.replace('_', ' ')} (platform staff only)."
-    # The caller reads the outcome (or the named refusal), so results are kept.
-    return public_task(f"voicepipe.retry.{stage}", time_limit=60, ignore_result=False, parks=True)(retry)
+    # The caller reads the outcome (or the named refusal), so results are kept. No
+    # STARTED state: a retry runs for milliseconds, and storing it cost two round trips
+    # to the result store before the retry's own work (docs/benchmarks.md).
+    return public_task(f"voicepipe.retry.{stage}", time_limit=60, ignore_result=False, parks=True,
+                       track_started=False)(retry)
 
 
 # One task per stage a retry may ask for: voicepipe.retry.transcription ... .full_pipeline.

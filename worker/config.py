@@ -152,7 +152,8 @@ def celery_config(
         # stored so a producer holding the AsyncResult can read the named error.
         "task_store_errors_even_if_ignored": True,
         # Task events, sent events and started state: Flower sees every task from the
-        # moment it is queued, with its arguments.
+        # moment it is queued, with its arguments. Retry tasks store no STARTED state
+        # (tasks/retry.py): Flower still shows them started, from the task events.
         "worker_send_task_events": True,
         "task_send_sent_event": True,
         "task_track_started": True,

@@ -87,6 +87,7 @@ def public_task(
     retry_transient: bool = True,
     parks: bool = False,
     strategy: str | None = None,
+    track_started: bool = True,
 ) -> Callable[[Callable[..., Any]], Task]:
     """Declare a task with its contract name and queue from a keyword-only typed function.
 
@@ -98,6 +99,7 @@ def public_task(
     parks=True (write tasks): a message whose transient retries run out, that hits its
     time limit, fails unexpectedly, or is delivered more than VOICEPIPE_DELIVERY_LIMIT
     times is parked in dead_letters instead of dropped. Refusals are answers, never parked.
+    track_started=False: the result store never shows the task STARTED (PENDING, then its outcome).
     strategy: how the worker's consumer dispatches the task's messages (Celery's Task.Strategy;
     worker/batching.py records single-event messages in batches).
     """
@@ -140,6 +142,7 @@ def public_task(
             time_limit=time_limit,
             soft_time_limit=max(1, time_limit - 30) if time_limit > 60 else time_limit - 5,
             ignore_result=ignore_result,
+            track_started=track_started,
             acks_late=True,
             # Refusals are expected outcomes: FAILURE state, no traceback, no retry.
             # A parked message is one too: its dead letter holds the error.
