@@ -238,14 +238,14 @@ def run(env: Env) -> list[Result]:
             extra: dict[str, Any] = {}
             case = f"{NAMES[key]}, {orgs:,} orgs"
             if busy.get(key) is not None:
-                # Two processes gain at most (cores / cores one kept busy): one process already
-                # keeps more than a core busy (its statements overlap its Python).
+                # One process already keeps more than a core busy (its statements overlap its
+                # Python): for the same CPU work, two gain about cores / cores one kept busy.
                 extra["cores_busy"] = round(busy[key], 2)
                 case += f" ({busy[key]:.2f} of {os.cpu_count()} cores busy"
                 if key == "catch_up_2" and busy.get("catch_up_1"):
                     ceiling = (os.cpu_count() or 1) / busy["catch_up_1"]
                     extra["speedup_ceiling"] = round(ceiling, 2)
-                    case += f"; at most {ceiling:.2f}x one process on this machine"
+                    case += f"; the same work on all cores would be {ceiling:.2f}x one process"
                 case += ")"
             ratio = baseline / value if baseline else None
             if spread is not None and (key.startswith(("day", "breakdown")) or orgs == SCALES[-1]):
