@@ -36,6 +36,7 @@ from voicepipe.metrics.queries import organization_breakdown
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 SCALES = (1_000, 10_000)
+CORES = os.cpu_count() or 1
 Spread = tuple[float, float, float]
 
 def _seed_counters(env: Env, orgs: int, lo: datetime, hi: datetime) -> None:
@@ -81,8 +82,7 @@ def _catch_up(env: Env, concurrency: int, now: datetime, lo: datetime, hi: datet
         app.send_task("voicepipe.metrics.aggregate_hourly_due", queue="metrics")
         wait_for(lambda: _computed(env, lo, hi) == 72, timeout=1800, interval=0.2)
         seconds, j1 = time.perf_counter() - t0, _cpu_jiffies()
-        cores = os.cpu_count() or 1
-        busy = cores * (j1[0] - j0[0]) / (j1[1] - j0[1]) if j0 and j1 and j1[1] > j0[1] else None
+        busy = CORES * (j1[0] - j0[0]) / (j1[1] - j0[1]) if j0 and j1 and j1[1] > j0[1] else None
         return seconds, busy
     finally:
         app.close()
@@ -241,9 +241,9 @@ def run(env: Env) -> list[Result]:
                 # One process already keeps more than a core busy (its statements overlap its
                 # Python): for the same CPU work, two gain about cores / cores one kept busy.
                 extra["cores_busy"] = round(busy[key], 2)
-                case += f" ({busy[key]:.2f} of {os.cpu_count()} cores busy"
+                case += f" ({busy[key]:.2f} of {CORES} cores busy"
                 if key == "catch_up_2" and busy.get("catch_up_1"):
-                    ceiling = (os.cpu_count() or 1) / busy["catch_up_1"]
+                    ceiling = CORES / busy["catch_up_1"]
                     extra["speedup_ceiling"] = round(ceiling, 2)
                     case += f"; the same work on all cores would be {ceiling:.2f}x one process"
                 case += ")"

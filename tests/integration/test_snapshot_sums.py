@@ -30,6 +30,7 @@ DAYS = 5
 GAMMA = 1.01 / 0.99
 END_TO_END = 4
 KINDS = 5
+COUNT_BITS = 40
 Sketch = dict[int, int]
 
 INSERT = text(
@@ -49,7 +50,7 @@ def insert(session: Session, rows: list[tuple[str | None, int, Sketch]], coarse:
     """Rows of (organization, day index, sketch); coarse: indexes of rows flagged coarse."""
     for i, (org, day, sketch) in enumerate(rows):
         n = sum(c for k, c in sketch.items() if k >> 16 == END_TO_END)
-        packed = [(k << 40) | c for k, c in sorted(sketch.items())]
+        packed = [(k << COUNT_BITS) | c for k, c in sorted(sketch.items())]
         session.execute(INSERT, {"org": org, "start": START + timedelta(days=day), "n": n, "sketch": packed,
                                  "coarse": i in coarse})
     session.commit()
@@ -174,7 +175,7 @@ HOURLY_ROWS = text(
     "INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end, "
     "n_artifact_completed, end_to_end_latency_count, end_to_end_latency_sum, latency_sketch) "
     "SELECT o, 'hourly', :day + make_interval(hours => h), :day + make_interval(hours => h + 1), 3, 3, 3000.5, "
-    f"ARRAY[{(KEY_A << 40) | 1}, {(KEY_B << 40) | 2}]::bigint[] "
+    f"ARRAY[{(KEY_A << COUNT_BITS) | 1}, {(KEY_B << COUNT_BITS) | 2}]::bigint[] "
     "FROM (SELECT 'org-' || g AS o FROM generate_series(1, :orgs) g UNION ALL SELECT NULL) orgs, "
     "generate_series(0, 23) h"
 )
@@ -190,7 +191,7 @@ def aggregate_loops(plan: dict[str, Any]) -> list[int]:
 
 def sketch_input_order(plan: dict[str, Any]) -> list[str] | None:
     """The sort key of the rows under the aggregate that counts sketch entries per (organization, key)."""
-    if plan["Node Type"] == "Aggregate" and any(">> 40" in key for key in plan.get("Group Key", [])):
+    if plan["Node Type"] == "Aggregate" and any(f">> {COUNT_BITS}" in key for key in plan.get("Group Key", [])):
         node = plan
         while "Sort Key" not in node and node.get("Plans"):
             node = node["Plans"][0]
