@@ -36,15 +36,16 @@ _SUMS = ", ".join(
 )
 
 
-def _summed_sketch(table: str, where: str, by: str | None = None) -> str:
+def _summed_sketch(table: str, where: str, by: str | None = None, entries: str = "true") -> str:
     """The sketches of TABLE's rows WHERE summed key by key, as the summing statement does
-    (every non-empty bucket unnested, counted per key as float8 in a hash aggregate, packed
-    again): column `sketch`, per value of the expression BY (column `k`) if given."""
+    (every non-empty bucket unnested in the select list, those of ENTRIES (a condition on
+    entry `b`) counted per key as float8 in a hash aggregate, packed again): column
+    `sketch`, per value of the expression BY (column `k`) if given."""
     inner, outer = (f"{by} AS k, ", "k, ") if by else ("", "")
     return (
         f"SELECT {outer}array_agg((key << {COUNT_BITS}) + n) AS sketch"
-        f" FROM (SELECT {inner}b >> {COUNT_BITS} AS key, sum((b & {_MASK})::float8)::bigint AS n"
-        f" FROM {table} CROSS JOIN LATERAL unnest({table}.{SKETCH_PART}) AS b WHERE {where}"
+        f" FROM (SELECT {outer}b >> {COUNT_BITS} AS key, sum((b & {_MASK})::float8)::bigint AS n"
+        f" FROM (SELECT {inner}unnest({SKETCH_PART}) AS b FROM {table} WHERE {where}) AS x WHERE {entries}"
         f" GROUP BY {outer}key, {_HASHED}) AS u"
         + (" GROUP BY k" if by else "")
     )
@@ -58,22 +59,21 @@ def _summed_sketch(table: str, where: str, by: str | None = None) -> str:
 # (voicepipe.metrics.snapshots.sum_plan_settings: no nested loop, its work_mem).
 _ORG_KEY = "coalesce(organization_id, '')"
 _IN_RANGE = "period_type = :period_type AND period_start >= :lo AND period_start < :hi"
-_E2E = f" AND {kind_sql('b', END_TO_END)}"
 
 
-def _bare_sums(sketch_where: str) -> str:
+def _bare_sums(entries: str) -> str:
     return (
         f"SELECT e.organization_id, e.windows, {', '.join(f'e.{n}' for n in (*SCALAR_PARTS, COARSE_PART))},"
         " coalesce(h.sketch, '{}')"
         f" FROM (SELECT organization_id, {_ORG_KEY} AS k, count(*) AS windows, {_SUMS}"
         f" FROM metrics_snapshots WHERE {_IN_RANGE} GROUP BY organization_id, {_HASHED}) e"
-        f" LEFT JOIN ({_summed_sketch('metrics_snapshots', sketch_where, _ORG_KEY)}) h"
+        f" LEFT JOIN ({_summed_sketch('metrics_snapshots', _IN_RANGE, _ORG_KEY, entries)}) h"
         " ON h.k = e.k"
     )
 
 
-BARE_SUMS = _bare_sums(_IN_RANGE)
-BARE_BREAKDOWN_SUMS = _bare_sums(_IN_RANGE + _E2E)
+BARE_SUMS = _bare_sums("true")
+BARE_BREAKDOWN_SUMS = _bare_sums(kind_sql("b", END_TO_END))
 
 HOUR_TABLE = "bench_bare_snapshots"
 _COLUMNS = ("organization_id", "period_type", "period_start", "period_end", *ALL_PARTS)

@@ -18,22 +18,23 @@ ORGS = 1000
 
 # Synthetic counters straight into event_counters: realistic magnitudes, every part non-zero.
 # An hour's 19 transcriptions (10 to 30 s) and 17 end-to-end latencies (25 to 70 s) each
-# fall in their own sketch bucket, as at 2 % buckets they mostly do.
+# fall in their own sketch bucket, as at 2 % buckets they mostly do; their counts move
+# between buckets from one row to the next (row_sketch_sql's VARY), as real ones do.
 COUNTER_LATENCIES = (
     Buckets("transcription_latency", 10_000, n=19, per=1, step=3),
     Buckets("end_to_end_latency", 25_000, n=17, per=1, spread=2, step=3),
 )
+_ROW_OF_HOUR = "CAST(o AS bigint) * 1000000 + CAST(extract(epoch FROM h) / 3600 AS bigint)"
 SEED_COUNTERS = f"""
-WITH orgs AS (SELECT o, {row_sketch_sql("o", *COUNTER_LATENCIES)} AS latency_sketch
-              FROM generate_series(0, :orgs - 1) o)
 INSERT INTO event_counters (organization_id, hour_start, n_artifact_received, n_artifact_completed,
   n_artifact_failed, n_transcription_completed, n_transcription_failed, n_claims_extracted,
   n_entity_resolution_completed, n_entity_needs_disambiguation, n_drafts_generated,
   transcription_latency_sum, transcription_latency_count, end_to_end_latency_sum,
   end_to_end_latency_count, claims_total, ai_cost_sum, latency_sketch)
 SELECT 'org-' || lpad(o::text, 4, '0'), h, 20, 17, 2, 19, 1, 18, 15, 3, 17,
-  19 * 20000.0, {COUNTER_LATENCIES[0].count}, 17 * 45000.0, {COUNTER_LATENCIES[1].count}, 60, 0.25, orgs.latency_sketch
-FROM orgs,
+  19 * 20000.0, {COUNTER_LATENCIES[0].count}, 17 * 45000.0, {COUNTER_LATENCIES[1].count}, 60, 0.25,
+  {row_sketch_sql("o", *COUNTER_LATENCIES, vary=_ROW_OF_HOUR)}
+FROM generate_series(0, :orgs - 1) o,
      generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 hour', interval '1 hour') h
 """
 

@@ -75,15 +75,32 @@ class Buckets:
         return self.n * self.per
 
 
-def row_sketch_sql(row: str, *latencies: Buckets) -> str:
-    """SQL of the packed sketch of row number ROW (an SQL expression) with those latencies' buckets."""
-    picks = " UNION ALL ".join(
-        f"SELECT (k << {_BITS}) + CAST({b.per} AS bigint) AS e"
-        f" FROM unnest(CAST(ARRAY{b.keys} AS bigint[])) WITH ORDINALITY AS u(k, i)"
-        f" WHERE i > {row} % {b.spread} AND i <= {b.n} + {row} % {b.spread}"
-        for b in latencies
-    )
-    return f"(SELECT array_agg(e ORDER BY e) FROM ({picks}) AS picked)"
+def row_sketch_sql(row: str, *latencies: Buckets, vary: str | None = None) -> str:
+    """SQL of the packed sketch of row number ROW (an SQL expression) with those latencies' buckets.
+
+    With VARY (an SQL integer expression, different for every seeded row) each row's counts
+    differ as real sketches do, and their totals do not: the row's buckets pair up (first and
+    second, third and fourth...) and J of a pair's 2 x PER events move from its second bucket
+    to its first, J in [0, PER] from a hash of VARY, the latency and the pair; a bucket left
+    empty is dropped. Rows whose sketches repeat let PostgreSQL cache each distinct sketch's unnest
+    (Memoize), which real data, where nearly every sketch differs, does not allow.
+    """
+    picks = []
+    for index, b in enumerate(latencies):
+        per = f"CAST({b.per} AS bigint)"
+        count = per
+        if vary is not None:
+            pair = f"CAST({vary} AS bigint) * 1024 + {index * 256} + (q + 1) / 2"
+            moved = f"(abs(CAST(hashint8({pair}) AS bigint)) % ({per} + 1))"
+            paired = f"q < {b.n}" if b.n % 2 else "true"
+            count = f"{per} + CASE WHEN NOT ({paired}) THEN 0 WHEN q % 2 = 1 THEN {moved} ELSE -{moved} END"
+        picks.append(
+            f"SELECT (k << {_BITS}) + c AS e FROM (SELECT k, {count} AS c"
+            f" FROM (SELECT k, i - {row} % {b.spread} AS q"
+            f" FROM unnest(CAST(ARRAY{b.keys} AS bigint[])) WITH ORDINALITY AS u(k, i)"
+            f" WHERE i > {row} % {b.spread} AND i <= {b.n} + {row} % {b.spread}) AS w) AS counted WHERE c > 0"
+        )
+    return f"(SELECT array_agg(e ORDER BY e) FROM ({' UNION ALL '.join(picks)}) AS picked)"
 
 
 def summed_sketch_sql(source: str, by: str | None = None) -> str:
@@ -107,27 +124,30 @@ class DailyLatencies:
 
 # 30 days (any range) of daily snapshots for ORGS organizations and their platform rows,
 # as the daily rollup writes them. Each organization's latency sketch has a few
-# transcription and end-to-end buckets (a DailyLatencies): its latency counts are their
-# totals, and each platform row's sketch is the key-wise sum of its organizations'.
+# transcription and end-to-end buckets (a DailyLatencies), their counts varying from row to
+# row: its latency counts are their totals, and each platform row's sketch is the key-wise
+# sum of its organizations' that day.
 def _seed_daily_sql(latencies: DailyLatencies) -> tuple[str, str]:
     tr, e2e = latencies.transcription, latencies.end_to_end
-    orgs = f"orgs AS (SELECT o, {row_sketch_sql('o', tr, e2e)} AS latency_sketch FROM generate_series(0, :orgs - 1) o)"
+    row = "CAST(o AS bigint) * 1000000 + CAST(extract(epoch FROM d) / 86400 AS bigint)"
     days = "generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 day', interval '1 day') d"
+    org_rows = (f"org_rows AS (SELECT o, d, {row_sketch_sql('o', tr, e2e, vary=row)} AS latency_sketch"
+                f" FROM generate_series(0, :orgs - 1) o, {days})")
     columns = """INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end,
   n_artifact_received, n_artifact_completed, n_artifact_failed, transcription_latency_sum,
   transcription_latency_count, end_to_end_latency_sum, end_to_end_latency_count, ai_cost_sum,
   latency_sketch, artifacts_received, artifacts_completed, artifacts_failed)"""
-    seed_orgs = f"""WITH {orgs}
+    seed_orgs = f"""WITH {org_rows}
 {columns}
 SELECT :prefix || lpad(o::text, :digits, '0'), 'daily', d, d + interval '1 day', 400, 360, 30,
-  {tr.count} * 20000.0, {tr.count}, {e2e.count} * 45000.0, {e2e.count}, 6.5, orgs.latency_sketch, 400, 360, 30
-FROM orgs, {days}"""
-    seed_platform = f"""WITH {orgs}, platform AS ({summed_sketch_sql('orgs')})
+  {tr.count} * 20000.0, {tr.count}, {e2e.count} * 45000.0, {e2e.count}, 6.5, latency_sketch, 400, 360, 30
+FROM org_rows"""
+    seed_platform = f"""WITH {org_rows}, platform AS ({summed_sketch_sql('org_rows', 'd')})
 {columns}
 SELECT NULL, 'daily', d, d + interval '1 day', 400 * :orgs, 360 * :orgs, 30 * :orgs, {tr.count} * 20000.0 * :orgs,
   {tr.count} * :orgs, {e2e.count} * 45000.0 * :orgs, {e2e.count} * :orgs, 6.5 * :orgs,
   platform.sketch, 400 * :orgs, 360 * :orgs, 30 * :orgs
-FROM platform, {days}"""
+FROM platform"""
     return seed_orgs, seed_platform
 
 
