@@ -189,6 +189,10 @@ def aggregate_loops(plan: dict[str, Any]) -> list[int]:
     return loops
 
 
+def node_types(plan: dict[str, Any]) -> list[str]:
+    return [plan["Node Type"], *(t for child in plan.get("Plans", []) for t in node_types(child))]
+
+
 def sketch_input_order(plan: dict[str, Any]) -> list[str] | None:
     """The sort key of the rows under the aggregate that counts sketch entries per (organization, key)."""
     if plan["Node Type"] == "Aggregate" and any(f">> {COUNT_BITS}" in key for key in plan.get("Group Key", [])):
@@ -245,3 +249,6 @@ def test_a_burst_the_statistics_have_not_seen_is_summed_in_one_pass(session: Ses
         # organization at a time (docs/profiling.md), whatever the statistics say.
         order = sketch_input_order(plan)
         assert order is not None and len(order) == 1 and "organization_id" in order[0], order
+        # Entries unnested in the select list: a lateral function scan stores each row's
+        # entries in a tuplestore first (docs/profiling.md).
+        assert "ProjectSet" in node_types(plan) and "Function Scan" not in node_types(plan), node_types(plan)
