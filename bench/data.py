@@ -123,32 +123,30 @@ class DailyLatencies:
 
 
 # 30 days (any range) of daily snapshots for ORGS organizations and their platform rows,
-# as the daily rollup writes them. Each organization's latency sketch has a few
-# transcription and end-to-end buckets (a DailyLatencies), their counts varying from row to
-# row: its latency counts are their totals, and each platform row's sketch is the key-wise
-# sum of its organizations' that day.
-def _seed_daily_sql(latencies: DailyLatencies) -> tuple[str, str]:
+# as the daily rollup writes them, in one statement: each organization's latency sketch
+# has a few transcription and end-to-end buckets (a DailyLatencies), their counts varying
+# from row to row; its latency counts are their totals, and each platform row's sketch is
+# the key-wise sum of its organizations' that day (from the same rows: they are built once).
+def _seed_daily_sql(latencies: DailyLatencies) -> str:
     tr, e2e = latencies.transcription, latencies.end_to_end
     row = "CAST(o AS bigint) * 1000000 + CAST(extract(epoch FROM d) / 86400 AS bigint)"
     days = "generate_series(CAST(:lo AS timestamptz), CAST(:hi AS timestamptz) - interval '1 day', interval '1 day') d"
-    org_rows = (f"org_rows AS (SELECT o, d, {row_sketch_sql('o', tr, e2e, vary=row)} AS latency_sketch"
-                f" FROM generate_series(0, :orgs - 1) o, {days})")
     columns = """INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end,
   n_artifact_received, n_artifact_completed, n_artifact_failed, transcription_latency_sum,
   transcription_latency_count, end_to_end_latency_sum, end_to_end_latency_count, ai_cost_sum,
   latency_sketch, artifacts_received, artifacts_completed, artifacts_failed)"""
-    seed_orgs = f"""WITH {org_rows}
-{columns}
+    return f"""WITH org_rows AS MATERIALIZED (SELECT o, d, {row_sketch_sql('o', tr, e2e, vary=row)} AS latency_sketch
+  FROM generate_series(0, :orgs - 1) o, {days}),
+written AS ({columns}
 SELECT :prefix || lpad(o::text, :digits, '0'), 'daily', d, d + interval '1 day', 400, 360, 30,
   {tr.count} * 20000.0, {tr.count}, {e2e.count} * 45000.0, {e2e.count}, 6.5, latency_sketch, 400, 360, 30
-FROM org_rows"""
-    seed_platform = f"""WITH {org_rows}, platform AS ({summed_sketch_sql('org_rows', 'd')})
+FROM org_rows),
+platform AS ({summed_sketch_sql('org_rows', 'd')})
 {columns}
 SELECT NULL, 'daily', d, d + interval '1 day', 400 * :orgs, 360 * :orgs, 30 * :orgs, {tr.count} * 20000.0 * :orgs,
   {tr.count} * :orgs, {e2e.count} * 45000.0 * :orgs, {e2e.count} * :orgs, 6.5 * :orgs,
   platform.sketch, 400 * :orgs, 360 * :orgs, 30 * :orgs
 FROM platform"""
-    return seed_orgs, seed_platform
 
 
 # A handful of buckets: transcriptions of 14 to 29 s and end-to-end latencies of 11 s to
@@ -173,7 +171,6 @@ def seed_daily_snapshots(
     from sqlalchemy import text
 
     params = {"orgs": orgs, "lo": lo, "hi": hi, "prefix": prefix, "digits": digits}
-    for sql in _seed_daily_sql(latencies):
-        conn.execute(text(sql), params)
+    conn.execute(text(_seed_daily_sql(latencies)), params)
     if analyze:
         conn.execute(text("ANALYZE metrics_snapshots"))
