@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from sqlalchemy.orm import Session
 
-from voicepipe.infra.bulk import copy_then
+from voicepipe.infra.bulk import copy_then, dbapi_connection, float8_column, int8_column, text_column, use_columns
 from voicepipe.metrics.snapshots import SNAPSHOT_COLUMNS
 
 
@@ -26,3 +26,22 @@ def test_binary_copy_round_trips_sketches_and_mixed_types(session: Session) -> N
         binary=True,
     )
     assert got == rows
+
+
+def test_packed_columns_round_trip_as_query_parameters(session: Session) -> None:
+    """The statement parameters an hour's chunk travels in: every value back as sent."""
+    ints = [0, 1, -1, 2**63 - 1, -(2**63)]
+    floats = [0.0, -0.0, 0.1 + 0.2, 1e-300, 1.7976931348623157e308, -2.5]
+    texts = ["org-a", "", "ünïcødé ✓", "x" * 300, "with,comma \"quoted\" {braces}"]
+    costs = [Decimal("0E-10"), Decimal("12.0000000001"), Decimal("1.2340000000E-7"),
+             Decimal("99999999999999.9999999999")]
+    cur = use_columns(dbapi_connection(session).cursor())
+    got = cur.execute(
+        "SELECT %b, %b, %b, CAST(%b AS numeric(24,10)[]), %b, %b, %b",
+        (int8_column(ints), float8_column(floats), text_column(texts), text_column(costs),
+         int8_column([]), float8_column([]), text_column([])),
+    ).fetchone()
+    assert got[:3] == (ints, floats, texts)
+    assert [str(x) for x in got[1]] == [str(x) for x in floats]  # -0.0 kept, every bit
+    assert got[3] == costs
+    assert got[4:] == ([], [], [])

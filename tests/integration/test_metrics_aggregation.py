@@ -371,3 +371,60 @@ def test_a_counter_changed_while_its_hour_is_written_leaves_rows_of_the_parts_re
         for key, row in rows.items():
             assert_row_matches(row, expected(want_after[key]), f"hourly {key} after the re-run")
         assert hour not in due_hours(s, now, 26)
+
+
+def test_a_counter_changed_between_chunks_of_its_hour_leaves_rows_of_the_parts_read(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hour's organization rows go in chunks, queued one after another: every chunk's
+    rows count (unchanged counters: every row written at once), and a late event committed
+    after the first chunks went in, for an organization of the last chunk, is noticed;
+    the window is then written from the parts read and stays due."""
+    import voicepipe.metrics.hourly as hourly
+    import voicepipe.metrics.snapshots as writer
+
+    rng = random.Random(37)
+    day = recent_day(2)
+    hour = midnight(day) + timedelta(hours=11)
+    now = midnight(day) + timedelta(days=1, hours=2)
+    events = [random_event(rng, hour, 1, ORGS) for _ in range(300)]
+    with Session(engine) as s:
+        record_events(s, events)
+        s.commit()
+
+    monkeypatch.setattr(writer, "HOUR_CHUNK", 2)  # 5 organizations: 3 chunks
+    original_params, original_write = writer._hour_chunk_params, hourly.write_hour_from_counters
+    last: list[str] = []
+    late: list[dict[str, Any]] = []
+    outcomes: list[bool] = []
+
+    def params(chunk: Any) -> dict[str, Any]:
+        if outcomes and chunk[-1][0] == last[-1]:  # the last chunk, before it is sent
+            late.append({"event_type": "artifact_received", "organization_id": chunk[0][0],
+                         "occurred_at": (hour + timedelta(minutes=30)).isoformat(), "metadata": {}})
+            with Session(engine) as other:
+                record_events(other, late)
+                other.commit()
+        return original_params(chunk)
+
+    def write(*args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        last.append(args[4][-1][0])
+        result = original_write(*args, **kwargs)
+        outcomes.append(result[0])
+        return result
+
+    monkeypatch.setattr(writer, "_hour_chunk_params", params)
+    monkeypatch.setattr(hourly, "write_hour_from_counters", write)
+    for _ in range(2):  # the second time with the late event
+        with Session(engine) as s:
+            aggregate_hour(s, hour)
+            s.commit()
+    assert outcomes == [True, False] and len(late) == 1, "the changed counter was noticed, and only it"
+
+    want_before, _ = group_events(events)
+    with Session(engine) as s:
+        rows = {k: r for k, r in snapshots(s, "hourly").items() if k[1] == hour}
+        assert set(rows) == {(org, hour) for org in ORGS}
+        for key, row in rows.items():
+            assert_row_matches(row, expected(want_before[key]), f"hourly {key}")
+        assert hour in due_hours(s, now, 26)

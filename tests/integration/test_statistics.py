@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from tests.support.helpers import RECENT
 from voicepipe.events.recording import record_events
 from voicepipe.infra.bulk import dbapi_connection
+from voicepipe.metrics import snapshots
 from voicepipe.metrics.daily import aggregate_day
 from voicepipe.metrics.hourly import aggregate_hour
 from voicepipe.metrics.queries import organization_breakdown
@@ -152,5 +153,33 @@ def test_no_bulk_statement_rescans_per_organization(db_url: str, analyzed: bool)
         limit = max(ROWS_FACTOR * held, ROWS_FLOOR)
         worst = sorted(((busiest_node(p), p.get("Query Text", "")[:160]) for p in found), reverse=True)[:3]
         assert worst[0][0][0] <= limit, f"{held} rows held; the busiest plans: {worst}"
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("analyzed", [False, True], ids=["never-analyzed", "analyzed"])
+def test_each_chunk_of_an_hour_finds_only_its_own_counter_rows(
+    db_url: str, analyzed: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An hour's organization rows are written in chunks, each statement joining its chunk
+    to the hour's counter rows: each must find its own rows by index, not read all the
+    hour's (chunks x organizations rows, quadratic in organizations)."""
+    chunk = 40
+    monkeypatch.setattr(snapshots, "HOUR_CHUNK", chunk)
+    engine = create_engine(db_url, pool_size=1, max_overflow=0)
+    try:
+        with Session(engine) as session:
+            record_events(session, events(ORGS, DAY, 1, random.Random(11)))
+            session.commit()
+            if analyzed:
+                session.execute(text("ANALYZE"))
+                session.commit()
+            with plans(session) as found:
+                aggregate_hour(session, datetime.combine(DAY, datetime.min.time(), RECENT.tzinfo))
+                session.commit()
+        chunks = [p for p in found if "upsert metrics_snapshots of an hour" in p.get("Query Text", "")]
+        assert len(chunks) == -(-ORGS // chunk)
+        busiest = max(busiest_node(p) for p in chunks)
+        assert busiest[0] <= chunk, f"a chunk of {chunk} rows handled {busiest}"
     finally:
         engine.dispose()

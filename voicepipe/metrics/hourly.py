@@ -11,7 +11,6 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
-import psycopg
 from sqlalchemy.orm import Session
 
 from voicepipe.clock import utcnow
@@ -21,7 +20,7 @@ from voicepipe.infra.bulk import dbapi_connection
 from voicepipe.infra.gcpause import without_cyclic_gc
 from voicepipe.maintenance.cleanup import recomputable_from
 from voicepipe.metrics.bookkeeping import HOURLY, lock_window, mark_computed
-from voicepipe.metrics.snapshots import delete_vanished, hour_figures, write_hour_from_counters, write_window
+from voicepipe.metrics.snapshots import delete_vanished, write_hour_from_counters, write_window
 from voicepipe.windows import HOUR, parse_hour
 
 log = logging.getLogger(__name__)
@@ -29,10 +28,8 @@ log = logging.getLogger(__name__)
 # Plain tuples from the driver: the counter row of an organization is already its
 # hour's parts, so nothing is converted or summed per value (ORM rows cost ~40 ms).
 _COUNTERS_SQL = (
-    f"SELECT organization_id, revision, {', '.join(ALL_PARTS)} FROM event_counters WHERE hour_start = %s"
+    f"SELECT organization_id, id, revision, {', '.join(ALL_PARTS)} FROM event_counters WHERE hour_start = %s"
 )
-# Rows per chunk of the counters' stream; chunks need libpq 17, older ones send row by row.
-_STREAM_ROWS = 100 if psycopg.pq.version() >= 170000 else 1
 
 
 def check_recomputable(start: datetime, length: timedelta = HOUR, field: str = "window_start") -> None:
@@ -67,25 +64,24 @@ def aggregate_hour(session: Session, hour_start: datetime) -> int:
     lock_window(session, HOURLY, hour)
     part_rows: list[list[Any]] = []  # every counter row's parts: the platform's sum
     org_rows: dict[str, list[Any]] = {}  # an organization's parts: its counter row's
-    org_figures: list[tuple[Any, ...]] = []
+    counters: list[tuple[str, int, int, list[Any]]] = []
     source_revision = 0
-    # In binary: the sketches' arrays decode in a third of the time text takes. Streamed:
-    # each organization's figures are derived while PostgreSQL sends the next rows.
+    # In binary: the sketches' arrays decode in a third of the time text takes.
     with dbapi_connection(session).cursor(binary=True) as cur:
-        for organization, revision, *values in cur.stream(_COUNTERS_SQL, (hour,), size=_STREAM_ROWS):
+        for organization, counter_id, revision, *values in cur.execute(_COUNTERS_SQL, (hour,)):
             part_rows.append(values)
             source_revision += int(revision)
             # One counter row per (organization, hour): an organization's parts are its row.
             if organization is not None:
                 org_rows[organization] = values
-                org_figures.append(hour_figures(organization, revision, values))
+                counters.append((organization, counter_id, revision, values))
     # The organizations' parts are copied from their counter rows inside PostgreSQL (a
     # quarter of the data to send); should a counter have changed since it was read,
     # the window is written again from the parts read, as it was before, and stays
     # due for a re-run (its source revision below is the one read). Platform-wide =
     # every counter row of the hour, with or without an organization.
     all_written, platform = write_hour_from_counters(
-        session, HOURLY, hour, hour + HOUR, org_figures, part_rows)
+        session, HOURLY, hour, hour + HOUR, counters, part_rows)
     if all_written:
         delete_vanished(session, HOURLY, hour, org_rows)
     else:

@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from models.metrics import MetricsSnapshot
 from voicepipe.events import sketch
 from voicepipe.events.parts import (
     ALL_PARTS,
@@ -23,7 +24,14 @@ from voicepipe.events.parts import (
     Parts,
     sum_part_rows,
 )
-from voicepipe.infra.bulk import copy_then, dbapi_connection, stage
+from voicepipe.infra.bulk import (
+    copy_then,
+    dbapi_connection,
+    float8_column,
+    int8_column,
+    text_column,
+    use_columns,
+)
 from voicepipe.infra.gcpause import without_cyclic_gc
 from voicepipe.metrics.derive import METRIC_COLUMNS, USED_PARTS, figures, figures_of_values
 
@@ -112,57 +120,91 @@ def write_window(
 # in Python) travel, with the revision of the counter row they were derived from; the
 # parts are copied from the counters inside PostgreSQL. A row goes in only if its
 # counter still has that revision; `src` is counted in the same statement (one
-# snapshot), so the caller knows whether every row was written.
-_HOUR_STAGE_COLUMNS: tuple[str, ...] = ("organization_id", "revision", *METRIC_COLUMNS)
-_HOUR_STAGE_LIKE = "metrics_snapshots CROSS JOIN (SELECT revision FROM event_counters) r"
+# snapshot), so the caller knows whether every row was written. The rows go in chunks,
+# each chunk's columns as arrays (bulk.py's *_column): unlike a COPY, the statements
+# queue in pipeline mode, so PostgreSQL writes one chunk while Python derives the next
+# one's figures. A quarter of 1,000 organizations a chunk: small enough to overlap at
+# that size, few enough statements at 10,000 (docs/benchmarks.md).
+HOUR_CHUNK = 250
+
+
+def _column_kind(name: str) -> tuple[Any, str]:
+    """How a figure column travels: its packing and its SQL array type."""
+    python_type = MetricsSnapshot.__table__.c[name].type.python_type
+    if python_type is int:
+        return int8_column, "bigint[]"
+    if python_type is float:
+        return float8_column, "float8[]"
+    return text_column, "numeric[]"  # exact: str() of the quantized Decimal, cast in SQL
+
+
+_KINDS = [_column_kind(n) for n in METRIC_COLUMNS]
 _HOUR_FROM_COUNTERS_SQL = (
     # Named up front: pg_stat_activity shows the first 1 kB of a statement, and the
     # column lists push the INSERT far past it.
-    "/* upsert metrics_snapshots of an hour from event_counters and vp_stage_hour */"
-    " WITH src AS (SELECT st.organization_id, CAST(%(period_type)s AS varchar) AS period_type,"
+    "/* upsert metrics_snapshots of an hour from event_counters and figures */"
+    " WITH f AS (SELECT * FROM unnest(%(organization_id)b, %(counter_id)b, %(revision)b, "
+    + ", ".join(f"CAST(%({n})b AS {kind})" for n, (_, kind) in zip(METRIC_COLUMNS, _KINDS, strict=True))
+    + ") AS f(organization_id, counter_id, revision, " + ", ".join(METRIC_COLUMNS) + ")),"
+    " src AS (SELECT f.organization_id, CAST(%(period_type)s AS varchar) AS period_type,"
     " CAST(%(start)s AS timestamptz) AS period_start, CAST(%(end)s AS timestamptz) AS period_end, "
     + ", ".join(f"c.{n}" for n in ALL_PARTS) + ", "
-    + ", ".join(f"st.{n}" for n in METRIC_COLUMNS)
-    + " FROM vp_stage_hour st JOIN event_counters c ON c.hour_start = %(start)s"
-    " AND c.organization_id = st.organization_id AND c.revision = st.revision),"
+    + ", ".join(f"f.{n}" for n in METRIC_COLUMNS)
+    # Each row's counter by its primary key, from inside a lateral subquery that OFFSET 0
+    # keeps from being flattened into a join: one index lookup a row whatever the
+    # statistics say. As a join, the planner may hash all the hour's counter rows for
+    # every chunk, or, on a never-analyzed table, re-run the unnest once per counter row.
+    + " FROM f CROSS JOIN LATERAL (SELECT " + ", ".join(ALL_PARTS) + " FROM event_counters c"
+    " WHERE c.id = f.counter_id AND c.revision = f.revision OFFSET 0) c),"
     f" up AS ({_UPSERT_SQL.replace('vp_stage_snapshots', 'src')})"
     " SELECT count(*) FROM src"
 )
 
 
-def hour_figures(organization_id: str, revision: int, values: Sequence[Any]) -> tuple[Any, ...]:
-    """An organization's row for write_hour_from_counters, from its counter row's ALL_PARTS
-    values: its counter revision and figures."""
-    return (organization_id, revision, *figures_of_values(_used_of_row(values)))
+def _hour_chunk_params(counters: Sequence[tuple[str, int, int, Sequence[Any]]]) -> dict[str, Any]:
+    """A chunk of (organization, counter id, revision, ALL_PARTS values) as the statement's column arrays."""
+    figures_of_rows = [figures_of_values(_used_of_row(values)) for *_, values in counters]
+    organizations, ids, revisions, _ = zip(*counters, strict=True)
+    params: dict[str, Any] = {
+        "organization_id": text_column(organizations), "counter_id": int8_column(ids),
+        "revision": int8_column(revisions),
+    }
+    for name, (pack, _), column in zip(METRIC_COLUMNS, _KINDS, zip(*figures_of_rows, strict=True), strict=True):
+        params[name] = pack(column)
+    return params
 
 
 def write_hour_from_counters(
     session: Session, period_type: str, start: datetime, end: datetime,
-    org_figures: Sequence[tuple[Any, ...]], platform_rows: Sequence[Sequence[Any]],
+    counters: Sequence[tuple[str, int, int, Sequence[Any]]], platform_rows: Sequence[Sequence[Any]],
 ) -> tuple[bool, Parts]:
     """Upsert an hour's rows, the organizations' parts read from their counter rows.
 
-    ``org_figures`` are hour_figures() of each organization's counter row as read (the
-    figures derived from the parts read at that revision). The platform's parts, the sum
-    of ``platform_rows`` (counter rows of ALL_PARTS), are summed here while PostgreSQL
-    writes the organizations' rows (psycopg's pipeline mode: the statement is sent, its
-    result read after); the platform row is written last, in the same pipeline.
+    ``counters`` are the organizations' counter rows as read: (organization, counter id,
+    revision, ALL_PARTS values); their figures are derived here, chunk by chunk, while
+    PostgreSQL writes the chunks before. The platform's parts, the sum of ``platform_rows``
+    (counter rows of ALL_PARTS), are summed while it writes the last ones; the platform
+    row is written last, in the same pipeline.
 
     Returns (whether every row was written, the platform's parts). False means a counter
     changed since it was read and only the rows whose counter kept its revision were
     written: the caller then writes the window with write_window, from the parts it read.
     Vanished organizations are not handled here.
     """
-    params = {"period_type": period_type, "start": start, "end": end}
-    with stage(session, "vp_stage_hour", _HOUR_STAGE_LIKE, _HOUR_STAGE_COLUMNS, org_figures, binary=True) as cur, \
-            cur.connection.cursor() as platform_cur:
-        with cur.connection.pipeline():
-            cur.execute(_HOUR_FROM_COUNTERS_SQL, params)
-            platform_parts = sum_part_rows(platform_rows)
-            # Queued behind the organizations' rows: one round trip for both.
-            platform_cur.execute(_UPSERT_ONE_SQL, snapshot_values(None, period_type, start, end, platform_parts))
-        (written,) = cur.fetchone()
-    return int(written) == len(org_figures), platform_parts
+    times = {"period_type": period_type, "start": start, "end": end}
+    connection = dbapi_connection(session)
+    cursors = [use_columns(connection.cursor()) for _ in range(0, len(counters), HOUR_CHUNK)]
+    with connection.cursor() as platform_cur, connection.pipeline():
+        for cur, i in zip(cursors, range(0, len(counters), HOUR_CHUNK), strict=True):
+            cur.execute(_HOUR_FROM_COUNTERS_SQL, {**times, **_hour_chunk_params(counters[i:i + HOUR_CHUNK])})
+        platform_parts = sum_part_rows(platform_rows)
+        # Queued behind the organizations' rows: one round trip for all.
+        platform_cur.execute(_UPSERT_ONE_SQL, snapshot_values(None, period_type, start, end, platform_parts))
+    written = 0
+    for cur in cursors:
+        with cur:
+            written += int(cur.fetchone()[0])
+    return written == len(counters), platform_parts
 
 
 def delete_vanished(session: Session, period_type: str, start: datetime, organizations: Container[str]) -> None:
