@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlalchemy import func, select, text
 
-from bench.baselines import HOUR_TABLE, bare_hour, bare_sums
+from bench.baselines import bare_hour, bare_sums, forget_bare_hour
 from bench.daily import SEED_COUNTERS
 from bench.data import USUAL_SKETCH, WIDE_SKETCH, DailyLatencies, seed_daily_snapshots
 from bench.harness import Env, Result, ratio_spread, spread_of
@@ -129,21 +129,24 @@ def _measure(env: Env, orgs: int, base: datetime) -> dict[str, Any]:
 
     def hour_runs(prepare: Any, first: bool, repeat: int = 5) -> tuple[float, float, Spread]:
         """REPEAT runs of the hour, each after PREPARE (untimed), paired with the bare statement
-        (a first write when FIRST); each pair followed by a VACUUM, as autovacuum would."""
+        (a first write when FIRST, its rows deleted untimed too); each pair followed by a
+        VACUUM, as autovacuum would."""
         mine, bare = [], []
-        bare_hour(env.engine, hour)  # creates the copy (and its rows, for re-runs)
+        bare_hour(env.engine, hour)  # its rows, for re-runs
         for i in range(repeat):
             with env.engine.begin() as conn:
                 conn.execute(prepare, {"h": hour, "org": f"org-{i:04d}"})
+            if first:
+                forget_bare_hour(env.engine, hour)
             t0 = time.perf_counter()
             hour_run()
             t1 = time.perf_counter()
-            bare_hour(env.engine, hour, first=first)
+            bare_hour(env.engine, hour)
             bare.append(time.perf_counter() - t1)
             mine.append(t1 - t0)
             with env.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 conn.execute(text("VACUUM metrics_snapshots"))
-                conn.execute(text(f"VACUUM {HOUR_TABLE}"))
+        forget_bare_hour(env.engine, hour)
         ratios = [b / m for m, b in zip(mine, bare, strict=True)]
         return statistics.median(mine), statistics.median(bare), spread_of(ratios)
 
