@@ -5,9 +5,17 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
 from sqlalchemy.orm import Session
 
-from voicepipe.infra.bulk import copy_then, dbapi_connection, float8_column, int8_column, text_column, use_columns
+from voicepipe.infra.bulk import (
+    ascii_column,
+    copy_then,
+    dbapi_connection,
+    float8_column,
+    int8_column,
+    use_columns,
+)
 from voicepipe.metrics.snapshots import SNAPSHOT_COLUMNS
 
 
@@ -32,16 +40,22 @@ def test_packed_columns_round_trip_as_query_parameters(session: Session) -> None
     """The statement parameters an hour's chunk travels in: every value back as sent."""
     ints = [0, 1, -1, 2**63 - 1, -(2**63)]
     floats = [0.0, -0.0, 0.1 + 0.2, 1e-300, 1.7976931348623157e308, -2.5]
-    texts = ["org-a", "", "ünïcødé ✓", "x" * 300, "with,comma \"quoted\" {braces}"]
+    texts = ["org-a", "", "x" * 300, "with,comma \"quoted\" {braces} NULL"]
     costs = [Decimal("0E-10"), Decimal("12.0000000001"), Decimal("1.2340000000E-7"),
              Decimal("99999999999999.9999999999")]
     cur = use_columns(dbapi_connection(session).cursor())
     got = cur.execute(
         "SELECT %b, %b, %b, CAST(%b AS numeric(24,10)[]), %b, %b, %b",
-        (int8_column(ints), float8_column(floats), text_column(texts), text_column(costs),
-         int8_column([]), float8_column([]), text_column([])),
+        (int8_column(ints), float8_column(floats), ascii_column(texts), ascii_column(costs),
+         int8_column([]), float8_column([]), ascii_column([])),
     ).fetchone()
     assert got[:3] == (ints, floats, texts)
     assert [str(x) for x in got[1]] == [str(x) for x in floats]  # -0.0 kept, every bit
     assert got[3] == costs
     assert got[4:] == ([], [], [])
+
+
+def test_text_columns_refuse_what_is_not_ascii() -> None:
+    """Binary text is read in the connection's encoding: only ASCII is the same bytes in all."""
+    with pytest.raises(UnicodeEncodeError):
+        ascii_column(["org-é"])

@@ -428,3 +428,26 @@ def test_a_counter_changed_between_chunks_of_its_hour_leaves_rows_of_the_parts_r
         for key, row in rows.items():
             assert_row_matches(row, expected(want_before[key]), f"hourly {key}")
         assert hour in due_hours(s, now, 26)
+
+
+def test_organization_ids_beyond_ascii_keep_their_rows_in_any_client_encoding(engine: Engine) -> None:
+    """An hour's rows keep organization ids that are not ASCII whatever the connection's
+    encoding: a re-encoded id would be a stranger's row, and the true one deleted as vanished."""
+    rng = random.Random(41)
+    day = recent_day(2)
+    hour = midnight(day) + timedelta(hours=13)
+    orgs: list[str | None] = ["org-é", "org-ß", "org-b", None]
+    events = [random_event(rng, hour, 1, orgs) for _ in range(120)]
+    with Session(engine) as s:
+        record_events(s, events)
+        s.commit()
+    with Session(engine) as s:
+        s.execute(text("SET LOCAL client_encoding = 'LATIN1'"))
+        aggregate_hour(s, hour)
+        s.commit()
+    want, _ = group_events(events)
+    with Session(engine) as s:
+        rows = {k: r for k, r in snapshots(s, "hourly").items() if k[1] == hour}
+        assert set(rows) == {(org, hour) for org in orgs}
+        for key, row in rows.items():
+            assert_row_matches(row, expected(want[key]), f"hourly {key}")

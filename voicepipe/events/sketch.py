@@ -126,7 +126,7 @@ def quantiles(sketch: Sequence[int] | Mapping[int, int], kind: int,
     result = []
     seen, i = 0, -1
     for p in percents:
-        rank = -(-p * total // 100) or 1
+        rank = max(1, -(-p * total // 100))
         while seen < rank:
             i += 1
             seen += run[i] & _COUNT_MASK

@@ -71,7 +71,7 @@ class Float8Column(bytes):
 
 
 class TextColumn(bytes):
-    """text[], packed."""
+    """text[] of ASCII values, packed."""
 
 
 def int8_column(values: Sequence[int]) -> Int8Column:
@@ -82,9 +82,10 @@ def float8_column(values: Sequence[float]) -> Float8Column:
     return Float8Column(_pack_fixed("d", _FLOAT8.oid, values))
 
 
-def text_column(values: Sequence[Any]) -> TextColumn:
-    """Each value's str(), so numeric values can travel as text and be cast in SQL."""
-    encoded = [str(v).encode() for v in values]
+def ascii_column(values: Sequence[Any]) -> TextColumn:
+    """Each value's str(), which must be ASCII (numbers, cast in SQL): binary text is read in
+    the connection's encoding, and ASCII is the same bytes in all of them."""
+    encoded = [str(v).encode("ascii") for v in values]
     if not encoded:
         return TextColumn(_EMPTY_ARRAY.pack(0, 0, _TEXT.oid))
     pieces: list[bytes] = [b""] * (2 * len(encoded))

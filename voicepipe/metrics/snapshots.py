@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Container, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -25,11 +25,11 @@ from voicepipe.events.parts import (
     sum_part_rows,
 )
 from voicepipe.infra.bulk import (
+    ascii_column,
     copy_then,
     dbapi_connection,
     float8_column,
     int8_column,
-    text_column,
     use_columns,
 )
 from voicepipe.infra.gcpause import without_cyclic_gc
@@ -135,7 +135,7 @@ def _column_kind(name: str) -> tuple[Any, str]:
         return int8_column, "bigint[]"
     if python_type is float:
         return float8_column, "float8[]"
-    return text_column, "numeric[]"  # exact: str() of the quantized Decimal, cast in SQL
+    return ascii_column, "numeric[]"  # exact: str() of the quantized Decimal, cast in SQL
 
 
 _KINDS = [_column_kind(n) for n in METRIC_COLUMNS]
@@ -143,10 +143,10 @@ _HOUR_FROM_COUNTERS_SQL = (
     # Named up front: pg_stat_activity shows the first 1 kB of a statement, and the
     # column lists push the INSERT far past it.
     "/* upsert metrics_snapshots of an hour from event_counters and figures */"
-    " WITH f AS (SELECT * FROM unnest(%(organization_id)b, %(counter_id)b, %(revision)b, "
+    " WITH f AS (SELECT * FROM unnest(%(counter_id)b, %(revision)b, "
     + ", ".join(f"CAST(%({n})b AS {kind})" for n, (_, kind) in zip(METRIC_COLUMNS, _KINDS, strict=True))
-    + ") AS f(organization_id, counter_id, revision, " + ", ".join(METRIC_COLUMNS) + ")),"
-    " src AS (SELECT f.organization_id, CAST(%(period_type)s AS varchar) AS period_type,"
+    + ") AS f(counter_id, revision, " + ", ".join(METRIC_COLUMNS) + ")),"
+    " src AS (SELECT c.organization_id, CAST(%(period_type)s AS varchar) AS period_type,"
     " CAST(%(start)s AS timestamptz) AS period_start, CAST(%(end)s AS timestamptz) AS period_end, "
     + ", ".join(f"c.{n}" for n in ALL_PARTS) + ", "
     + ", ".join(f"f.{n}" for n in METRIC_COLUMNS)
@@ -154,7 +154,7 @@ _HOUR_FROM_COUNTERS_SQL = (
     # keeps from being flattened into a join: one index lookup a row whatever the
     # statistics say. As a join, the planner may hash all the hour's counter rows for
     # every chunk, or, on a never-analyzed table, re-run the unnest once per counter row.
-    + " FROM f CROSS JOIN LATERAL (SELECT " + ", ".join(ALL_PARTS) + " FROM event_counters c"
+    + " FROM f CROSS JOIN LATERAL (SELECT organization_id, " + ", ".join(ALL_PARTS) + " FROM event_counters c"
     " WHERE c.id = f.counter_id AND c.revision = f.revision OFFSET 0) c),"
     f" up AS ({_UPSERT_SQL.replace('vp_stage_snapshots', 'src')})"
     " SELECT count(*) FROM src"
@@ -164,11 +164,9 @@ _HOUR_FROM_COUNTERS_SQL = (
 def _hour_chunk_params(counters: Sequence[tuple[str, int, int, Sequence[Any]]]) -> dict[str, Any]:
     """A chunk of (organization, counter id, revision, ALL_PARTS values) as the statement's column arrays."""
     figures_of_rows = [figures_of_values(_used_of_row(values)) for *_, values in counters]
-    organizations, ids, revisions, _ = zip(*counters, strict=True)
-    params: dict[str, Any] = {
-        "organization_id": text_column(organizations), "counter_id": int8_column(ids),
-        "revision": int8_column(revisions),
-    }
+    # Organization ids do not travel: the statement takes them from the counter rows.
+    _, ids, revisions, _ = zip(*counters, strict=True)
+    params: dict[str, Any] = {"counter_id": int8_column(ids), "revision": int8_column(revisions)}
     for name, (pack, _), column in zip(METRIC_COLUMNS, _KINDS, zip(*figures_of_rows, strict=True), strict=True):
         params[name] = pack(column)
     return params
@@ -193,17 +191,17 @@ def write_hour_from_counters(
     """
     times = {"period_type": period_type, "start": start, "end": end}
     connection = dbapi_connection(session)
-    cursors = [use_columns(connection.cursor()) for _ in range(0, len(counters), HOUR_CHUNK)]
-    with connection.cursor() as platform_cur, connection.pipeline():
-        for cur, i in zip(cursors, range(0, len(counters), HOUR_CHUNK), strict=True):
-            cur.execute(_HOUR_FROM_COUNTERS_SQL, {**times, **_hour_chunk_params(counters[i:i + HOUR_CHUNK])})
-        platform_parts = sum_part_rows(platform_rows)
-        # Queued behind the organizations' rows: one round trip for all.
-        platform_cur.execute(_UPSERT_ONE_SQL, snapshot_values(None, period_type, start, end, platform_parts))
-    written = 0
-    for cur in cursors:
-        with cur:
-            written += int(cur.fetchone()[0])
+    with ExitStack() as cursors:
+        chunks = [(cursors.enter_context(use_columns(connection.cursor())), counters[i:i + HOUR_CHUNK])
+                  for i in range(0, len(counters), HOUR_CHUNK)]
+        platform_cur = cursors.enter_context(connection.cursor())
+        with connection.pipeline():
+            for cur, chunk in chunks:
+                cur.execute(_HOUR_FROM_COUNTERS_SQL, {**times, **_hour_chunk_params(chunk)})
+            platform_parts = sum_part_rows(platform_rows)
+            # Queued behind the organizations' rows: one round trip for all.
+            platform_cur.execute(_UPSERT_ONE_SQL, snapshot_values(None, period_type, start, end, platform_parts))
+        written = sum(int(cur.fetchone()[0]) for cur, _ in chunks)
     return written == len(counters), platform_parts
 
 
