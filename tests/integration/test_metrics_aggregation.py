@@ -373,6 +373,15 @@ def test_a_counter_changed_while_its_hour_is_written_leaves_rows_of_the_parts_re
         assert hour not in due_hours(s, now, 26)
 
 
+def assert_hour_rows(s: Session, hour: datetime, events: list[dict[str, Any]], orgs: list[str | None]) -> None:
+    """The hour's rows: one for each of ORGS (None: the platform), each as EVENTS recount."""
+    want, _ = group_events(events)
+    rows = {k: r for k, r in snapshots(s, "hourly").items() if k[1] == hour}
+    assert set(rows) == {(org, hour) for org in orgs}
+    for key, row in rows.items():
+        assert_row_matches(row, expected(want[key]), f"hourly {key}")
+
+
 def test_a_counter_changed_between_chunks_of_its_hour_leaves_rows_of_the_parts_read(
     engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -421,12 +430,8 @@ def test_a_counter_changed_between_chunks_of_its_hour_leaves_rows_of_the_parts_r
             s.commit()
     assert outcomes == [True, False] and len(late) == 1, "the changed counter was noticed, and only it"
 
-    want_before, _ = group_events(events)
     with Session(engine) as s:
-        rows = {k: r for k, r in snapshots(s, "hourly").items() if k[1] == hour}
-        assert set(rows) == {(org, hour) for org in ORGS}
-        for key, row in rows.items():
-            assert_row_matches(row, expected(want_before[key]), f"hourly {key}")
+        assert_hour_rows(s, hour, events, ORGS)  # the late event in none
         assert hour in due_hours(s, now, 26)
 
 
@@ -445,9 +450,5 @@ def test_organization_ids_beyond_ascii_keep_their_rows_in_any_client_encoding(en
         s.execute(text("SET LOCAL client_encoding = 'LATIN1'"))
         aggregate_hour(s, hour)
         s.commit()
-    want, _ = group_events(events)
     with Session(engine) as s:
-        rows = {k: r for k, r in snapshots(s, "hourly").items() if k[1] == hour}
-        assert set(rows) == {(org, hour) for org in orgs}
-        for key, row in rows.items():
-            assert_row_matches(row, expected(want[key]), f"hourly {key}")
+        assert_hour_rows(s, hour, events, orgs)
