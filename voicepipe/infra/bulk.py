@@ -60,7 +60,7 @@ class Int8ArrayBinaryDumper(Dumper):
 
 
 # Columns as query parameters, packed in PostgreSQL's binary array format (one struct call
-# for numbers): a statement takes a thousand rows as a handful of arrays it unnests, and
+# for numbers): a statement takes hundreds of rows as a handful of arrays it unnests, and
 # unlike COPY it can be queued in pipeline mode behind the statement before it.
 class Int8Column(bytes):
     """bigint[], packed."""
