@@ -23,6 +23,7 @@ import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
+from models.metrics import MetricsSnapshot
 from tests.support.helpers import RECENT
 from voicepipe.events.recording import record_events
 from voicepipe.infra.bulk import dbapi_connection
@@ -84,7 +85,8 @@ def plans(session: Session) -> Iterator[list[dict[str, Any]]]:
     conn.add_notice_handler(handler)
     conn.execute("LOAD 'auto_explain'")
     for name, value in (("auto_explain.log_min_duration", "0"), ("auto_explain.log_analyze", "on"),
-                        ("auto_explain.log_format", "json"), ("client_min_messages", "log")):
+                        ("auto_explain.log_buffers", "on"), ("auto_explain.log_format", "json"),
+                        ("client_min_messages", "log")):
         conn.execute(f"SET {name} = '{value}'")
     found: list[dict[str, Any]] = []
     try:
@@ -181,5 +183,47 @@ def test_each_chunk_of_an_hour_finds_only_its_own_counter_rows(
         assert len(chunks) == -(-ORGS // chunk)
         busiest = max(busiest_node(p) for p in chunks)
         assert busiest[0] <= chunk, f"a chunk of {chunk} rows handled {busiest}"
+    finally:
+        engine.dispose()
+
+
+def scans(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every node of a plan that reads a table."""
+    node = plan.get("Plan", plan)
+    here = [node] if "Relation Name" in node else []
+    return here + [n for child in node.get("Plans", []) for n in scans(child)]
+
+
+def test_an_hour_reads_its_window_rows_through_the_window_index(db_url: str) -> None:
+    """Re-running an hour reads that window's stored rows (for organizations gone since)
+    through the index on (period_type, period_start): a read that grows with the window.
+    With organization ids alone, PostgreSQL 18 chose an index-only skip scan of the unique
+    index (organization first) once a window held a few hundred organizations: at 10,000
+    organizations and 1.4M rows it read the whole index, 100 ms against 7 ms."""
+    orgs, windows = 300, 144
+    hour = datetime.combine(DAY, datetime.min.time(), RECENT.tzinfo)
+    window_index = next(ix.name for ix in MetricsSnapshot.__table__.indexes
+                        if [c.name for c in ix.columns] == ["period_type", "period_start"])
+    engine = create_engine(db_url, pool_size=1, max_overflow=0)
+    try:
+        with Session(engine) as session:
+            record_events(session, events(orgs, DAY, 1, random.Random(5)))
+            aggregate_hour(session, hour)
+            # The same rows in WINDOWS older hours: a table of many windows, as production's.
+            session.execute(text(
+                "INSERT INTO metrics_snapshots (organization_id, period_type, period_start, period_end) "
+                "SELECT s.organization_id, 'hourly', s.period_start - w * interval '1 hour', "
+                "s.period_end - w * interval '1 hour' FROM metrics_snapshots s, generate_series(1, :n) w "
+                "WHERE s.period_type = 'hourly' AND s.period_start = :h"), {"n": windows, "h": hour})
+            session.commit()
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.execute(text("VACUUM ANALYZE metrics_snapshots"))  # all-visible: index-only scans look cheap
+        with Session(engine) as session, plans(session) as found:
+            aggregate_hour(session, hour)
+            session.commit()
+        reads = [p for p in found if p.get("Query Text", "").startswith(snapshots._STORED_ROWS_SQL[:40])]
+        assert len(reads) == 1, [p.get("Query Text", "")[:80] for p in found]
+        used = [node.get("Index Name") for node in scans(reads[0])]
+        assert used == [window_index], json.dumps(reads[0]["Plan"])[:600]
     finally:
         engine.dispose()

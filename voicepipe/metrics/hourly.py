@@ -20,7 +20,7 @@ from voicepipe.infra.bulk import dbapi_connection
 from voicepipe.infra.gcpause import without_cyclic_gc
 from voicepipe.maintenance.cleanup import recomputable_from
 from voicepipe.metrics.bookkeeping import HOURLY, lock_window, mark_computed
-from voicepipe.metrics.snapshots import delete_vanished, write_hour_from_counters, write_window
+from voicepipe.metrics.snapshots import write_hour_from_counters, write_window
 from voicepipe.windows import HOUR, parse_hour
 
 log = logging.getLogger(__name__)
@@ -82,9 +82,7 @@ def aggregate_hour(session: Session, hour_start: datetime) -> int:
     # every counter row of the hour, with or without an organization.
     all_written, platform = write_hour_from_counters(
         session, HOURLY, hour, hour + HOUR, counters, part_rows)
-    if all_written:
-        delete_vanished(session, HOURLY, hour, org_rows)
-    else:
+    if not all_written:
         log.info("hour counters changed while aggregated window=%s: rows written from the parts read",
                  hour.isoformat())
         org_parts = {organization: parts_of_row(values) for organization, values in org_rows.items()}
