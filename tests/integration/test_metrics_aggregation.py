@@ -214,15 +214,81 @@ def test_events_without_counters_produce_nothing_because_aggregation_reads_only_
     assert row.organization_id is None and row.artifacts_received == 0
 
 
-def test_an_organization_whose_counters_vanish_loses_its_row_on_rerun(session: Session) -> None:
+VANISHING = ["org-a", "org-b", "org-c", "org-d", "org-e"]
+
+
+def stored_organizations(session: Session, period_type: str, start: datetime) -> list[str | None]:
+    return sorted(session.execute(select(MetricsSnapshot.organization_id).where(
+        MetricsSnapshot.period_type == period_type, MetricsSnapshot.period_start == start)).scalars(),
+        key=lambda org: org or "")
+
+
+def received(orgs: list[str], at: datetime) -> list[dict[str, Any]]:
+    return [{"event_type": "artifact_received", "organization_id": org, "occurred_at": at.isoformat()}
+            for org in orgs]
+
+
+@pytest.mark.parametrize("chunk", [2, 250], ids=["chunks-of-2", "one-chunk"])
+def test_organizations_whose_counters_vanish_lose_their_rows_and_only_they(
+    session: Session, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    import voicepipe.metrics.snapshots as writer
+
+    monkeypatch.setattr(writer, "HOUR_CHUNK", chunk)  # survivors in later chunks than the first
     hour = midnight(recent_day(2)) + timedelta(hours=4)
-    record_events(session, [{"event_type": "artifact_received", "organization_id": "gone",
-                             "occurred_at": hour.isoformat()}])
+    record_events(session, received(VANISHING, hour + timedelta(minutes=5)))
     aggregate_hour(session, hour)
+    aggregate_hour(session, hour)  # a re-run with nothing vanished keeps every row
+    assert stored_organizations(session, "hourly", hour) == [None, *VANISHING]
+    session.execute(text("DELETE FROM event_counters WHERE organization_id IN ('org-b', 'org-d')"))
+    aggregate_hour(session, hour)
+    assert stored_organizations(session, "hourly", hour) == [None, "org-a", "org-c", "org-e"]
     session.execute(text("DELETE FROM event_counters"))
     aggregate_hour(session, hour)
     session.commit()
-    assert [r.organization_id for r in session.execute(select(MetricsSnapshot)).scalars()] == [None]
+    assert stored_organizations(session, "hourly", hour) == [None]
+
+
+def test_a_day_loses_the_row_of_an_organization_whose_counters_vanish(session: Session) -> None:
+    day = recent_day(3)
+    record_events(session, received(VANISHING, midnight(day) + timedelta(hours=3)))
+    aggregate_day(session, day)
+    session.execute(text("DELETE FROM event_counters WHERE organization_id = 'org-c'"))
+    aggregate_day(session, day)
+    session.commit()
+    assert stored_organizations(session, "daily", midnight(day)) == [None, "org-a", "org-b", "org-d", "org-e"]
+
+
+def test_an_hour_written_again_after_a_late_event_still_loses_the_vanished(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a counter changes during the run, the window is written again from the parts
+    read (write_window): that path deletes the vanished organizations' rows too."""
+    import voicepipe.metrics.hourly as hourly
+
+    hour = midnight(recent_day(2)) + timedelta(hours=7)
+    with Session(engine) as s:
+        record_events(s, received(VANISHING, hour + timedelta(minutes=5)))
+        aggregate_hour(s, hour)
+        s.execute(text("DELETE FROM event_counters WHERE organization_id = 'org-b'"))
+        s.commit()
+    original, outcomes = hourly.write_hour_from_counters, []
+
+    def late_event_first(*args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        with Session(engine) as other:
+            record_events(other, received(["org-a"], hour + timedelta(minutes=30)))
+            other.commit()
+        result = original(*args, **kwargs)
+        outcomes.append(result[0])
+        return result
+
+    monkeypatch.setattr(hourly, "write_hour_from_counters", late_event_first)
+    with Session(engine) as s:
+        aggregate_hour(s, hour)
+        s.commit()
+    assert outcomes == [False], "the changed counter was noticed"
+    with Session(engine) as s:
+        assert stored_organizations(s, "hourly", hour) == [None, "org-a", "org-c", "org-d", "org-e"]
 
 
 def test_windows_older_than_counter_retention_are_refused(session: Session) -> None:

@@ -71,7 +71,8 @@ _UPSERT_ONE_SQL = (
 # too, and the vanished deleted by id: with organization ids alone, PostgreSQL 18 chose
 # an index-only skip scan of the unique index (organization first) once a window held a
 # few hundred organizations, which read the whole index at 10,000 (100 ms at 1.4M rows,
-# against 7 ms through the window's index); a column outside the unique key rules it out.
+# against 7 ms through the window's index); with a column outside the unique key, no
+# index-only scan of it can serve the read.
 _STORED_ROWS_SQL = (
     "SELECT id, organization_id FROM metrics_snapshots WHERE period_type = %s AND period_start = %s "
     "AND organization_id IS NOT NULL"
@@ -178,6 +179,9 @@ def write_hour_from_counters(
     counters: Sequence[tuple[str, int, int, Sequence[Any]]], platform_rows: Sequence[Sequence[Any]],
 ) -> tuple[bool, Parts]:
     """Upsert an hour's rows, the organizations' parts read from their counter rows.
+
+    The caller holds the window's lock (bookkeeping.lock_window): no other run writes the
+    window between this one's read of its stored rows and its writes.
 
     ``counters`` are the organizations' counter rows as read: (organization, counter id,
     revision, ALL_PARTS values); their figures are derived here, chunk by chunk, while
