@@ -214,6 +214,32 @@ def test_events_without_counters_produce_nothing_because_aggregation_reads_only_
     assert row.organization_id is None and row.artifacts_received == 0
 
 
+def aggregate_hour_after_a_late_event(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, hour: datetime, late: list[dict[str, Any]]
+) -> list[bool]:
+    """Aggregate HOUR with LATE recorded (and committed, by another transaction) just after
+    its counters are read; returns whether each write found every counter unchanged."""
+    import voicepipe.metrics.hourly as hourly
+
+    original = hourly.write_hour_from_counters
+    outcomes: list[bool] = []
+
+    def late_event_first(*args: Any, **kwargs: Any) -> tuple[bool, Any]:
+        with Session(engine) as other:
+            record_events(other, late)
+            other.commit()
+        result = original(*args, **kwargs)
+        outcomes.append(result[0])
+        return result
+
+    monkeypatch.setattr(hourly, "write_hour_from_counters", late_event_first)
+    with Session(engine) as s:
+        aggregate_hour(s, hour)
+        s.commit()
+    monkeypatch.setattr(hourly, "write_hour_from_counters", original)
+    return outcomes
+
+
 VANISHING = ["org-a", "org-b", "org-c", "org-d", "org-e"]
 
 
@@ -264,28 +290,14 @@ def test_an_hour_written_again_after_a_late_event_still_loses_the_vanished(
 ) -> None:
     """When a counter changes during the run, the window is written again from the parts
     read (write_window): that path deletes the vanished organizations' rows too."""
-    import voicepipe.metrics.hourly as hourly
-
     hour = midnight(recent_day(2)) + timedelta(hours=7)
     with Session(engine) as s:
         record_events(s, received(VANISHING, hour + timedelta(minutes=5)))
         aggregate_hour(s, hour)
         s.execute(text("DELETE FROM event_counters WHERE organization_id = 'org-b'"))
         s.commit()
-    original, outcomes = hourly.write_hour_from_counters, []
-
-    def late_event_first(*args: Any, **kwargs: Any) -> tuple[bool, Any]:
-        with Session(engine) as other:
-            record_events(other, received(["org-a"], hour + timedelta(minutes=30)))
-            other.commit()
-        result = original(*args, **kwargs)
-        outcomes.append(result[0])
-        return result
-
-    monkeypatch.setattr(hourly, "write_hour_from_counters", late_event_first)
-    with Session(engine) as s:
-        aggregate_hour(s, hour)
-        s.commit()
+    outcomes = aggregate_hour_after_a_late_event(
+        engine, monkeypatch, hour, received(["org-a"], hour + timedelta(minutes=30)))
     assert outcomes == [False], "the changed counter was noticed"
     with Session(engine) as s:
         assert stored_organizations(s, "hourly", hour) == [None, "org-a", "org-c", "org-d", "org-e"]
@@ -390,8 +402,6 @@ def test_a_counter_changed_while_its_hour_is_written_leaves_rows_of_the_parts_re
     against the revision they were read at. A late event committed in between (here,
     just before the write) must not give a row the new parts with figures derived from
     the old: the window is written from the parts read, and stays due."""
-    import voicepipe.metrics.hourly as hourly
-
     rng = random.Random(31)
     day = recent_day(2)
     hour = midnight(day) + timedelta(hours=9)
@@ -403,22 +413,7 @@ def test_a_counter_changed_while_its_hour_is_written_leaves_rows_of_the_parts_re
         record_events(s, events)
         s.commit()
 
-    original = hourly.write_hour_from_counters
-    outcomes: list[bool] = []
-
-    def late_event_first(*args: Any, **kwargs: Any) -> tuple[bool, Any]:
-        with Session(engine) as other:  # another transaction, committed before the write
-            record_events(other, [late])
-            other.commit()
-        result = original(*args, **kwargs)
-        outcomes.append(result[0])
-        return result
-
-    monkeypatch.setattr(hourly, "write_hour_from_counters", late_event_first)
-    with Session(engine) as s:
-        aggregate_hour(s, hour)
-        s.commit()
-    monkeypatch.setattr(hourly, "write_hour_from_counters", original)
+    outcomes = aggregate_hour_after_a_late_event(engine, monkeypatch, hour, [late])
     assert outcomes == [False], "the changed counter was noticed"
 
     want_before, _ = group_events(events)
