@@ -23,13 +23,10 @@ from voicepipe.events.parts import (
     SKETCH_PART,
 )
 from voicepipe.events.sketch import COUNT_BITS, END_TO_END, kind_sql
+from voicepipe.infra.bulk import HASHED_GROUP
 from voicepipe.metrics.snapshots import SUM_WORK_MEM
 
 _MASK = (1 << COUNT_BITS) - 1
-# A constant group key that changes no group but leaves hashing the only way to group (xid
-# has no ordering), as in the summing statement: sorting millions of unnested buckets on
-# statistics that expect a handful of rows would measure the planner, not the work.
-_HASHED = "CAST('0' AS xid)"
 _SUMS = ", ".join(
     [f"sum({n}) AS {n}" for n in INT_PARTS + FLOAT_PARTS + DECIMAL_PARTS]
     + [f"bool_or({COARSE_PART}) AS {COARSE_PART}"]
@@ -46,7 +43,7 @@ def _summed_sketch(table: str, where: str, by: str | None = None, entries: str =
         f"SELECT {outer}array_agg((key << {COUNT_BITS}) + n) AS sketch"
         f" FROM (SELECT {outer}b >> {COUNT_BITS} AS key, sum((b & {_MASK})::float8)::bigint AS n"
         f" FROM (SELECT {inner}unnest({SKETCH_PART}) AS b FROM {table} WHERE {where}) AS x WHERE {entries}"
-        f" GROUP BY {outer}key, {_HASHED}) AS u"
+        f" GROUP BY {outer}key, {HASHED_GROUP}) AS u"
         + (" GROUP BY k" if by else "")
     )
 
@@ -66,7 +63,7 @@ def _bare_sums(entries: str) -> str:
         f"SELECT e.organization_id, e.windows, {', '.join(f'e.{n}' for n in (*SCALAR_PARTS, COARSE_PART))},"
         " coalesce(h.sketch, '{}')"
         f" FROM (SELECT organization_id, {_ORG_KEY} AS k, count(*) AS windows, {_SUMS}"
-        f" FROM metrics_snapshots WHERE {_IN_RANGE} GROUP BY organization_id, {_HASHED}) e"
+        f" FROM metrics_snapshots WHERE {_IN_RANGE} GROUP BY organization_id, {HASHED_GROUP}) e"
         f" LEFT JOIN ({_summed_sketch('metrics_snapshots', _IN_RANGE, _ORG_KEY, entries)}) h"
         " ON h.k = e.k"
     )

@@ -18,6 +18,10 @@ from psycopg.pq import Format
 from sqlalchemy.orm import Session
 
 T = TypeVar("T")
+# A constant GROUP BY key that changes no group: xid has no ordering, so hashing is the
+# only way the statement can group, whatever the statistics expect (sorting millions of
+# rows, or rows that carry whole breakdowns, on estimates of a handful; docs/profiling.md).
+HASHED_GROUP = "CAST('0' AS xid)"
 _INT8 = postgres.types["int8"]
 _FLOAT8 = postgres.types["float8"]
 _TEXT = postgres.types["text"]

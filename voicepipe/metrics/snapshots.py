@@ -25,6 +25,7 @@ from voicepipe.events.parts import (
     sum_part_rows,
 )
 from voicepipe.infra.bulk import (
+    HASHED_GROUP,
     ascii_column,
     copy_then,
     dbapi_connection,
@@ -246,9 +247,8 @@ _IN_RANGE = "s.period_type = %(period_type)s AND s.period_start >= %(lo)s AND s.
 # - Exact parts, in any order, in a hash aggregate. Integer parts are summed as float8
 #   and cast back: every partial sum of integers below 2**53 (9e15) is an integer a
 #   double holds exactly, so the result is exact whatever the order, at half the cost
-#   of a bigint sum. Decimal sums are exact in any order. The constant xid group key
-#   changes no group but makes hashing the only way to group (xid has no ordering),
-#   whatever the statistics expect.
+#   of a bigint sum. Decimal sums are exact in any order. HASHED_GROUP in the group key
+#   makes hashing the only way to group, whatever the statistics expect.
 # - Float parts, in a fixed order: floating-point addition is not associative, so a
 #   day's averages would change in the last digits from one run to the next. They are
 #   summed from a narrow subquery ordered by (organization, window start), by byte
@@ -280,7 +280,7 @@ def _sum_sql(kind: int | None) -> str:
         + ", ".join(f"f.{n}" if n in FLOAT_PARTS else f"e.{n}" for n in SCALAR_PARTS)
         + f", coalesce(h.sketch, '{{}}'), e.{COARSE_PART}"
         + " FROM (SELECT s.organization_id, coalesce(s.organization_id, '') AS k, count(*) AS windows, "
-        + f"{_SUMS} FROM metrics_snapshots s WHERE {_IN_RANGE} GROUP BY s.organization_id, CAST('0' AS xid)) e"
+        + f"{_SUMS} FROM metrics_snapshots s WHERE {_IN_RANGE} GROUP BY s.organization_id, {HASHED_GROUP}) e"
         + f" JOIN (SELECT coalesce(s.organization_id, '') AS k, {_FLOAT_SUMS}"
         + f" FROM (SELECT s.organization_id COLLATE \"C\" AS organization_id, {_FLOAT_COLUMNS}"
         + f" FROM metrics_snapshots s WHERE {_IN_RANGE}"
@@ -290,7 +290,7 @@ def _sum_sql(kind: int | None) -> str:
         + f" FROM (SELECT s.k, unnest(s.{SKETCH_PART}) AS b"
         + f" FROM (SELECT coalesce(s.organization_id, '') COLLATE \"C\" AS k, s.{SKETCH_PART}"
         + f" FROM metrics_snapshots s WHERE {_IN_RANGE} ORDER BY 1) s) s{only}"
-        + " GROUP BY 1, 2, CAST('0' AS xid)) u GROUP BY k, CAST('0' AS xid)) h ON h.k = e.k"
+        + f" GROUP BY 1, 2, {HASHED_GROUP}) u GROUP BY k, {HASHED_GROUP}) h ON h.k = e.k"
         + " LEFT JOIN organizations o ON o.id = e.organization_id"
     )
 

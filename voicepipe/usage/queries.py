@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from models.usage import AiUsageLog
 from voicepipe.clock import utcnow
 from voicepipe.errors import InvalidInput
+from voicepipe.infra.bulk import HASHED_GROUP
 from voicepipe.maintenance.cleanup import usage_recomputable_from
 from voicepipe.usage.rollup import UsageGroup, UsageTotals, group_rows, grouped_calls
 from voicepipe.windows import DAY, day_start
@@ -101,9 +102,8 @@ _ROLLUPS = text(
 # candidates are looked up for calls and tokens, then ordered as _top orders them (cost,
 # calls, key; "C" is code point order, as Python's). The breakdowns are detoasted once
 # into r (jsonb || '{}' returns its detoasted operand): each lookup in a toasted value
-# would decompress all of it again. The candidates' sums are grouped by hash (the
-# constant xid has no ordering): PostgreSQL 18 sorted the candidate rows, breakdowns
-# and all, to group them.
+# would decompress all of it again. The candidates' sums are grouped by hash
+# (HASHED_GROUP): PostgreSQL 18 sorted the candidate rows, breakdowns and all, to group them.
 _ROLLUPS_TOP = text(
     "WITH r AS MATERIALIZED (SELECT total_cost, total_calls, total_input_tokens, total_cached_tokens, "
     "total_output_tokens, by_operation, by_coach || '{}'::jsonb AS by_coach, by_player || '{}'::jsonb AS by_player "
@@ -117,7 +117,7 @@ _ROLLUPS_TOP = text(
     + f" {_TOTALS}"
     + "".join(
         f" UNION ALL (SELECT '{column}', t.key, t.cost, {_sums(f'(r.{column} -> t.key)', _FIELDS[1:])} "
-        f"FROM top_{column} AS t CROSS JOIN r GROUP BY t.key, t.cost, CAST('0' AS xid) "
+        f"FROM top_{column} AS t CROSS JOIN r GROUP BY t.key, t.cost, {HASHED_GROUP} "
         'ORDER BY 3 DESC, 4 DESC, t.key COLLATE "C" LIMIT :top)'
         for column in ("by_coach", "by_player")
     )
