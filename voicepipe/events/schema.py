@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from voicepipe.domain import EVENT_TYPES, METADATA_INTS, METADATA_NUMBERS, METADATA_TEXTS, STAGES
 from voicepipe.errors import InvalidInput
@@ -48,8 +47,14 @@ MAX_END_TO_END_MS = 3650 * 24 * 3600 * 1000.0
 MAX_COST_USD = 1_000_000.0
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+# Compact JSON, as json.dumps(..., separators=(",", ":")) makes it, without building an
+# encoder per call.
+_compact_json = json.JSONEncoder(separators=(",", ":")).encode
+
+
+class Event(NamedTuple):
+    """A validated event (immutable; a tuple builds in a third of a frozen dataclass's time)."""
+
     event_id: uuid.UUID
     event_type: str
     artifact_id: uuid.UUID | None
@@ -116,7 +121,7 @@ def _parse_metadata(raw: Any) -> tuple[dict[str, Any], str]:
     for key in METADATA_TEXTS:
         if key in metadata:
             metadata[key] = check_text(metadata[key], f"metadata.{key}", max_len=255, optional=True)
-    text = json.dumps(metadata, separators=(",", ":"))
+    text = _compact_json(metadata)
     limit = get_settings().max_metadata_bytes
     if len(text) > limit:
         raise InvalidInput.field("metadata", f"larger than {limit} bytes as JSON (VOICEPIPE_MAX_METADATA_BYTES)")
