@@ -30,6 +30,7 @@ from voicepipe.domain import EVENT_TYPES, METADATA_INTS, METADATA_NUMBERS, METAD
 from voicepipe.errors import InvalidInput
 from voicepipe.events.recording import parse_events
 from voicepipe.events.schema import parse_event
+from voicepipe.settings import get_settings
 from voicepipe.usage.recording import parse_usage
 from voicepipe.windows import parse_day, parse_hour
 from worker.declare import check_batch_size, take
@@ -466,3 +467,15 @@ def test_a_message_is_bound_against_the_signature_before_the_body_runs(kwargs: d
     app.loader.import_default_modules()
     with pytest.raises(InvalidInput, match=re.escape(refused)):
         app.tasks["voicepipe.metrics.aggregate_hour"].run(**kwargs)
+
+
+def test_an_events_metadata_is_stored_as_compact_json_bounded_by_its_length() -> None:
+    limit = get_settings().max_metadata_bytes
+    pad = limit - len('{"note":""}')  # compact JSON: no space after ":" or ","
+    at_limit = parse_event({"event_type": "artifact_received", "metadata": {"note": "x" * pad}}, now=NOW)
+    assert at_limit.metadata_json == '{"note":"' + "x" * pad + '"}'
+    assert len(at_limit.metadata_json) == limit
+    two = parse_event({"event_type": "artifact_received", "metadata": {"aiCost": 0.5, "claimCount": 3}}, now=NOW)
+    assert two.metadata_json == '{"aiCost":0.5,"claimCount":3}'
+    with pytest.raises(InvalidInput, match=f"metadata: larger than {limit} bytes"):
+        parse_event({"event_type": "artifact_received", "metadata": {"note": "x" * (pad + 1)}}, now=NOW)
