@@ -13,8 +13,8 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Engine, create_engine
+from sqlalchemy.orm import Session
 
 log = logging.getLogger(__name__)
 
@@ -162,21 +162,25 @@ def _current_soft_time_limit() -> float | None:
     return float(soft) if soft else None
 
 
+# The transaction's timeouts, and a reader's READ ONLY (what SET TRANSACTION READ ONLY
+# sets), in one statement: one round trip before the work, on the driver's cursor.
+_TIMEOUTS_SQL = "SELECT set_config('statement_timeout', %(s)s, true), set_config('lock_timeout', %(l)s, true)"
+_READ_ONLY_SQL = _TIMEOUTS_SQL + ", set_config('transaction_read_only', 'on', true)"
+
+
 @contextmanager
-def session_scope(engine: Engine | None = None) -> Iterator[Session]:
+def session_scope(engine: Engine | None = None, *, read_only: bool = False) -> Iterator[Session]:
     """One unit of work: commit on success, roll back on error, then run after-commit work.
 
     Its transaction starts with SET LOCAL statement_timeout and lock_timeout
-    (transaction_timeouts), so a held lock fails fast as a transient error.
+    (transaction_timeouts), so a held lock fails fast as a transient error. With
+    READ_ONLY it also refuses every write (ReadOnlySqlTransaction).
     """
-    factory = sessionmaker(bind=engine or get_engine(), expire_on_commit=False)
-    session = factory()
+    session = Session(bind=engine or get_engine(), expire_on_commit=False)
     try:
         statement_ms, lock_ms = transaction_timeouts()
-        session.execute(
-            text("SELECT set_config('statement_timeout', :s, true), set_config('lock_timeout', :l, true)"),
-            {"s": f"{statement_ms}ms", "l": f"{lock_ms}ms"},
-        )
+        session.connection().exec_driver_sql(
+            _READ_ONLY_SQL if read_only else _TIMEOUTS_SQL, {"s": f"{statement_ms}ms", "l": f"{lock_ms}ms"})
         yield session
         session.commit()
     except BaseException:

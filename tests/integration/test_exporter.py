@@ -17,13 +17,18 @@ from typing import Any
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg.errors import ReadOnlySqlTransaction
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
+from models import Organization
 from tests.support.helpers import REPO_ROOT, Proc, producer, service_env, spawn, wait_for
 from tests.support.pipeline import add_artifact
 from tests.support.redis_server import free_port
 from voicepipe.events.recording import record_events
 from voicepipe.metrics.hourly import aggregate_hour
+from voicepipe.observability.probe import read_only_session
 
 CREDENTIALS = "prometheus:scrape-test-password"
 
@@ -315,3 +320,18 @@ def test_idle_unauthenticated_connections_are_closed_by_the_exporter(
         for s in idle:
             s.close()
     assert scrape(port)[0] == 200  # and it still serves
+
+
+def test_the_exporters_and_dashboards_reads_refuse_writes_and_keep_timeouts(db_url: str, session: Session) -> None:
+    """read_only_session, which every scrape and page reads through: READ ONLY, with the timeouts set."""
+    with read_only_session() as reader:
+        settings = dict(reader.execute(text(
+            "SELECT name, setting FROM pg_settings WHERE name IN "
+            "('statement_timeout', 'lock_timeout', 'transaction_read_only')")).all())
+    # PostgreSQL's own view, in ms: the engine's 300 s bound and VOICEPIPE_LOCK_TIMEOUT_MS's default.
+    assert settings == {"statement_timeout": "300000", "lock_timeout": "10000", "transaction_read_only": "on"}
+    with pytest.raises(DBAPIError) as refused, read_only_session() as reader:
+        reader.add(Organization(id="written-by-a-reader", name="x"))
+        reader.flush()
+    assert isinstance(refused.value.orig, ReadOnlySqlTransaction)
+    assert session.get(Organization, "written-by-a-reader") is None

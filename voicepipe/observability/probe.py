@@ -348,8 +348,7 @@ class DueWindows:
 def read_only_session() -> Iterator[Session]:
     from models.session import session_scope
 
-    with session_scope() as session:
-        session.connection().exec_driver_sql("SET TRANSACTION READ ONLY")
+    with session_scope(read_only=True) as session:
         yield session
 
 
