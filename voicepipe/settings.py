@@ -56,7 +56,8 @@ class Settings:
     lock_timeout_ms: int = 10_000
     delivery_limit: int = 5
     max_batch_size: int = 5_000
-    # Byte limits on what producers send: an event's metadata (as UTF-8 JSON), and a whole
+    # Byte limits on what producers send: an event's metadata (compact JSON, non-ASCII
+    # escaped as \uXXXX: at least as many bytes as its UTF-8 form), and a whole
     # task message (its body; a single-event message at most SINGLE_EVENT_MESSAGE_BYTES).
     max_metadata_bytes: int = 16_384
     max_message_bytes: int = 8_388_608

@@ -90,7 +90,8 @@ VARIABLES: tuple[Variable, ...] = (
     ),
     Variable(
         "VOICEPIPE_MAX_METADATA_BYTES",
-        "an event's `metadata`, as JSON; larger is refused with `InvalidInput` naming `metadata`",
+        "an event's `metadata`, as compact JSON with non-ASCII characters escaped (`é` is `\\u00e9`, "
+        "6 bytes); larger is refused with `InvalidInput` naming `metadata`",
         "`16384`",
     ),
     Variable(

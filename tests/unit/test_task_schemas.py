@@ -479,3 +479,9 @@ def test_an_events_metadata_is_stored_as_compact_json_bounded_by_its_length() ->
     assert two.metadata_json == '{"aiCost":0.5,"claimCount":3}'
     with pytest.raises(InvalidInput, match=f"metadata: larger than {limit} bytes"):
         parse_event({"event_type": "artifact_received", "metadata": {"note": "x" * (pad + 1)}}, now=NOW)
+    # Non-ASCII counts as its escape: "é" is 6 bytes (\u00e9), not UTF-8's 2.
+    fits = pad // 6
+    assert len(parse_event({"event_type": "artifact_received", "metadata": {"note": "é" * fits}},
+                           now=NOW).metadata_json) == len('{"note":""}') + 6 * fits
+    with pytest.raises(InvalidInput, match=f"metadata: larger than {limit} bytes"):
+        parse_event({"event_type": "artifact_received", "metadata": {"note": "é" * (fits + 1)}}, now=NOW)
