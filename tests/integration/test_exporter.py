@@ -29,6 +29,7 @@ from tests.support.redis_server import free_port
 from voicepipe.events.recording import record_events
 from voicepipe.metrics.hourly import aggregate_hour
 from voicepipe.observability.probe import read_only_session
+from voicepipe.settings import get_settings
 
 CREDENTIALS = "prometheus:scrape-test-password"
 
@@ -328,8 +329,9 @@ def test_the_exporters_and_dashboards_reads_refuse_writes_and_keep_timeouts(db_u
         settings = dict(reader.execute(text(
             "SELECT name, setting FROM pg_settings WHERE name IN "
             "('statement_timeout', 'lock_timeout', 'transaction_read_only')")).all())
-    # PostgreSQL's own view, in ms: the engine's 300 s bound and VOICEPIPE_LOCK_TIMEOUT_MS's default.
-    assert settings == {"statement_timeout": "300000", "lock_timeout": "10000", "transaction_read_only": "on"}
+    # PostgreSQL's own view, in ms: the engine's 300 s bound and VOICEPIPE_LOCK_TIMEOUT_MS (10 s unless set).
+    lock_ms = str(get_settings().lock_timeout_ms)
+    assert settings == {"statement_timeout": "300000", "lock_timeout": lock_ms, "transaction_read_only": "on"}
     with pytest.raises(DBAPIError) as refused, read_only_session() as reader:
         reader.add(Organization(id="written-by-a-reader", name="x"))
         reader.flush()
