@@ -13,8 +13,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -344,12 +344,11 @@ class DueWindows:
         return self._read(session, now)
 
 
-@contextmanager
-def read_only_session() -> Iterator[Session]:
+def read_only_session() -> AbstractContextManager[Session]:
+    """A unit of work that refuses writes (session_scope(read_only=True)): pages and scrapes."""
     from models.session import session_scope
 
-    with session_scope(read_only=True) as session:
-        yield session
+    return session_scope(read_only=True)
 
 
 def heartbeat_file() -> Path:
