@@ -33,18 +33,28 @@ _SUMS = ", ".join(
 )
 
 
+def _counted(entries_of: str, entries: str) -> str:
+    """The entries of the query ENTRIES_OF (column `b`) that satisfy ENTRIES, counted per key
+    as float8 in a hash aggregate and packed again: column `sketch`."""
+    return (
+        f"SELECT array_agg((key << {COUNT_BITS}) + n) AS sketch"
+        f" FROM (SELECT b >> {COUNT_BITS} AS key, sum((b & {_MASK})::float8)::bigint AS n"
+        f" FROM ({entries_of}) AS x WHERE {entries} GROUP BY key, {HASHED_GROUP}) AS u"
+    )
+
+
 def _summed_sketch(table: str, where: str, by: str | None = None, entries: str = "true") -> str:
     """The sketches of TABLE's rows WHERE summed key by key, as the summing statement does
     (every non-empty bucket unnested in the select list, those of ENTRIES (a condition on
-    entry `b`) counted per key as float8 in a hash aggregate, packed again): column
-    `sketch`, per value of the expression BY (column `k`) if given."""
-    inner, outer = (f"{by} AS k, ", "k, ") if by else ("", "")
+    entry `b`) counted): column `sketch`; per value of the expression BY (column `k`) if
+    given, each value's rows read in order and their sketches concatenated first."""
+    if by is None:
+        return _counted(f"SELECT unnest({SKETCH_PART}) AS b FROM {table} WHERE {where}", entries)
     return (
-        f"SELECT {outer}array_agg((key << {COUNT_BITS}) + n) AS sketch"
-        f" FROM (SELECT {outer}b >> {COUNT_BITS} AS key, sum((b & {_MASK})::float8)::bigint AS n"
-        f" FROM (SELECT {inner}unnest({SKETCH_PART}) AS b FROM {table} WHERE {where}) AS x WHERE {entries}"
-        f" GROUP BY {outer}key, {HASHED_GROUP}) AS u"
-        + (" GROUP BY k" if by else "")
+        f"SELECT k, ({_counted('SELECT unnest(g.entries) AS b', entries)}) AS sketch"
+        f" FROM (SELECT k, vp_sketch_concat({SKETCH_PART}) AS entries"
+        f" FROM (SELECT {by} COLLATE \"C\" AS k, {SKETCH_PART} FROM {table} WHERE {where} ORDER BY 1) AS r"
+        " GROUP BY k) AS g"
     )
 
 

@@ -181,29 +181,18 @@ HOURLY_ROWS = text(
 )
 
 
+def aggregates(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    found = [plan] if plan["Node Type"] == "Aggregate" else []
+    return found + [node for child in plan.get("Plans", []) for node in aggregates(child)]
+
+
 def aggregate_loops(plan: dict[str, Any]) -> list[int]:
     """How many times each aggregate of a plan ran (a parallel worker's partial one aside)."""
-    loops = [plan["Actual Loops"]] if plan["Node Type"] == "Aggregate" and plan.get("Partial Mode") != "Partial" else []
-    for child in plan.get("Plans", []):
-        loops += aggregate_loops(child)
-    return loops
+    return [node["Actual Loops"] for node in aggregates(plan) if node.get("Partial Mode") != "Partial"]
 
 
 def node_types(plan: dict[str, Any]) -> list[str]:
     return [plan["Node Type"], *(t for child in plan.get("Plans", []) for t in node_types(child))]
-
-
-def sketch_input_order(plan: dict[str, Any]) -> list[str] | None:
-    """The sort key of the rows under the aggregate that counts sketch entries per (organization, key)."""
-    if plan["Node Type"] == "Aggregate" and any(f">> {COUNT_BITS}" in key for key in plan.get("Group Key", [])):
-        node = plan
-        while "Sort Key" not in node and node.get("Plans"):
-            node = node["Plans"][0]
-        return list(node.get("Sort Key", []))
-    for child in plan.get("Plans", []):
-        if (found := sketch_input_order(child)) is not None:
-            return found
-    return None
 
 
 @pytest.mark.parametrize("analyzed", [False, True], ids=["statistics-before-the-burst", "analyzed"])
@@ -240,15 +229,19 @@ def test_a_burst_the_statistics_have_not_seen_is_summed_in_one_pass(session: Ses
 
     with dbapi_connection(session).cursor() as cur, snapshots.sum_plan_settings(cur):
         params = {"period_type": "hourly", "lo": day, "hi": day + timedelta(days=1)}
-        plans = [cur.execute("EXPLAIN (ANALYZE, FORMAT JSON) " + sql, params).fetchone()[0][0]["Plan"]
+        plans = [cur.execute("EXPLAIN (ANALYZE, VERBOSE, FORMAT JSON) " + sql, params).fetchone()[0][0]["Plan"]
                  for sql in snapshots._SUM_SQL.values()]
     session.rollback()
     for plan in plans:
-        assert aggregate_loops(plan) == [1, 1, 1, 1], plan
-        # Rows read in organization order: the hash of (organization, key) is touched one
-        # organization at a time (docs/profiling.md), whatever the statistics say.
-        order = sketch_input_order(plan)
-        assert order is not None and len(order) == 1 and "organization_id" in order[0], order
+        # The parts' two aggregates and the sketches' concatenation run once; the count of
+        # each sketch key (and its packing) once per organization and for the platform.
+        assert sorted(aggregate_loops(plan)) == [1, 1, 1, BURST_ORGS + 1, BURST_ORGS + 1], plan
+        per_key = [a for a in aggregates(plan) if any(f">> {COUNT_BITS}" in k for k in a.get("Group Key", []))]
+        assert [a["Actual Loops"] for a in per_key] == [BURST_ORGS + 1], per_key
+        # The sketches are concatenated per organization from rows read in its order (a
+        # sorted group), never hashed: a hash would hold every organization's entries.
+        concat = [a for a in aggregates(plan) if any("vp_sketch_concat" in out for out in a.get("Output", []))]
+        assert [(a["Strategy"], a["Actual Loops"]) for a in concat] == [("Sorted", 1)], concat
         # Entries unnested in the select list: a lateral function scan stores each row's
         # entries in a tuplestore first (docs/profiling.md).
         assert "ProjectSet" in node_types(plan) and "Function Scan" not in node_types(plan), node_types(plan)
