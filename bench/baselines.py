@@ -22,36 +22,25 @@ from voicepipe.events.parts import (
     SCALAR_PARTS,
     SKETCH_PART,
 )
-from voicepipe.events.sketch import COUNT_BITS, END_TO_END, kind_sql
+from voicepipe.events.sketch import END_TO_END, kind_sql
 from voicepipe.infra.bulk import HASHED_GROUP
-from voicepipe.metrics.snapshots import SUM_WORK_MEM
+from voicepipe.metrics.snapshots import SUM_WORK_MEM, counted_keys_sql
 
-_MASK = (1 << COUNT_BITS) - 1
 _SUMS = ", ".join(
     [f"sum({n}) AS {n}" for n in INT_PARTS + FLOAT_PARTS + DECIMAL_PARTS]
     + [f"bool_or({COARSE_PART}) AS {COARSE_PART}"]
 )
 
 
-def _counted(entries_of: str, entries: str) -> str:
-    """The entries of the query ENTRIES_OF (column `b`) that satisfy ENTRIES, counted per key
-    as float8 in a hash aggregate and packed again: column `sketch`."""
-    return (
-        f"SELECT array_agg((key << {COUNT_BITS}) + n) AS sketch"
-        f" FROM (SELECT b >> {COUNT_BITS} AS key, sum((b & {_MASK})::float8)::bigint AS n"
-        f" FROM ({entries_of}) AS x WHERE {entries} GROUP BY key, {HASHED_GROUP}) AS u"
-    )
-
-
 def _summed_sketch(table: str, where: str, by: str | None = None, entries: str = "true") -> str:
     """The sketches of TABLE's rows WHERE summed key by key, as the summing statement does
     (every non-empty bucket unnested in the select list, those of ENTRIES (a condition on
-    entry `b`) counted): column `sketch`; per value of the expression BY (column `k`) if
-    given, each value's rows read in order and their sketches concatenated first."""
+    entry `b`) counted): one array; per value of the expression BY if given (columns `k`
+    and `sketch`), each value's rows read in order and their sketches concatenated first."""
     if by is None:
-        return _counted(f"SELECT unnest({SKETCH_PART}) AS b FROM {table} WHERE {where}", entries)
+        return counted_keys_sql(f"SELECT unnest({SKETCH_PART}) AS b FROM {table} WHERE {where}", entries)
     return (
-        f"SELECT k, ({_counted('SELECT unnest(g.entries) AS b', entries)}) AS sketch"
+        f"SELECT k, ({counted_keys_sql('SELECT unnest(g.entries) AS b', entries)}) AS sketch"
         f" FROM (SELECT k, vp_sketch_concat({SKETCH_PART}) AS entries"
         f" FROM (SELECT {by} COLLATE \"C\" AS k, {SKETCH_PART} FROM {table} WHERE {where} ORDER BY 1) AS r"
         " GROUP BY k) AS g"

@@ -274,9 +274,20 @@ _SUMS = ", ".join(
 )
 
 
+def counted_keys_sql(entries_of: str, where: str = "true") -> str:
+    """The sketch entries (column `b`) of the query ENTRIES_OF that satisfy WHERE, counted
+    per key as float8 in a hash aggregate (exact, as above) and packed again: one bigint[],
+    NULL when there are none."""
+    return (
+        f"SELECT array_agg((key << {_BITS}) + n) FROM (SELECT b >> {_BITS} AS key,"
+        f" sum((b & {(1 << _BITS) - 1})::float8)::bigint AS n FROM ({entries_of}) AS x WHERE {where}"
+        f" GROUP BY 1, {HASHED_GROUP}) AS u"
+    )
+
+
 def _sum_sql(kind: int | None) -> str:
     """The summing statement; with a kind, only that kind's sketch entries are summed."""
-    only = "" if kind is None else f" WHERE {sketch.kind_sql('b', kind)}"
+    only = "true" if kind is None else sketch.kind_sql("b", kind)
     return (
         "SELECT e.organization_id, o.name, e.windows, "
         + ", ".join(f"f.{n}" if n in FLOAT_PARTS else f"e.{n}" for n in SCALAR_PARTS)
@@ -287,9 +298,7 @@ def _sum_sql(kind: int | None) -> str:
         + f" FROM (SELECT s.organization_id COLLATE \"C\" AS organization_id, {_FLOAT_COLUMNS}"
         + f" FROM metrics_snapshots s WHERE {_IN_RANGE}"
         + " ORDER BY 1, s.period_start) s GROUP BY s.organization_id) f ON f.k = e.k"
-        + f" LEFT JOIN (SELECT k, (SELECT array_agg((key << {_BITS}) + n)"
-        + f" FROM (SELECT b >> {_BITS} AS key, sum((b & {(1 << _BITS) - 1})::float8)::bigint AS n"
-        + f" FROM (SELECT unnest(g.entries) AS b) b{only} GROUP BY 1, {HASHED_GROUP}) u) AS sketch"
+        + f" LEFT JOIN (SELECT k, ({counted_keys_sql('SELECT unnest(g.entries) AS b', only)}) AS sketch"
         + f" FROM (SELECT k, vp_sketch_concat(s.{SKETCH_PART}) AS entries"
         + f" FROM (SELECT coalesce(s.organization_id, '') COLLATE \"C\" AS k, s.{SKETCH_PART}"
         + f" FROM metrics_snapshots s WHERE {_IN_RANGE} ORDER BY 1) s GROUP BY k) g) h ON h.k = e.k"
