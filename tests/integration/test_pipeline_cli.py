@@ -101,11 +101,13 @@ def test_bulk_retry_run_twice_at_once_retries_each_artifact_once_and_all_complet
     runs = [subprocess.Popen([sys.executable, "-m", "voicepipe.cli", *bulk, "--rate", "500"], env=env,
                              cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             for _ in range(2)]
-    start_worker(queues="pipeline,retry", concurrency=2, **FAST)
     for run in runs:
         out, err = run.communicate(timeout=120)
         assert run.returncode == 0, err
         assert "sent 300 retries" in out
+    # The worker starts once both runs have selected and sent: started beside them, it
+    # could retry an artifact before the slower run selected it (297 of 300 selected).
+    start_worker(queues="pipeline,retry", concurrency=2, **FAST)
 
     def statuses() -> dict[uuid.UUID, str]:
         session.rollback()
