@@ -10,7 +10,8 @@ the prefetch must exceed flush_every or no batch ever fills: it is raised to
 2 x FLUSH_EVERY, the most worker/batching.py holds per pool process.
 
 Needs celery-batches, which bench/recording.py only uses when it is importable: its
-latest release (0.11) declares celery<5.7, so it is not part of the `dev` extra.
+latest release (0.11) declares celery<5.7, so it is not part of the `dev` extra and is
+installed with `pip install --no-deps celery-batches==0.11`.
 Benchmark-only.
 """
 

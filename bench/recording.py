@@ -215,8 +215,8 @@ def _against_celery_batches(ours: list[float], lib: list[float], n: int, repeat:
     goal = "ahead of celery-batches (> 1x)"
     if lib_version is None or error or not lib:
         why = (f"celery-batches {lib_version} failed: {error}" if lib_version is not None else
-               "celery-batches not installed: its latest release (0.11) requires celery<5.7,>=5.0 "
-               "and this project runs celery 5.7")
+               "celery-batches not installed: its latest release (0.11) declares celery<5.7, so install it "
+               "beside celery 5.7 without its dependencies: pip install --no-deps celery-batches==0.11")
         return Result("recording", f"{case}): NOT MEASURED, {why}", _median(ours), "events/s", goal=goal,
                       extra={"celery-batches": why})
     against = spread_of([o / b for o, b in zip(ours, lib, strict=True)])
