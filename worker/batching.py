@@ -69,11 +69,14 @@ log = logging.getLogger(__name__)
 EVENTS_TASK = "voicepipe.events.record"
 USAGE_TASK = "voicepipe.usage.record"
 
-# A batch is written as soon as a pool process is free: under load, batches grow to
-# whatever arrived while the previous one was written, up to FLUSH_EVERY messages (one
-# transaction of ~20-50 ms at the batch API's rate). At low traffic a message waits at
-# most VOICEPIPE_RECORD_FLUSH_MS (default 50 ms) for the next tick: its counter is
-# updated well within a second (bench/recording.py measures it).
+# The buffer is written at each tick (every VOICEPIPE_RECORD_FLUSH_MS, default 50 ms)
+# that finds a pool process free, or at once when FLUSH_EVERY messages are buffered; a
+# tick that finds every process busy leaves the buffer to the first one freed. So a
+# message waits at most one tick (and the batch before it): its counter is updated well
+# within a second (bench/recording.py measures it). Under load a batch is a tick's worth
+# of messages, not whatever arrived during the last write: flushed whenever a process
+# was free, a worker's batches were 6-16 messages, and their transactions took the CPU
+# its main process needed (docs/benchmarks.md).
 FLUSH_EVERY = 1000
 # Messages held beyond the prefetch window, per task, at most (memory and redelivery
 # bound if the worker dies): a batch being written per pool process plus one buffered.
@@ -210,6 +213,7 @@ class _Batcher:
         self.closed = False  # handed back or replaced: nothing more is batched here
         self.connection = consumer.connection  # the messages' connection; the consumer's changes on a loss
         self.in_batch: set[Request] = set()  # messages of the batches being written
+        self.due = False  # a tick found every process busy: the next free one takes the buffer
 
     def slots(self) -> int:
         return max(1, int(getattr(self.pool, "num_processes", None) or 1))
@@ -249,8 +253,17 @@ class _Batcher:
             self.flush()
 
     def tick(self) -> None:
-        if self.buffer and self.in_flight < self.slots() and not self.closed:
-            self.flush()
+        if self.buffer and not self.closed:
+            if self.in_flight < self.slots():
+                self.flush()
+            else:
+                self.due = True
+
+    def _after_batch(self) -> None:
+        # The buffer waits for the next tick unless one already found every process busy.
+        if self.due:
+            self.due = False
+            self.tick()
 
     def _stop(self) -> list[Request]:
         self.closed = True
@@ -360,7 +373,7 @@ class _Batcher:
                 if log_success:  # Celery's own line for a task that succeeded, as on the per-message path
                     trace_logger.info(LOG_SUCCESS, {"id": req.id, "name": req.name, "return_value": repr(answer),
                                                     "runtime": runtime})
-            self.tick()
+            self._after_batch()
 
         def failed(exc_info: ExceptionInfo) -> None:
             self.in_flight -= 1
@@ -380,7 +393,7 @@ class _Batcher:
                             len(batch), exc)
                 for req in batch:
                     self.alone(req)
-            self.tick()
+            self._after_batch()
 
         self.pool.apply_async(
             run_batch,
