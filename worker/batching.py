@@ -70,13 +70,14 @@ EVENTS_TASK = "voicepipe.events.record"
 USAGE_TASK = "voicepipe.usage.record"
 
 # The buffer is written at each tick (every VOICEPIPE_RECORD_FLUSH_MS, default 50 ms)
-# that finds a pool process free, or at once when FLUSH_EVERY messages are buffered; a
-# tick that finds every process busy leaves the buffer to the first one freed. So a
-# message waits at most one tick (and the batch before it): its counter is updated well
-# within a second (bench/recording.py measures it). Under load a batch is a tick's worth
-# of messages, not whatever arrived during the last write: flushed whenever a process
-# was free, a worker's batches were 6-16 messages, and their transactions took the CPU
-# its main process needed (docs/benchmarks.md).
+# that finds a pool process free, or at once when FLUSH_EVERY messages (or BATCH_BYTES)
+# are buffered and a process is free; a tick that finds every process busy leaves the
+# buffer to the first one freed. So a message waits about one tick (and the batches
+# before it): its counter is updated well within a second (bench/recording.py measures
+# it). Under load a batch is a tick's worth of messages, not whatever arrived during the
+# last write: flushed whenever a process was free, a worker's batches were 6-16
+# messages, and their transactions took the CPU its main process needed
+# (docs/benchmarks.md).
 FLUSH_EVERY = 1000
 # Messages held beyond the prefetch window, per task, at most (memory and redelivery
 # bound if the worker dies): a batch being written per pool process plus one buffered.
@@ -253,15 +254,16 @@ class _Batcher:
             self.flush()
 
     def tick(self) -> None:
-        if self.buffer and not self.closed:
-            if self.in_flight < self.slots():
-                self.flush()
-            else:
-                self.due = True
+        if not self.buffer or self.closed:
+            return
+        if self.in_flight >= self.slots():
+            self.due = True
+        while self.buffer and self.in_flight < self.slots():  # more than one batch only past FLUSH_EVERY
+            self.flush()
 
     def _after_batch(self) -> None:
-        # The buffer waits for the next tick unless one already found every process busy.
-        if self.due:
+        # The buffer waits for the next tick unless one found every process busy, or it is a full batch.
+        if self.due or len(self.buffer) >= FLUSH_EVERY:
             self.due = False
             self.tick()
 
