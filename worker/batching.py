@@ -258,11 +258,11 @@ class _Batcher:
             return
         if self.in_flight >= self.slots():
             self.due = True
-        while self.buffer and self.in_flight < self.slots():  # more than one batch only past FLUSH_EVERY
+        while self.buffer and self.in_flight < self.slots():  # more than one batch only past a full one
             self.flush()
 
     def _after_batch(self) -> None:
-        # The buffer waits for the next tick unless one found every process busy, or it is a full batch.
+        # The buffer waits for the next tick unless one found every process busy, or it holds FLUSH_EVERY.
         if self.due or len(self.buffer) >= FLUSH_EVERY:
             self.due = False
             self.tick()
