@@ -410,34 +410,50 @@ class _Batcher:
 
 
 def _acknowledge(requests: list[Request]) -> None:
-    """Acknowledge the requests: on Redis in one round trip, elsewhere one by one.
-
-    kombu's Redis transport acknowledges a message with its own round trip (ZREM and
-    HDEL of its unacked entry); for a batch, those commands go in one pipeline, then
-    kombu's in-memory bookkeeping is done as its QoS.ack does it. A broker that fails
-    here leaves the messages unacknowledged: they come back, take the per-message path
-    and find their events already stored.
-    """
+    """Acknowledge the requests: on Redis in one round trip (acknowledge_on_redis), elsewhere one by one."""
     pending = [req for req in requests if not req.acknowledged]
     if not pending:
         return
-    qos = getattr(pending[0].message.channel, "qos", None)
-    if not isinstance(qos, kombu_redis.QoS) or any(req.message.channel.qos is not qos for req in pending):
+    messages = [req.message for req in pending]
+    qos = redis_qos(messages)
+    if qos is None:
         for req in pending:
             req.acknowledge()
         return
+    if acknowledge_on_redis(qos, messages):
+        for req in pending:
+            req.acknowledged = True
+
+
+def redis_qos(messages: list[Any]) -> kombu_redis.QoS | None:
+    """The kombu Redis QoS all the messages were delivered through, if there is one."""
+    qos = getattr(messages[0].channel, "qos", None)
+    if not isinstance(qos, kombu_redis.QoS) or any(m.channel.qos is not qos for m in messages):
+        return None
+    return qos
+
+
+def acknowledge_on_redis(qos: kombu_redis.QoS, messages: list[Any]) -> bool:
+    """Acknowledge kombu messages of one Redis channel in one round trip; False if the broker failed.
+
+    kombu's Redis transport acknowledges a message with its own round trip (ZREM and
+    HDEL of its unacked entry); here those commands go in one pipeline, then kombu's
+    in-memory bookkeeping is done as its QoS.ack does it. A broker that fails here
+    leaves the messages unacknowledged: they come back, take the per-message path and
+    find their events already stored.
+    """
     try:
         with qos.pipe_or_acquire() as pipe:
-            for req in pending:
-                qos._remove_from_indices(req.message.delivery_tag, pipe)
+            for message in messages:
+                qos._remove_from_indices(message.delivery_tag, pipe)
             pipe.execute()
     except Exception:  # the broker's connection errors: Celery's own ack logs and goes on too
-        log.exception("acknowledging a batch failed size=%d; its messages will come back", len(pending))
-        return
-    for req in pending:
-        kombu_virtual.QoS.ack(qos, req.message.delivery_tag)
-        req.message._state = "ACK"
-        req.acknowledged = True
+        log.exception("acknowledging a batch failed size=%d; its messages will come back", len(messages))
+        return False
+    for message in messages:
+        kombu_virtual.QoS.ack(qos, message.delivery_tag)
+        message._state = "ACK"
+    return True
 
 
 def run_batch(task_name: str, items: list[tuple[str, dict[str, Any], bool]]) -> list[Any]:

@@ -19,7 +19,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from models import AiUsageLog, EventCounter, PipelineEvent
-from tests.support.helpers import RECENT, Proc, wait_for
+from tests.support.faults import redis_lengths
+from tests.support.helpers import RECENT, Proc, is_amqp, wait_for
 
 HOUR = RECENT + timedelta(hours=7)
 BATCH_LINE = re.compile(r"batch recorded task=(\S+) size=(\d+) new=(\d+) refused=(\d+)")
@@ -44,7 +45,7 @@ def event(n: int, **extra: Any) -> dict[str, Any]:
 
 
 def test_single_event_messages_are_recorded_in_batches_each_answered_alone(
-    start_worker: Callable[..., Proc], client: Celery, session: Session
+    start_worker: Callable[..., Proc], client: Celery, session: Session, broker_url: str
 ) -> None:
     n = 600
     bodies = [event(i, event_id=str(uuid.uuid4())) if i % 2 else event(i) for i in range(n)]
@@ -88,6 +89,8 @@ def test_single_event_messages_are_recorded_in_batches_each_answered_alone(
     assert sum(sizes) == n + 4  # every message went through a batch (the bad ones were refused there)
     assert max(sizes) >= 50, sizes  # and they were batched, not written one by one
     assert "Retry in" not in worker.log()
+    if not is_amqp(broker_url):  # and acknowledged: none left for the visibility timeout to redeliver
+        wait_for(lambda: redis_lengths(broker_url) == (0, 0), timeout=10)
 
 
 def test_one_event_alone_reaches_its_counter(
