@@ -2,8 +2,8 @@
 
 The batch API against raw pipelined upserts of the same rows; one event per Celery task,
 through a real worker, against the smallest Celery task on the same worker and against
-celery-batches writing with the same batch writer; and how soon one event alone reaches
-its counter.
+celery-batches writing with the same batch writer, beside the broker's delivery alone (its
+ceiling); and how soon one event alone reaches its counter.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ OVER_SMALLEST_TASK = 6.0
 EVENT_TASK = "voicepipe.events.record"
 NOOP_TASK = "bench.noop"  # bench/smallest_app.py
 BATCHES_TASK = "bench.celery_batches.record"  # bench/batches_app.py
+DELIVERED_TASK = "bench.delivered"  # bench/delivery_app.py
 
 RAW_INSERT = (
     "INSERT INTO bench_raw_events (id, event_type, artifact_id, organization_id, coach_id, stage,"
@@ -123,12 +124,13 @@ def _celery_batches() -> str | None:
 def _through_worker(env: Env, start: datetime) -> list[Result]:
     """One event per task, as producers send them, through one worker process (-c 1).
 
-    The batched single-event path (worker/batching.py) against two baselines drained the
-    same way in the same run: the smallest Celery task (bench/smallest_app.py: a no-op
-    taking the same messages, on the same worker configuration), and celery-batches
+    The batched single-event path (worker/batching.py) against three baselines drained
+    the same way in the same run: the smallest Celery task (bench/smallest_app.py: a
+    no-op taking the same messages, on the same worker configuration), celery-batches
     (bench/batches_app.py: the same messages batched by the library, each flush written
-    with the same batch writer). Each repetition drains all three, in turn, over fresh
-    events. Also measured once, for the record: the per-message path batching replaced
+    with the same batch writer), and the broker's delivery alone (bench/delivery_app.py:
+    the ceiling of any strategy on this broker). Each repetition drains all four, in turn,
+    over fresh events. Also measured once, for the record: the per-message path batching replaced
     (bench/unbatched_app.py: one task, one transaction per event) and 1,000-event batch
     tasks. The messages are queued before the worker starts and the rate is taken from
     the first completed message to the last, so neither the producer's sending nor the
@@ -143,23 +145,33 @@ def _through_worker(env: Env, start: datetime) -> list[Result]:
     batches_version = _celery_batches()
     ours: list[float] = []
     smallest: list[float] = []
+    delivery: list[float] = []
     lib: list[float] = []
     lib_error = ""
+    # Each path: the rates it adds to, its worker's app, its task, its seeds, its messages, the rows it leaves.
+    paths = {
+        "batched": (ours, "worker", EVENT_TASK, 1100, n_single, None),
+        "smallest": (smallest, "bench.smallest_app", NOOP_TASK, 1200, n_noop, 0),
+        "celery-batches": (lib, "bench.batches_app", BATCHES_TASK, 1300, n_single, None),
+        "delivery": (delivery, "bench.delivery_app", DELIVERED_TASK, 1400, n_single, 0),
+    }
     for rep in range(REPEAT):
-        # All three counted alike, by the broker's acknowledgements (the no-op leaves no row);
-        # the two that record are checked to have stored every event.
-        ours.append(_drain(env, "worker", f"batched-{rep}", _single(n_single, start, seed=1100 + rep),
-                           by_acks=True))
-        smallest.append(_drain(env, "bench.smallest_app", f"smallest-{rep}",
-                               _single(n_noop, start, seed=1200 + rep, task=NOOP_TASK),
-                               queue=EVENTS_QUEUE, by_acks=True, rows=0))
-        if batches_version is not None and not lib_error:
+        # In turn forwards and backwards: what the machine does over these minutes (autovacuum
+        # after the batch API's writes, a checkpoint) falls on each path alike. All four are
+        # counted alike, by the broker's acknowledgements (the no-op and the delivery leave no
+        # row); the two that record are checked to have stored every event.
+        for name in list(paths) if rep % 2 == 0 else list(paths)[::-1]:
+            rates, app_module, task, seed, n, rows = paths[name]
+            if name == "celery-batches" and (batches_version is None or lib_error):
+                continue
             try:
-                lib.append(_drain(env, "bench.batches_app", f"celery-batches-{rep}",
-                                  _single(n_single, start, seed=1300 + rep, task=BATCHES_TASK),
-                                  queue=EVENTS_QUEUE, by_acks=True, timeout=120))
-            except AssertionError as exc:  # it never recorded them all: say why, measure nothing
-                lib_error = _last_error(env, f"celery-batches-{rep}") or str(exc)[:200]
+                rates.append(_drain(env, app_module, f"{name}-{rep}", _single(n, start, seed=seed + rep, task=task),
+                                    queue=EVENTS_QUEUE, by_acks=True, rows=rows,
+                                    timeout=120 if name == "celery-batches" else 900))
+            except AssertionError as exc:
+                if name != "celery-batches":
+                    raise
+                lib_error = _last_error(env, f"{name}-{rep}") or str(exc)[:200]  # say why, measure nothing
     alone_rate = _drain(env, "bench.unbatched_app", "alone", _single(n_alone, start, seed=21))
     batched = data.events(n_batched, start, timedelta(hours=1), orgs=100, seed=22)
     batch_task_rate = _drain(env, "worker", "batch-tasks",
@@ -183,6 +195,7 @@ def _through_worker(env: Env, start: datetime) -> list[Result]:
                    "smallest task (tasks/s)": [round(x) for x in smallest]},
         ),
         _against_celery_batches(ours, lib, n_single, REPEAT, batches_version, lib_error),
+        _delivery_alone(ours, smallest, delivery, n_single),
         Result(
             "recording", f"one event alone reaches its counter (idle worker, p50 of {len(latencies)})",
             p50 * 1000, "ms", goal="< 1 s", met=max(latencies) < 1.0,
@@ -226,6 +239,21 @@ def _against_celery_batches(ours: list[float], lib: list[float], n: int, repeat:
         ratio=against[1], goal=goal, met=against[1] > 1.0, spread=against,
         extra={"celery-batches (events/s)": [round(x) for x in lib],
                "celery-batches declares": "celery<5.7,>=5.0 (installed beside celery 5.7 without its dependencies)"},
+    )
+
+
+def _delivery_alone(ours: list[float], smallest: list[float], delivery: list[float], n: int) -> Result:
+    """The transport's ceiling for one event per task: how far above the smallest task, and ours against it."""
+    over_smallest = spread_of([d / s for d, s in zip(delivery, smallest, strict=True)])
+    share = spread_of([o / d for o, d in zip(ours, delivery, strict=True)])
+    return Result(
+        "recording", f"through 1 worker process: the broker's delivery alone, the ceiling of any strategy ({n:,} "
+        f"messages decoded and acknowledged by batches, nothing run; median of {len(delivery)})",
+        _median(delivery), "messages/s", baseline=_median(smallest),
+        baseline_name="smallest Celery task, as above", ratio=over_smallest[1], goal="", met=None,
+        spread=over_smallest,
+        extra={"delivery alone (messages/s)": [round(x) for x in delivery],
+               "ours / delivery alone (min, median, max)": [round(x, 2) for x in share]},
     )
 
 
