@@ -36,8 +36,9 @@ def acknowledging(task: Any, app: Any, consumer: Any, **_kwargs: Any) -> Any:
         del held[:]
         qos = redis_qos(batch)
         if qos is None:
-            raise RuntimeError("bench.delivery_app runs on Redis only")
-        acknowledge_on_redis(qos, batch)
+            raise RuntimeError("bench.delivery_app runs on Redis only, on one connection")
+        if not acknowledge_on_redis(qos, batch):
+            held[:0] = batch  # the broker failed (logged): tried again at the next tick
 
     def handler(message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, **_kw: Any) -> None:
         message.decode()
