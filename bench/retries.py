@@ -8,7 +8,9 @@ upsert, from send to its row committed) through the same broker: a retry is two 
 As deployed, the retry queue has its own worker and the pipeline queue its own: latency
 is measured one retry at a time on idle workers (each artifact's pipeline finishes before
 the next retry), throughput as retries accepted per second by the retry worker alone,
-against a burst of the smallest task (`upsert_organization`) on that same worker.
+against a burst of the smallest task (`upsert_organization`) on that same worker, beside
+a burst of a retry's round trips alone (bench/retry_trips_app.py: the ceiling for
+retries, printed without a goal), the three in turn, forwards then backwards.
 
 Both goals are ratios to the smallest task, measured in REPEAT fresh pairs (new
 artifacts, new organization and user ids each time) so that each pair's two sides see
@@ -36,6 +38,7 @@ from models import Artifact, Organization, PipelineEvent, RetryRequest, User
 from tests.support.helpers import celery_cmd, producer, redis_client, service_env, spawn, wait_for
 
 STAFF = "bench-staff"
+TRIPS_TASK, DONE_STATUS = "bench.retry_trips", "bench-retried"  # bench/retry_trips_app.py
 # Fresh (smallest task, retries) pairs whose ratios make each goal's spread.
 REPEAT = 3
 # Retries per second, at least this fraction of the smallest task's rate on the same worker.
@@ -136,6 +139,22 @@ def _org_burst(env: Env, app: Any, n: int, rep: int) -> float:
     return n / (time.perf_counter() - t0)
 
 
+def _trips_burst(env: Env, app: Any, n: int) -> float:
+    """N tasks of a retry's round trips alone (bench/retry_trips_app.py) on fresh failed artifacts: tasks/s."""
+    burst = _failed_artifacts(env, n)
+
+    def done() -> int:
+        with env.session() as s:
+            return int(s.scalar(select(func.count()).select_from(Artifact).where(
+                Artifact.status == DONE_STATUS, Artifact.id.in_(burst))) or 0)
+
+    t0 = time.perf_counter()
+    for art in burst:
+        app.send_task(TRIPS_TASK, queue="retry", kwargs={"artifact_id": str(art), "requested_by": STAFF})
+    wait_for(lambda: done() >= n, timeout=600, interval=0.05)
+    return n / (time.perf_counter() - t0)
+
+
 def _retry_burst(env: Env, app: Any, n: int) -> float:
     """N retries of fresh failed artifacts through the retry worker: retries accepted per second."""
     burst = _failed_artifacts(env, n)
@@ -169,6 +188,7 @@ def run(env: Env) -> list[Result]:
     lat_ratios: list[float] = []  # per pair: its hops' p50 / its retries' p50 (>1 = retries faster)
     base_rates: list[float] = []  # per pair: smallest task, tasks/s
     rates: list[float] = []  # per pair: retries/s
+    trip_rates: list[float] = []  # per pair: a retry's round trips alone, tasks/s
     try:
         for queue in ("retry", "pipeline"):
             wait_for(functools.partial(app.control.ping, destination=[f"bench-{queue}@test"], timeout=0.5), timeout=60)
@@ -183,15 +203,19 @@ def run(env: Env) -> list[Result]:
         # smallest task, a burst of retries), each of fresh rows.
         procs[1].stop()
         procs[0].stop()
-        procs.append(spawn(
-            celery_cmd("worker", "-Q", "retry", "-c", "2", "-n", "bench-retry2@test",
-                       "--without-mingle", "--without-gossip", "-l", "WARNING"),
-            service_env(env.database_url, env.broker_url, env.scratch / "wretry2"),
-            env.scratch / "bench-retry2-worker.log"))
+        # Production's app with one more task: a retry's round trips alone.
+        retry2 = celery_cmd("worker", "-Q", "retry", "-c", "2", "-n", "bench-retry2@test",
+                            "--without-mingle", "--without-gossip", "-l", "WARNING")
+        retry2[retry2.index("-A") + 1] = "bench.retry_trips_app"
+        procs.append(spawn(retry2, service_env(env.database_url, env.broker_url, env.scratch / "wretry2"),
+                           env.scratch / "bench-retry2-worker.log"))
         wait_for(lambda: app.control.ping(destination=["bench-retry2@test"], timeout=0.5), timeout=60)
         for rep in range(REPEAT):
-            base_rates.append(_org_burst(env, app, n_burst, rep))
-            rates.append(_retry_burst(env, app, n_burst))
+            bursts = [(base_rates, functools.partial(_org_burst, env, app, n_burst, rep)),
+                      (trip_rates, functools.partial(_trips_burst, env, app, n_burst)),
+                      (rates, functools.partial(_retry_burst, env, app, n_burst))]
+            for into, burst in bursts if rep % 2 == 0 else bursts[::-1]:  # in turn: the machine's drift alike
+                into.append(burst())
     finally:
         app.close()
         for proc in procs:
@@ -199,6 +223,8 @@ def run(env: Env) -> list[Result]:
     p50, p95, b50 = percentile(lat, 0.5), percentile(lat, 0.95), percentile(base, 0.5)
     lat_spread = spread_of(lat_ratios)
     rate_spread = spread_of([r / b for r, b in zip(rates, base_rates, strict=True)])
+    trips_spread = spread_of([t / b for t, b in zip(trip_rates, base_rates, strict=True)])
+    share = spread_of([r / t for r, t in zip(rates, trip_rates, strict=True)])
     return [
         Result("retries", f"send -> stage start, p50 ({REPEAT} x {n_latency} sequential)", p50, "ms",
                baseline=b50, baseline_name="1 hop of the smallest task, p50", ratio=lat_spread[1],
@@ -213,4 +239,11 @@ def run(env: Env) -> list[Result]:
                spread=rate_spread,
                extra={"retries/s": [round(r, 1) for r in rates],
                       "smallest task (tasks/s)": [round(b, 1) for b in base_rates]}),
+        Result("retries", f"throughput, burst of {n_burst}: a retry's round trips alone, the ceiling for retries "
+               f"(transaction, two statements, one message queued, result stored; median of {REPEAT})",
+               statistics.median(trip_rates), "tasks/s", baseline=statistics.median(base_rates),
+               baseline_name="smallest task, same worker", ratio=trips_spread[1], goal="", met=None,
+               spread=trips_spread,
+               extra={"round trips alone (tasks/s)": [round(r, 1) for r in trip_rates],
+                      "retries / round trips alone (min, median, max)": [round(x, 2) for x in share]}),
     ]
