@@ -199,8 +199,8 @@ def run(env: Env) -> list[Result]:
             base += hops
             lat += retries
             lat_ratios.append(percentile(hops, 0.5) / percentile(retries, 0.5))
-        # Throughput: the retry worker (2 processes) alone, REPEAT pairs of (a burst of the
-        # smallest task, a burst of retries), each of fresh rows.
+        # Throughput: the retry worker (2 processes) alone, REPEAT triples of bursts (the
+        # smallest task, a retry's round trips alone, retries), each of fresh rows.
         procs[1].stop()
         procs[0].stop()
         # Production's app with one more task: a retry's round trips alone.
