@@ -27,7 +27,8 @@ _LOCK = text("SELECT u.is_platform_staff, a.status FROM users u, artifacts a "
 _UPDATE = text("UPDATE artifacts SET status = :status, updated_at = now() WHERE id = CAST(:artifact AS uuid)")
 
 
-@app.task(name=TRIPS_TASK, ignore_result=False)
+# As tasks/retry.py declares the retries: its result kept, no STARTED state stored before it runs.
+@app.task(name=TRIPS_TASK, ignore_result=False, track_started=False)
 def retry_trips(*, artifact_id: str, requested_by: str, **_ignored: Any) -> dict[str, Any]:
     """The retry task's round trips with none of its work."""
     params = {"user": requested_by, "artifact": artifact_id, "status": DONE_STATUS}
