@@ -28,6 +28,7 @@ import functools
 import statistics
 import time
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -128,15 +129,26 @@ def _retry_latencies(env: Env, app: Any, n: int) -> list[float]:
     return [(started[a] - sent[a]).total_seconds() * 1000 for a in ids]
 
 
-def _org_burst(env: Env, app: Any, n: int, rep: int) -> float:
-    """N upsert_organization tasks of new organizations through the retry worker: tasks per second."""
-    before = _orgs(env)
+def _timed_burst(app: Any, task: str, kwargs: list[dict[str, Any]], count: Callable[[], int]) -> float:
+    """One TASK per KWARGS through the retry worker, until COUNT grew by as many: tasks per second.
+
+    COUNT must grow by exactly that many: every task of the burst did its work, and only those.
+    """
+    n = len(kwargs)
+    before = count()
     t0 = time.perf_counter()
-    for k in range(n):
-        app.send_task("voicepipe.directory.upsert_organization", queue="retry",
-                      kwargs={"id": f"org-b{rep}-{k}", "name": "bench"})
-    wait_for(lambda: _orgs(env) >= before + n, timeout=600, interval=0.05)
-    return n / (time.perf_counter() - t0)
+    for each in kwargs:
+        app.send_task(task, queue="retry", kwargs=each)
+    wait_for(lambda: count() >= before + n, timeout=600, interval=0.05)
+    rate = n / (time.perf_counter() - t0)
+    assert count() == before + n, f"{task}: {count() - before} of a burst of {n} counted"
+    return rate
+
+
+def _org_burst(env: Env, app: Any, n: int, rep: int) -> float:
+    """N upsert_organization tasks of new organizations: tasks per second."""
+    return _timed_burst(app, "voicepipe.directory.upsert_organization",
+                        [{"id": f"org-b{rep}-{k}", "name": "bench"} for k in range(n)], functools.partial(_orgs, env))
 
 
 def _trips_burst(env: Env, app: Any, n: int) -> float:
@@ -148,28 +160,17 @@ def _trips_burst(env: Env, app: Any, n: int) -> float:
             return int(s.scalar(select(func.count()).select_from(Artifact).where(Artifact.status == DONE_STATUS))
                        or 0)
 
-    before = done()
-    t0 = time.perf_counter()
-    for art in burst:
-        app.send_task(TRIPS_TASK, queue="retry", kwargs={"artifact_id": str(art), "requested_by": STAFF})
-    wait_for(lambda: done() >= before + n, timeout=600, interval=0.05)
-    rate = n / (time.perf_counter() - t0)
-    assert done() == before + n  # every task of the burst, and only those, did its round trips
-    return rate
+    return _timed_burst(app, TRIPS_TASK, [{"artifact_id": str(art), "requested_by": STAFF} for art in burst], done)
 
 
 def _retry_burst(env: Env, app: Any, n: int) -> float:
-    """N retries of fresh failed artifacts through the retry worker: retries accepted per second."""
+    """N retries of fresh failed artifacts: retries accepted per second."""
     burst = _failed_artifacts(env, n)
-    accepted = _accepted(env)
-    t0 = time.perf_counter()
-    for art in burst:
-        app.send_task("voicepipe.retry.transcription", queue="retry",
-                      kwargs={"artifact_id": str(art), "requested_by": STAFF})
-    wait_for(lambda: _accepted(env) >= accepted + n, timeout=600, interval=0.05)
-    rate = n / (time.perf_counter() - t0)
-    # Every retry of the burst, and only those, recorded its retry_initiated.
-    assert _accepted(env) == accepted + n and _initiated(env, burst) == n
+    rate = _timed_burst(app, "voicepipe.retry.transcription",
+                        [{"artifact_id": str(art), "requested_by": STAFF} for art in burst],
+                        functools.partial(_accepted, env))
+    # And each recorded its retry_initiated.
+    assert _initiated(env, burst) == n
     return rate
 
 
