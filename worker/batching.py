@@ -14,6 +14,8 @@ worker's normal dispatch:
 - a redelivered message (the worker or its pool process died holding it), a retry
   (it carries a countdown) or a message with positional arguments never enters a
   batch, so a poison message is counted and parked alone, never with its neighbours;
+  except, once, a message this worker restored itself after a broker connection loss
+  (worker/consumer.py): the worker did not die on it;
 - a message the batch refused (InvalidInput) runs alone and fails with its named
   error (stored like any refusal);
 - when the batch's transaction fails (database down, a held lock, a bug) or the job
@@ -39,9 +41,10 @@ Held messages are handed back, never left to the visibility timeout:
   id, headers and body) and then acknowledged, so the next worker batches it as a first
   delivery and no delivery is counted (HandBack, a consumer bootstep);
 - after a broker connection loss, the consumer's new connection restores every message
-  the old one held (worker/consumer.py; RabbitMQ requeues them itself): flagged as
-  redelivered, they take the per-message path and find their events already stored if
-  their batch had committed.
+  the old one held (worker/consumer.py), and they are batched again: those whose batch
+  had committed are found already stored (their ids come from their task ids). On
+  RabbitMQ, which requeues them itself, they come back flagged as redelivered and take
+  the per-message path.
 """
 
 from __future__ import annotations
@@ -232,7 +235,8 @@ class _Batcher:
         fields = self.events.take() if self.events is not None else None
         if fields is not None:
             self.received[req.id] = fields
-        if req.delivery_info.get("redelivered") or req.request_dict.get("retries") or req.args:
+        if (req.delivery_info.get("redelivered") and not self._restored(req)) or req.request_dict.get("retries") \
+                or req.args:
             self._run_alone(req)
             return
         self.buffer.append(req)
@@ -252,6 +256,14 @@ class _Batcher:
             self.timer = self.consumer.timer.call_repeatedly(interval, self.tick)
         if (len(self.buffer) >= FLUSH_EVERY or self.held_bytes >= BATCH_BYTES) and self.in_flight < self.slots():
             self.flush()
+
+    def _restored(self, req: Request) -> bool:
+        """Whether the consumer restored this message after a connection loss; true once per restore."""
+        restored = getattr(self.consumer, "restored_ids", None)
+        if not restored or req.id not in restored:
+            return False
+        restored.discard(req.id)  # came back again (its pool process died with it): it runs alone
+        return True
 
     def tick(self) -> None:
         if not self.buffer or self.closed:

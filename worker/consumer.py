@@ -14,6 +14,9 @@
   visibility timeout). RabbitMQ requeues them itself when the connection closes. Their
   requests are then settled: a task that ends later does not answer them through the
   lost connection (kombu's closed Redis channel raises the same AttributeError).
+  kombu flags each restored message as redelivered; the consumer keeps their task ids
+  (`restored_ids`) so that worker/batching.py batches them again instead of running
+  each alone: the worker did not die on them, so none of them can be a poison message.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lost_tags: list[str] = []
+        self.lost_ids: set[str] = set()
+        # The task ids of the last restore's messages not yet seen again (worker/batching.py).
+        self.restored_ids: set[str] = set()
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         channel = getattr(self.task_consumer, "channel", None)
@@ -71,6 +77,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             lost = [req for req in {*reserved_requests, *active_requests}
                     if not req.acknowledged and req.message.channel is channel]
             self.lost_tags.extend(req.message.delivery_tag for req in lost)
+            self.lost_ids.update(req.id for req in lost)
         from worker.batching import requests_in_batches
 
         # Celery cancels each unacknowledged running task; a batch is one job, left to end on
@@ -87,8 +94,11 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def restore_lost(self) -> None:
         """Put back on their queues the messages a lost connection held (worker/batching.py's HandBack.start)."""
         tags, self.lost_tags = self.lost_tags, []
+        ids, self.lost_ids = self.lost_ids, set()
         if not tags:
             return
+        # Before the first one comes back; replaced at each restore, so bounded by what a worker holds.
+        self.restored_ids = ids
         try:
             qos = self.connection.default_channel.qos
             for tag in tags:
