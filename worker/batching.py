@@ -14,7 +14,7 @@ worker's normal dispatch:
 - a redelivered message (the worker or its pool process died holding it), a retry
   (it carries a countdown) or a message with positional arguments never enters a
   batch, so a poison message is counted and parked alone, never with its neighbours;
-  except, once, a message this worker restored itself after a broker connection loss
+  except, once, a message this worker held when its broker connection was lost
   (worker/consumer.py): the worker did not die on it;
 - a message the batch refused (InvalidInput) runs alone and fails with its named
   error (stored like any refusal);
@@ -41,10 +41,9 @@ Held messages are handed back, never left to the visibility timeout:
   id, headers and body) and then acknowledged, so the next worker batches it as a first
   delivery and no delivery is counted (HandBack, a consumer bootstep);
 - after a broker connection loss, the consumer's new connection restores every message
-  the old one held (worker/consumer.py), and they are batched again: those whose batch
-  had committed are found already stored (their ids come from their task ids). On
-  RabbitMQ, which requeues them itself, they come back flagged as redelivered and take
-  the per-message path.
+  the old one held (worker/consumer.py; RabbitMQ requeues them itself), and they are
+  batched again: those whose batch had committed are found already stored (their ids
+  come from their task ids).
 """
 
 from __future__ import annotations
@@ -235,7 +234,7 @@ class _Batcher:
         fields = self.events.take() if self.events is not None else None
         if fields is not None:
             self.received[req.id] = fields
-        if (req.delivery_info.get("redelivered") and not self._restored(req)) or req.request_dict.get("retries") \
+        if (req.delivery_info.get("redelivered") and not self._returned(req)) or req.request_dict.get("retries") \
                 or req.args:
             self._run_alone(req)
             return
@@ -257,12 +256,12 @@ class _Batcher:
         if (len(self.buffer) >= FLUSH_EVERY or self.held_bytes >= BATCH_BYTES) and self.in_flight < self.slots():
             self.flush()
 
-    def _restored(self, req: Request) -> bool:
-        """Whether the consumer restored this message after a connection loss; true once per restore."""
-        restored = getattr(self.consumer, "restored_ids", None)
-        if not restored or req.id not in restored:
+    def _returned(self, req: Request) -> bool:
+        """Whether this message came back from a connection loss (worker/consumer.py); true once."""
+        returned = getattr(self.consumer, "returned_ids", None)
+        if not returned or req.id not in returned:
             return False
-        restored.discard(req.id)  # came back again (its pool process died with it): it runs alone
+        returned.discard(req.id)  # should it come back again (its pool process died with it), it runs alone
         return True
 
     def tick(self) -> None:

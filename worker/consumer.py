@@ -14,9 +14,10 @@
   visibility timeout). RabbitMQ requeues them itself when the connection closes. Their
   requests are then settled: a task that ends later does not answer them through the
   lost connection (kombu's closed Redis channel raises the same AttributeError).
-  kombu flags each restored message as redelivered; the consumer keeps their task ids
-  (`restored_ids`) so that worker/batching.py batches them again instead of running
-  each alone: the worker did not die on them, so none of them can be a poison message.
+- The messages a lost connection held come back flagged as redelivered (restored as
+  above, or requeued by RabbitMQ); the consumer keeps their task ids (`returned_ids`)
+  so that worker/batching.py batches them again instead of running each alone and
+  counting a delivery: the worker did not die on them, so none can be a poison message.
 """
 
 from __future__ import annotations
@@ -65,19 +66,23 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         super().__init__(*args, **kwargs)
         self.lost_tags: list[str] = []
         self.lost_ids: set[str] = set()
-        # The task ids of the last restore's messages not yet seen again (worker/batching.py).
-        self.restored_ids: set[str] = set()
+        # The task ids of the messages the last connection loss handed back, not yet seen
+        # again (worker/batching.py); replaced at each loss: bounded by what a worker holds.
+        self.returned_ids: set[str] = set()
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         channel = getattr(self.task_consumer, "channel", None)
         qos = getattr(channel, "qos", None)
+        held = [req for req in {*reserved_requests, *active_requests}
+                if channel is not None and not req.acknowledged and req.message.channel is channel]
         lost = []
         if isinstance(qos, kombu_redis.QoS):
             qos.restore_at_shutdown = False  # kombu's public switch: restore_lost does it instead
-            lost = [req for req in {*reserved_requests, *active_requests}
-                    if not req.acknowledged and req.message.channel is channel]
+            lost = held
             self.lost_tags.extend(req.message.delivery_tag for req in lost)
             self.lost_ids.update(req.id for req in lost)
+        else:  # RabbitMQ requeues them as the connection closes
+            self.returned_ids = {req.id for req in held}
         from worker.batching import requests_in_batches
 
         # Celery cancels each unacknowledged running task; a batch is one job, left to end on
@@ -97,8 +102,7 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         ids, self.lost_ids = self.lost_ids, set()
         if not tags:
             return
-        # Before the first one comes back; replaced at each restore, so bounded by what a worker holds.
-        self.restored_ids = ids
+        self.returned_ids = ids  # before the first one comes back
         try:
             qos = self.connection.default_channel.qos
             for tag in tags:

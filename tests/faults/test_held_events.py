@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from celery import Celery
@@ -34,7 +35,7 @@ from tests.support.faults import (
     redis_lengths,
     start_worker_proc,
 )
-from tests.support.helpers import RECENT, Proc, is_amqp, wait_for
+from tests.support.helpers import RECENT, Proc, is_amqp, rabbitmqctl, wait_for
 from tests.support.pipeline import FAST, ingest, status_of
 from tests.support.redis_server import OwnRedis
 from voicepipe.observability.queues import queue_depths
@@ -245,6 +246,38 @@ def test_redis_restart_with_a_batch_in_flight_records_every_event_once_within_a_
         assert "redelivered message" not in log and deliveries_counted(session) == 0
         after_restore = log.split("messages held across a connection loss", 1)[1]
         assert sum(int(size) for size, _ in DISPATCHED.findall(after_restore)) == n
+    finally:
+        engine.dispose()
+        worker.stop()
+
+
+@pytest.mark.rabbitmq
+def test_rabbitmq_connection_cut_with_a_batch_in_flight_records_every_event_once_in_batches(
+    broker_url: str, db_url: str, session: Session, tmp_path: Path, locked_events: Connection
+) -> None:
+    n = 1000
+    bodies = [event(i) for i in range(n)]
+    queue_before_the_worker(broker_url, bodies)
+    worker = start_worker_proc(db_url, broker_url, tmp_path, "held", queues="events", concurrency=1,
+                               env={"VOICEPIPE_LOCK_TIMEOUT_MS": "120000"})
+    engine = create_engine(db_url)
+    try:
+        wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="a batch blocked on the lock")
+        wait_for(lambda: queue_depths(broker_url, ["events"])["events"] == 0, timeout=30, what="every message held")
+        vhost = urlsplit(broker_url).path.lstrip("/")
+        rabbitmqctl("close_all_connections", "--vhost", vhost, "a connection loss")  # RabbitMQ requeues them
+        locked_events.rollback()  # the batch commits on a connection that is gone: it cannot be acknowledged
+        wait_for(lambda: stored(session)[1] >= n, timeout=60, interval=0.5, what=f"all {n} events recorded")
+        time.sleep(2)
+        ids, counted = stored(session)
+        assert ids == {e["event_id"] for e in bodies} and counted == n
+        assert worker.alive(), worker.log()[-3000:]
+        wait_for(lambda: queue_depths(broker_url, ["events"])["events"] == 0, timeout=30, what="nothing queued")
+        log = worker.log()
+        # Batched again, not run one by one (a transaction each) nor counted as deliveries.
+        assert "redelivered message" not in log and deliveries_counted(session) == 0
+        after_reconnect = log.rsplit("Connected to amqp", 1)[1]
+        assert sum(int(size) for size, _ in DISPATCHED.findall(after_reconnect)) == n
     finally:
         engine.dispose()
         worker.stop()
