@@ -14,8 +14,8 @@ worker's normal dispatch:
 - a redelivered message (the worker or its pool process died holding it), a retry
   (it carries a countdown) or a message with positional arguments never enters a
   batch, so a poison message is counted and parked alone, never with its neighbours;
-  except, once, a message this worker held when its broker connection was lost
-  (worker/consumer.py): the worker did not die on it;
+  except, once, a message that was in a batch (waiting or being written) when the
+  worker's broker connection was lost (worker/consumer.py): it did not fail;
 - a message the batch refused (InvalidInput) runs alone and fails with its named
   error (stored like any refusal);
 - when the batch's transaction fails (database down, a held lock, a bug) or the job
@@ -41,9 +41,9 @@ Held messages are handed back, never left to the visibility timeout:
   id, headers and body) and then acknowledged, so the next worker batches it as a first
   delivery and no delivery is counted (HandBack, a consumer bootstep);
 - after a broker connection loss, the consumer's new connection restores every message
-  the old one held (worker/consumer.py; RabbitMQ requeues them itself), and they are
-  batched again: those whose batch had committed are found already stored (their ids
-  come from their task ids).
+  the old one held (worker/consumer.py; RabbitMQ requeues them itself), and those that
+  were in a batch are batched again: those whose batch had committed are found already
+  stored (their ids come from their task ids).
 """
 
 from __future__ import annotations
@@ -164,6 +164,11 @@ def _size(req: Request) -> int:
     return len(req.message.body or b"")
 
 
+def requests_batched() -> list[Request]:
+    """The messages waiting in a batcher's buffer or being written by one of its batches."""
+    return [req for batcher in _batchers.values() for req in (*batcher.buffer, *batcher.in_batch)]
+
+
 def requests_in_batches() -> list[Request]:
     """The messages of every batch being written (a batch is one pool job, not a task each)."""
     return [req for batcher in _batchers.values() for req in batcher.in_batch]
@@ -234,8 +239,8 @@ class _Batcher:
         fields = self.events.take() if self.events is not None else None
         if fields is not None:
             self.received[req.id] = fields
-        if (req.delivery_info.get("redelivered") and not self._returned(req)) or req.request_dict.get("retries") \
-                or req.args:
+        if req.request_dict.get("retries") or req.args or (
+                req.delivery_info.get("redelivered") and not self._returned(req)):
             self._run_alone(req)
             return
         self.buffer.append(req)
@@ -261,7 +266,7 @@ class _Batcher:
         returned = getattr(self.consumer, "returned_ids", None)
         if not returned or req.id not in returned:
             return False
-        returned.discard(req.id)  # should it come back again (its pool process died with it), it runs alone
+        del returned[req.id]  # should it come back again (its pool process died with it), it runs alone
         return True
 
     def tick(self) -> None:

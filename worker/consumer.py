@@ -15,9 +15,10 @@
   requests are then settled: a task that ends later does not answer them through the
   lost connection (kombu's closed Redis channel raises the same AttributeError).
 - The messages a lost connection held come back flagged as redelivered (restored as
-  above, or requeued by RabbitMQ); the consumer keeps their task ids (`returned_ids`)
-  so that worker/batching.py batches them again instead of running each alone and
-  counting a delivery: the worker did not die on them, so none can be a poison message.
+  above, or requeued by RabbitMQ). Of those, the ones that were waiting in or being
+  written by a batch (first deliveries) are batched again, once, instead of each running
+  alone with a delivery counted: the consumer keeps their task ids (`returned_ids`,
+  worker/batching.py). A message already running alone keeps its path.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ from kombu.transport import redis as kombu_redis
 from voicepipe.authority import signed_tasks
 
 log = logging.getLogger(__name__)
+
+# The returned ids kept at most, the oldest dropped first: a few losses' worth of what an
+# events worker holds (MAX_HELD_PER_PROCESS per pool process). A dropped id's message,
+# should it still come back, runs alone: correct, and counted.
+RETURNED_IDS_KEPT = 50_000
 
 # The start of an undecodable body that its dead letter keeps (base64), for inspection.
 KEPT_BODY_BYTES = 65_536
@@ -65,25 +71,27 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.lost_tags: list[str] = []
-        self.lost_ids: set[str] = set()
-        # The task ids of the messages the last connection loss handed back, not yet seen
-        # again (worker/batching.py); replaced at each loss: bounded by what a worker holds.
-        self.returned_ids: set[str] = set()
+        self.lost_ids: list[str] = []
+        # The task ids of batched messages connection losses handed back, not yet seen
+        # again (worker/batching.py), oldest first.
+        self.returned_ids: dict[str, None] = {}
 
     def on_connection_error_after_connected(self, exc: Exception) -> None:
         channel = getattr(self.task_consumer, "channel", None)
         qos = getattr(channel, "qos", None)
-        held = [req for req in {*reserved_requests, *active_requests}
-                if channel is not None and not req.acknowledged and req.message.channel is channel]
+        from worker.batching import requests_batched, requests_in_batches
+
+        held = {req for req in {*reserved_requests, *active_requests}
+                if channel is not None and not req.acknowledged and req.message.channel is channel}
+        batched = [req.id for req in requests_batched() if req in held]
         lost = []
         if isinstance(qos, kombu_redis.QoS):
             qos.restore_at_shutdown = False  # kombu's public switch: restore_lost does it instead
-            lost = held
+            lost = list(held)
             self.lost_tags.extend(req.message.delivery_tag for req in lost)
-            self.lost_ids.update(req.id for req in lost)
+            self.lost_ids.extend(batched)
         else:  # RabbitMQ requeues them as the connection closes
-            self.returned_ids = {req.id for req in held}
-        from worker.batching import requests_in_batches
+            self.keep_returned(batched)
 
         # Celery cancels each unacknowledged running task; a batch is one job, left to end on
         # its own (its messages are restored anyway, and a second recording is a no-op).
@@ -99,10 +107,10 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
     def restore_lost(self) -> None:
         """Put back on their queues the messages a lost connection held (worker/batching.py's HandBack.start)."""
         tags, self.lost_tags = self.lost_tags, []
-        ids, self.lost_ids = self.lost_ids, set()
+        ids, self.lost_ids = self.lost_ids, []
         if not tags:
             return
-        self.returned_ids = ids  # before the first one comes back
+        self.keep_returned(ids)  # before the first one comes back
         try:
             qos = self.connection.default_channel.qos
             for tag in tags:
@@ -111,6 +119,11 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
             log.exception("restoring %d messages held across a connection loss failed", len(tags))
             return
         log.warning("restored %d messages held across a connection loss", len(tags))
+
+    def keep_returned(self, ids: list[str]) -> None:
+        self.returned_ids.update(dict.fromkeys(ids))
+        for oldest in list(self.returned_ids)[:max(0, len(self.returned_ids) - RETURNED_IDS_KEPT)]:
+            del self.returned_ids[oldest]
 
     def create_task_handler(self, *args: Any, **kwargs: Any) -> Any:
         handle = super().create_task_handler(*args, **kwargs)
