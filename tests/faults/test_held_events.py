@@ -217,46 +217,11 @@ def test_sigterm_hands_back_buffered_events_to_be_batched_again_uncounted(
         second.stop()
 
 
-def test_redis_restart_with_a_batch_in_flight_records_every_event_once_within_a_minute(
-    own_redis: OwnRedis, db_url: str, session: Session, tmp_path: Path, locked_events: Connection
-) -> None:
-    n = 1000
-    bodies = [event(i) for i in range(n)]
-    queue_before_the_worker(own_redis.url, bodies)
-    worker = start_worker_proc(db_url, own_redis.url, tmp_path, "held", queues="events", concurrency=1,
-                               env={"VOICEPIPE_LOCK_TIMEOUT_MS": "120000"})
-    engine = create_engine(db_url)
-    try:
-        wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="a batch blocked on the lock")
-        wait_for(lambda: redis_lengths(own_redis.url)[0] == 0, timeout=30, what="every message held")
-        own_redis.kill()  # kill -9 with a batch in its transaction and the rest buffered
-        wait_for(lambda: LOST.search(worker.log()), timeout=30, what="the worker to see the connection lost")
-        locked_events.rollback()  # the batch commits while Redis is away: it cannot be acknowledged
-        time.sleep(2)
-        own_redis.start()
-        # Well within the visibility timeout (20 minutes): what the worker held came back at once.
-        wait_for(lambda: stored(session)[1] >= n, timeout=60, interval=0.5, what=f"all {n} events recorded")
-        time.sleep(2)
-        ids, counted = stored(session)
-        assert ids == {e["event_id"] for e in bodies} and counted == n
-        assert worker.alive(), worker.log()[-3000:]
-        wait_for(lambda: redis_lengths(own_redis.url) == (0, 0),
-                 timeout=30, what="nothing left held or queued")
-        log = worker.log()
-        assert "restored 1000 messages held across a connection loss" in log
-        # Batched again, not run one by one (a transaction each, a delivery counted).
-        assert "redelivered message" not in log
-        after_restore = log.split("messages held across a connection loss", 1)[1]
-        assert sum(int(size) for size, _ in DISPATCHED.findall(after_restore)) == n
-    finally:
-        engine.dispose()
-        worker.stop()
-
-
-@pytest.mark.rabbitmq
-def test_rabbitmq_connection_cut_with_a_batch_in_flight_records_every_event_once_in_batches(
-    broker_url: str, db_url: str, session: Session, tmp_path: Path, locked_events: Connection
-) -> None:
+def held_through_a_connection_loss(broker_url: str, db_url: str, session: Session, tmp_path: Path,
+                                   locked_events: Connection, cut: Callable[[], object],
+                                   back: Callable[[], None]) -> str:
+    """1,000 events held by an events worker, a batch inside its transaction, when the broker
+    connection is cut; the worker's log once every event is recorded and nothing is held."""
     n = 1000
     bodies = [event(i) for i in range(n)]
     queue_before_the_worker(broker_url, bodies)
@@ -266,24 +231,55 @@ def test_rabbitmq_connection_cut_with_a_batch_in_flight_records_every_event_once
     try:
         wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="a batch blocked on the lock")
         wait_for(lambda: queue_depths(broker_url, ["events"])["events"] == 0, timeout=30, what="every message held")
-        vhost = urlsplit(broker_url).path.lstrip("/")
-        rabbitmqctl("close_all_connections", "--vhost", vhost, "a connection loss")  # RabbitMQ requeues them
+        cut()
         wait_for(lambda: LOST.search(worker.log()), timeout=30, what="the worker to see the connection lost")
-        locked_events.rollback()  # the batch commits on a connection that is gone: it cannot be acknowledged
+        locked_events.rollback()  # the batch commits while the connection is gone: it cannot be acknowledged
+        back()
+        # Well within Redis's visibility timeout (20 minutes): what the worker held came back at once.
         wait_for(lambda: stored(session)[1] >= n, timeout=60, interval=0.5, what=f"all {n} events recorded")
         time.sleep(2)
         ids, counted = stored(session)
         assert ids == {e["event_id"] for e in bodies} and counted == n
         assert worker.alive(), worker.log()[-3000:]
-        wait_for(lambda: queue_depths(broker_url, ["events"])["events"] == 0, timeout=30, what="nothing queued")
+        wait_for(lambda: (queue_depths(broker_url, ["events"])["events"] == 0 if is_amqp(broker_url)
+                          else redis_lengths(broker_url) == (0, 0)), timeout=30, what="nothing left held or queued")
         log = worker.log()
         # Batched again, not run one by one (a transaction each, a delivery counted).
         assert "redelivered message" not in log
-        after_reconnect = log.rsplit("Connected to ", 1)[1]
-        assert sum(int(size) for size, _ in DISPATCHED.findall(after_reconnect)) == n
+        return log
     finally:
         engine.dispose()
         worker.stop()
+
+
+def dispatched(log: str) -> int:
+    return sum(int(size) for size, _ in DISPATCHED.findall(log))
+
+
+def test_redis_restart_with_a_batch_in_flight_records_every_event_once_within_a_minute(
+    own_redis: OwnRedis, db_url: str, session: Session, tmp_path: Path, locked_events: Connection
+) -> None:
+    def back() -> None:
+        time.sleep(2)
+        own_redis.start()
+
+    # kill -9 with a batch in its transaction and the rest buffered
+    log = held_through_a_connection_loss(own_redis.url, db_url, session, tmp_path, locked_events,
+                                         cut=own_redis.kill, back=back)
+    assert "restored 1000 messages held across a connection loss" in log
+    assert dispatched(log.split("messages held across a connection loss", 1)[1]) == 1000
+
+
+@pytest.mark.rabbitmq
+def test_rabbitmq_connection_cut_with_a_batch_in_flight_records_every_event_once_in_batches(
+    broker_url: str, db_url: str, session: Session, tmp_path: Path, locked_events: Connection
+) -> None:
+    vhost = urlsplit(broker_url).path.lstrip("/")
+    # RabbitMQ requeues what the connection held as it closes it.
+    log = held_through_a_connection_loss(
+        broker_url, db_url, session, tmp_path, locked_events,
+        cut=lambda: rabbitmqctl("close_all_connections", "--vhost", vhost, "a connection loss"), back=lambda: None)
+    assert dispatched(log.rsplit("Connected to ", 1)[1]) == 1000
 
 
 def test_messages_of_a_failed_batch_stay_unacknowledged_until_each_has_run_alone(
