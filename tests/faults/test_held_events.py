@@ -234,6 +234,9 @@ def held_through_a_connection_loss(broker_url: str, db_url: str, session: Sessio
         cut()
         wait_for(lambda: LOST.search(worker.log()), timeout=30, what="the worker to see the connection lost")
         locked_events.rollback()  # the batch commits while the connection is gone: it cannot be acknowledged
+        wait_for(lambda: stored(session)[1] > 0, timeout=30, what="the blocked batch committed")
+        before_loss = dispatched(worker.log().split("Connection to broker lost", 1)[0])
+        assert 0 < before_loss < n  # a batch inside its transaction and the rest buffered
         back()
         # Well within Redis's visibility timeout (20 minutes): what the worker held came back at once.
         wait_for(lambda: stored(session)[1] >= n, timeout=60, interval=0.5, what=f"all {n} events recorded")
