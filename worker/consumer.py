@@ -81,8 +81,9 @@ class Consumer(CeleryConsumer):  # type: ignore[misc]
         qos = getattr(channel, "qos", None)
         from worker.batching import requests_batched, requests_in_batches
 
-        held = {req for req in {*reserved_requests, *active_requests}
-                if channel is not None and not req.acknowledged and req.message.channel is channel}
+        held = set() if channel is None else {
+            req for req in {*reserved_requests, *active_requests}
+            if not req.acknowledged and req.message.channel is channel}
         batched = [req.id for req in requests_batched() if req in held]
         lost = []
         if isinstance(qos, kombu_redis.QoS):

@@ -85,9 +85,7 @@ def test_only_the_batched_messages_of_the_lost_channel_are_kept_and_losses_add_u
     assert set(c.returned_ids) == {"buffered", "in-batch", "next-loss"}
 
 
-def test_on_redis_every_held_message_is_restored_and_only_the_batched_ones_kept(
-    held: dict[str, Any], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_on_redis_every_held_message_is_restored_and_only_the_batched_ones_kept(held: dict[str, Any]) -> None:
     qos = kombu_redis.QoS.__new__(kombu_redis.QoS)
     held["channel"].qos = qos
     c = fake_consumer(held["channel"])
@@ -110,7 +108,7 @@ def test_the_oldest_ids_are_dropped_past_the_cap(monkeypatch: pytest.MonkeyPatch
     assert list(c.returned_ids) == ["b", "c", "d"]
 
 
-def test_a_returned_message_is_batched_once_and_a_retry_keeps_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_returned_message_is_batched_once_and_a_retry_keeps_its_id() -> None:
     alone: list[Req] = []
     b = batcher(alone)
     b.consumer.returned_ids.update(dict.fromkeys(["back", "retry"]))
