@@ -182,7 +182,7 @@ def test_redis_killed_under_load_doubles_nothing_and_loses_at_most_the_message_i
         # (docs/howto/survival.md). Such a message never reaches the worker's log.
         try:
             wait_for(lambda: producer.acknowledged <= recorded(session)[0] | parked(redis), timeout=60,
-                     interval=0.5, what="acknowledged events recorded or parked")
+                     interval=0.5, what="acknowledged events recorded or parked", scale=False)
         except AssertionError as exc:
             missing = producer.acknowledged - recorded(session)[0] - parked(redis)
             logs = supervisor.logs()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -215,19 +216,24 @@ def test_a_beat_silent_longer_than_its_threshold_raises_its_alert(
     heartbeat = Path(env["VOICEPIPE_DATA_DIR"]) / HEARTBEAT_FILENAME
     wait_for(lambda: heartbeat.exists() and json.loads(heartbeat.read_text()).get("last_sent_at"),
              timeout=60, what="beat to send")
+    started = time.time()
     assert voicepipe(["alerts", "evaluate"], env).returncode == 0
     assert beat_alerts(env) == []  # ticking and sending: no alert
+    # The threshold (read by each evaluation) at least four evaluations long, so that "not
+    # yet" can be told apart where starting the command alone takes seconds.
+    threshold = max(10, math.ceil(4 * (time.time() - started)) + 2)
+    env = dict(env, VOICEPIPE_ALERT_BEAT_SILENCE_SECONDS=str(threshold))
 
     beat.kill(signal.SIGKILL)
     beat.popen.wait(10)
     silent_since = time.time()
     assert voicepipe(["alerts", "evaluate"], env).returncode == 0
-    assert time.time() - silent_since < 9, "too slow to tell 'not yet' apart"
-    assert beat_alerts(env) == []  # silent, but not yet for longer than 10 s
-    wait_for(lambda: time.time() - silent_since > 11, timeout=20)
+    assert time.time() - silent_since < threshold - 1, "too slow to tell 'not yet' apart"
+    assert beat_alerts(env) == []  # silent, but not yet for longer than the threshold
+    wait_for(lambda: time.time() - silent_since > threshold + 1, timeout=threshold + 10)
     assert voicepipe(["alerts", "evaluate"], env).returncode == 0
     (alert,) = beat_alerts(env)
-    assert alert["value"] > 10 and alert["threshold"] == 10
+    assert alert["value"] > threshold and alert["threshold"] == threshold
     assert "silent for" in alert["message"]
 
     start_beat(env)  # beat is back: the next evaluation closes the alert

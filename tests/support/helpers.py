@@ -105,7 +105,32 @@ def with_database(url: str, name: str) -> str:
     return make_url(url).set(database=name).render_as_string(hide_password=False)
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> Any:
+def _wait_scale() -> float:
+    raw = os.environ.get("VOICEPIPE_TEST_WAIT_SCALE", "3")
+    try:
+        scale = float(raw)
+    except ValueError:
+        scale = 0.0
+    if not scale >= 1:
+        raise ValueError(f"VOICEPIPE_TEST_WAIT_SCALE must be a number >= 1, got {raw!r}")
+    return scale
+
+
+# A wait_for is an upper bound on something that must happen: a slower or busier machine
+# only takes longer to get there. Its timeout is stretched by this factor
+# (VOICEPIPE_TEST_WAIT_SCALE, default 3): the waits were set on a machine about four times
+# as fast as some CI runs on, where 30 s for 4,000 messages to reach a worker ran out under
+# three test processes. A wait that states a bound ("within a minute") is not stretched.
+WAIT_SCALE = _wait_scale()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.1, what: str = "",
+             *, scale: bool = True) -> Any:
+    """PREDICATE's first truthy value, polled every INTERVAL; AssertionError after TIMEOUT seconds
+    (times WAIT_SCALE unless scale=False: a wait that states a bound, "within a minute", or
+    that may run out in a passing test)."""
+    if scale:
+        timeout *= WAIT_SCALE
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:
