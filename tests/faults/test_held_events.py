@@ -182,7 +182,7 @@ def test_a_worker_of_several_queues_runs_single_events_one_by_one_at_its_own_pre
 def test_sigterm_hands_back_buffered_events_to_be_batched_again_uncounted(
     broker_url: str, db_url: str, session: Session, tmp_path: Path, locked_events: Connection
 ) -> None:
-    n = 4000
+    n = 2000
     bodies = [event(i) for i in range(n)]
     queue_before_the_worker(broker_url, bodies)
     env = {"VOICEPIPE_LOCK_TIMEOUT_MS": "120000"}
@@ -197,7 +197,7 @@ def test_sigterm_hands_back_buffered_events_to_be_batched_again_uncounted(
         os.kill(first.popen.pid, signal.SIGTERM)  # a deploy (`docker stop`): warm shutdown of the main process
         wait_for(lambda: HANDED_BACK.search(first.log()), timeout=30, what="the buffered messages handed back")
         handed_back = sum(int(s) for s in HANDED_BACK.findall(first.log()))
-        assert handed_back >= 2000 and handed_back + in_flight == n, (handed_back, in_flight)
+        assert handed_back >= n // 2 and handed_back + in_flight == n, (handed_back, in_flight)
         locked_events.rollback()  # the two batches in progress finish and are acknowledged
         first.popen.wait(60)
     finally:
@@ -238,8 +238,10 @@ def held_through_a_connection_loss(broker_url: str, db_url: str, session: Sessio
         before_loss = dispatched(LOST.split(worker.log(), 1)[0])
         assert 0 < before_loss < n  # a batch inside its transaction and the rest buffered
         back()
-        # Well within Redis's visibility timeout (20 minutes): what the worker held came back at once.
-        wait_for(lambda: stored(session)[1] >= n, timeout=60, interval=0.5, what=f"all {n} events recorded")
+        # Well within Redis's visibility timeout (20 minutes): what the worker held came back at
+        # once. Within a minute, however the waits are stretched.
+        wait_for(lambda: stored(session)[1] >= n, timeout=60, interval=0.5, what=f"all {n} events recorded",
+                 scale=False)
         time.sleep(2)
         ids, counted = stored(session)
         assert ids == {e["event_id"] for e in bodies} and counted == n
