@@ -75,15 +75,16 @@ def run(env: Env) -> list[Result]:
     if (a.totals, a.by_operation, a.top_coaches, a.top_players) != from_raw:
         raise AssertionError("usage from rollups differs from the same query on the raw log")
     t_roll, t_raw, raw_spread = ratio_spread(rollups, raw, repeat=5 if not env.quick else 3)
-    t_roll, t_bare, bare_spread = ratio_spread(
+    t_roll_b, t_bare, bare_spread = ratio_spread(
         rollups, lambda: bare_usage(env.engine, ORG, first.date(), last_day), repeat=15)
     results = [
         Result("dashboard", f"org usage, 30 days at {per_day:,} calls/day", t_roll, "s",
                baseline=t_raw, baseline_name="same query on the raw log", ratio=t_raw / t_roll,
                goal=">= 100x the raw log", met=raw_spread[1] >= 100, spread=raw_spread,
                extra={"calls": a.totals.calls}),
-        Result("dashboard", f"org usage, 30 days at {per_day:,} calls/day", t_roll, "s",
-               baseline=t_bare, baseline_name="bare SQL sums of the same rollup rows, every key", ratio=t_bare / t_roll,
+        Result("dashboard", f"org usage, 30 days at {per_day:,} calls/day", t_roll_b, "s",
+               baseline=t_bare, baseline_name="bare SQL sums of the same rollup rows, every key",
+               ratio=t_bare / t_roll_b,
                goal="within 2x of bare SQL", met=bare_spread[1] >= 0.5, spread=bare_spread),
     ]
     # 30 days well before the other benchmarks' windows, so their rows cannot collide.

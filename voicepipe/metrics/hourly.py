@@ -2,7 +2,8 @@
 
 The cost is one read of the hour's counter rows (one per active organization, plus
 one for events without an organization) and one upsert per row: it grows with
-organizations, not with events.
+organizations and with the distinct latency buckets each one's sketch holds (bounded by
+the sketch's range), not with events.
 """
 
 from __future__ import annotations
