@@ -39,6 +39,7 @@ from tests.support.helpers import RECENT, Proc, is_amqp, rabbitmqctl, wait_for
 from tests.support.pipeline import FAST, ingest, status_of
 from tests.support.redis_server import OwnRedis
 from voicepipe.observability.queues import queue_depths
+from worker.batching import MAX_HELD_PER_PROCESS
 
 pytestmark = pytest.mark.slow
 
@@ -215,6 +216,41 @@ def test_sigterm_hands_back_buffered_events_to_be_batched_again_uncounted(
         assert sum(int(s) for s in RECORDED.findall(second.log())) == handed_back  # in batches
     finally:
         second.stop()
+
+
+def test_an_events_worker_holds_at_most_its_bound_and_leaves_the_rest_queued(
+    broker_url: str, db_url: str, session: Session, tmp_path: Path, locked_events: Connection
+) -> None:
+    # A worker raises its prefetch for the messages it holds, up to MAX_HELD_PER_PROCESS per
+    # pool process on top of Celery's own window (one, -c 1): past that, what a killed worker
+    # would leave to redelivery and what it keeps in memory stop growing, and the rest of
+    # the queue stays on the broker for the other workers.
+    bound = MAX_HELD_PER_PROCESS + 1
+    n = bound + 600
+    bodies = [event(i) for i in range(n)]
+    queue_before_the_worker(broker_url, bodies)
+    worker = start_worker_proc(db_url, broker_url, tmp_path, "bounded", queues="events", concurrency=1,
+                               env={"VOICEPIPE_LOCK_TIMEOUT_MS": "120000"})
+    engine = create_engine(db_url)
+    try:
+        wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="a batch blocked on the lock")
+
+        def queued() -> int:
+            return int(queue_depths(broker_url, ["events"])["events"] or 0)
+
+        wait_for(lambda: queued() <= n - bound, timeout=60, interval=0.5, what=f"the worker holding {bound}")
+        # Still taking messages past its bound, it would have taken more a few seconds on.
+        time.sleep(3)
+        assert queued() == n - bound, (queued(), n - bound)
+        locked_events.rollback()
+        wait_for(lambda: stored(session)[1] >= n, timeout=120, interval=0.5, what=f"all {n} events recorded")
+        time.sleep(1)
+        ids, counted = stored(session)
+        assert ids == {e["event_id"] for e in bodies} and counted == n
+        assert "redelivered message" not in worker.log()
+    finally:
+        engine.dispose()
+        worker.stop()
 
 
 def held_through_a_connection_loss(broker_url: str, db_url: str, session: Session, tmp_path: Path,
