@@ -30,7 +30,8 @@ class Result:
     unit: str
     baseline: float | None = None
     baseline_name: str = ""
-    ratio: float | None = None  # how many times better than the baseline (>1 = better)
+    # How many times better than the baseline (>1 = better); with a spread, its median.
+    ratio: float | None = None
     goal: str = ""
     met: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)

@@ -24,7 +24,7 @@ from celery import Celery
 from kombu import Connection as KombuConnection
 from kombu import Producer as KombuProducer
 from sqlalchemy import create_engine, func, select, text
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection
 from sqlalchemy.orm import Session
 
 from models import EventCounter, PipelineEvent
@@ -221,9 +221,9 @@ def test_sigterm_hands_back_buffered_events_to_be_batched_again_uncounted(
 
 @contextmanager
 def a_blocked_worker(broker_url: str, db_url: str, tmp_path: Path, name: str, n: int
-                     ) -> Iterator[tuple[list[dict[str, Any]], Proc, Engine]]:
+                     ) -> Iterator[tuple[list[dict[str, Any]], Proc]]:
     """N single events queued before a -c 1 events worker starts, its first batch blocked on
-    the lock (locked_events); (the events, the worker, an engine). Stopped on exit."""
+    the lock (locked_events); (the events, the worker). Stopped on exit."""
     bodies = [event(i) for i in range(n)]
     queue_before_the_worker(broker_url, bodies)
     worker = start_worker_proc(db_url, broker_url, tmp_path, name, queues="events", concurrency=1,
@@ -231,7 +231,7 @@ def a_blocked_worker(broker_url: str, db_url: str, tmp_path: Path, name: str, n:
     engine = create_engine(db_url)
     try:
         wait_for(lambda: lock_waiters(engine, "pipeline_events"), timeout=60, what="a batch blocked on the lock")
-        yield bodies, worker, engine
+        yield bodies, worker
     finally:
         engine.dispose()
         worker.stop()
@@ -250,7 +250,7 @@ def test_an_events_worker_holds_at_most_its_bound_and_leaves_the_rest_queued(
     def queued() -> int:
         return int(queue_depths(broker_url, ["events"])["events"] or 0)
 
-    with a_blocked_worker(broker_url, db_url, tmp_path, "bounded", n) as (bodies, worker, _):
+    with a_blocked_worker(broker_url, db_url, tmp_path, "bounded", n) as (bodies, worker):
         wait_for(lambda: queued() <= n - bound, timeout=60, interval=0.5, what=f"the worker holding {bound}")
         # Still taking messages past its bound, it would have taken more a few seconds on.
         time.sleep(3)
@@ -269,7 +269,7 @@ def held_through_a_connection_loss(broker_url: str, db_url: str, session: Sessio
     """1,000 events held by an events worker, a batch inside its transaction, when the broker
     connection is cut; the worker's log once every event is recorded and nothing is held."""
     n = 1000
-    with a_blocked_worker(broker_url, db_url, tmp_path, "held", n) as (bodies, worker, _):
+    with a_blocked_worker(broker_url, db_url, tmp_path, "held", n) as (bodies, worker):
         wait_for(lambda: queue_depths(broker_url, ["events"])["events"] == 0, timeout=30, what="every message held")
         cut()
         wait_for(lambda: LOST.search(worker.log()), timeout=30, what="the worker to see the connection lost")
