@@ -39,6 +39,12 @@ def _bounds(now: datetime) -> tuple[datetime, datetime, datetime]:
     return memo[2], memo[3], memo[4]
 
 
+def event_time_bounds(now: datetime) -> tuple[datetime, datetime]:
+    """(oldest, newest) occurred_at an event may carry at `now`, both included."""
+    oldest, _, newest = _bounds(now)
+    return oldest, newest
+
+
 def check_event_time(ts: datetime, field: str, *, now: datetime) -> datetime:
     """An event's occurred_at: within counter retention and not in the future."""
     oldest, _, newest = _bounds(now)

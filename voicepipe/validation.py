@@ -79,7 +79,8 @@ _RFC3339 = re.compile(
     re.ASCII,
 )
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
-_UUID = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
+UUID_TEXT = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+_UUID = re.compile(UUID_TEXT)
 
 
 def _parse_rfc3339(text: str, field: str) -> datetime:
