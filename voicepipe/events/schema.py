@@ -8,6 +8,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
+from json.encoder import c_make_encoder, encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any, NamedTuple
 
 from voicepipe.domain import EVENT_TYPES, METADATA_INTS, METADATA_NUMBERS, METADATA_TEXTS, STAGES
@@ -60,6 +61,14 @@ METADATA_MAX = {key: 1.0 if key == "confidenceScore" else MAX_COST_USD if key ==
 # Compact JSON, as json.dumps(..., separators=(",", ":")) makes it, without building an
 # encoder per call.
 _compact_json = json.JSONEncoder(separators=(",", ":")).encode
+# The same, for flat objects: encode() makes a C encoder each call (most of its time for a
+# few keys); this one is made once. Flat values cannot hold a cycle, so no cycle markers.
+_flat_encoder = c_make_encoder and c_make_encoder(None, None, encode_basestring_ascii, None, ":", ",",
+                                                 False, False, False)
+
+
+def _flat_json(flat: dict[str, Any]) -> str:
+    return "".join(_flat_encoder(flat, 0)) if _flat_encoder else _compact_json(flat)
 
 
 class Event(NamedTuple):
@@ -208,7 +217,7 @@ def _plain_metadata(raw: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
             metadata[key] = number
         elif not _plain_text(value, int(hi)):
             return None
-    text = _compact_json(metadata) if metadata else "{}"
+    text = _flat_json(metadata) if metadata else "{}"
     return (metadata, text) if len(text) <= get_settings().max_metadata_bytes else None
 
 
