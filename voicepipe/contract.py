@@ -30,12 +30,10 @@ from voicepipe.events.schema import MAX_COST_USD, MAX_DURATION_MS, MAX_END_TO_EN
 from voicepipe.retry.service import MAX_REASON, RETRY_STAGES
 from voicepipe.settings import load_settings
 from voicepipe.usage.recording import MAX_TOKENS
-from voicepipe.validation import ID_FORBIDDEN_CLASS, MAX_ID, MAX_TEXT, MAX_TS, MIN_TS
+from voicepipe.validation import ID_FORBIDDEN_CLASS, MAX_ID, MAX_INT32, MAX_TEXT, MAX_TS, MIN_TS
 
 DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_DIR = Path("contract") / "tasks"
-# check_int's default upper bound (a PostgreSQL integer).
-MAX_INT32 = 2**31 - 1
 # The batch limit a deployment runs with by default (VOICEPIPE_MAX_BATCH_SIZE).
 DEFAULT_MAX_BATCH_SIZE: int = load_settings({}).max_batch_size  # the default, not this environment's
 

@@ -14,6 +14,10 @@ from voicepipe.errors import InvalidInput
 
 MAX_TEXT = 10_000
 MAX_ID = 255
+# A PostgreSQL integer: check_int's default upper bound.
+MAX_INT32 = 2**31 - 1
+# A JSON integer storable in jsonb and readable as bigint.
+MAX_JSON_INT = 2**63 - 1
 MIN_TS = datetime(2000, 1, 1, tzinfo=UTC)
 MAX_TS = datetime(2100, 1, 1, tzinfo=UTC)
 
@@ -64,7 +68,7 @@ def check_uuid(value: Any, field: str, *, optional: bool = False) -> uuid.UUID |
         raise InvalidInput.field(field, f"expected a UUID string, got {type(value).__name__}")
     # The canonical text only (8-4-4-4-12 hex digits): uuid.UUID also takes braces, "urn:uuid:",
     # hyphens anywhere and underscores, which the published schema (voicepipe/contract.py) does not.
-    if _UUID.fullmatch(value) is None:
+    if UUID_PATTERN.fullmatch(value) is None:
         raise InvalidInput.field(field, f"not a UUID (8-4-4-4-12 hex digits): {value[:64]!r}")
     return uuid.UUID(value)
 
@@ -79,8 +83,7 @@ _RFC3339 = re.compile(
     re.ASCII,
 )
 _DAY = re.compile(r"\d{4}-\d{2}-\d{2}", re.ASCII)
-UUID_TEXT = r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
-_UUID = re.compile(UUID_TEXT)
+UUID_PATTERN = re.compile(r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}")
 
 
 def _parse_rfc3339(text: str, field: str) -> datetime:
@@ -138,7 +141,7 @@ def check_number(
     return number
 
 
-def check_int(value: Any, field: str, *, lo: int = 0, hi: int = 2**31 - 1, optional: bool = True) -> int | None:
+def check_int(value: Any, field: str, *, lo: int = 0, hi: int = MAX_INT32, optional: bool = True) -> int | None:
     if value is None:
         if optional:
             return None
@@ -178,7 +181,7 @@ def _check_json_value(value: Any, field: str, depth: int) -> Any:
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, int):
-        if abs(value) > 2**63 - 1:
+        if abs(value) > MAX_JSON_INT:
             raise InvalidInput.field(field, "integer out of range")
         return value
     if isinstance(value, float):

@@ -17,10 +17,12 @@ from voicepipe.settings import get_settings
 from voicepipe.timebounds import check_event_time, event_time_bounds
 from voicepipe.validation import (
     MAX_ID,
+    MAX_INT32,
+    MAX_JSON_INT,
     MAX_TEXT,
     MAX_TS,
     MIN_TS,
-    UUID_TEXT,
+    UUID_PATTERN,
     check_id,
     check_int,
     check_json_object,
@@ -53,6 +55,8 @@ MAX_DURATION_MS = 30 * 24 * 3600 * 1000.0
 # bound is ten years, still far below what a unit error (µs for ms) would give.
 MAX_END_TO_END_MS = 3650 * 24 * 3600 * 1000.0
 MAX_COST_USD = 1_000_000.0
+# error_code and the known text metadata.
+MAX_CODE = 255
 # The upper bound of each known numeric metadata key (all are >= 0).
 METADATA_MAX = {key: 1.0 if key == "confidenceScore" else MAX_COST_USD if key == "aiCost" else 1e9
                 for key in METADATA_NUMBERS}
@@ -120,7 +124,7 @@ def _parse_checked(raw: Any, now: datetime) -> Event:
         stage=stage,
         occurred_at=occurred_at,
         duration_ms=check_number(raw.get("duration_ms"), "duration_ms", hi=max_duration),
-        error_code=check_text(raw.get("error_code"), "error_code", max_len=255, optional=True),
+        error_code=check_text(raw.get("error_code"), "error_code", max_len=MAX_CODE, optional=True),
         error_message=check_text(raw.get("error_message"), "error_message", optional=True),
         metadata=metadata,
         metadata_json=metadata_json,
@@ -142,7 +146,7 @@ def _parse_metadata(raw: Any) -> tuple[dict[str, Any], str]:
             metadata[key] = check_number(metadata[key], f"metadata.{key}", hi=METADATA_MAX[key])
     for key in METADATA_TEXTS:
         if key in metadata:
-            metadata[key] = check_text(metadata[key], f"metadata.{key}", max_len=255, optional=True)
+            metadata[key] = check_text(metadata[key], f"metadata.{key}", max_len=MAX_CODE, optional=True)
     text = _compact_json(metadata)
     limit = get_settings().max_metadata_bytes
     if len(text) > limit:
@@ -156,14 +160,13 @@ def _parse_metadata(raw: Any) -> tuple[dict[str, Any], str]:
 # not, and the full checks decide, with their error: so it only ever accepts what
 # _parse_checked accepts, as the same Event (tests/unit/test_plain_events.py).
 _PLAIN_TS = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?(?:\+00:00|Z)", re.ASCII)
-_PLAIN_UUID = re.compile(UUID_TEXT)
 _TYPES = frozenset(EVENT_TYPES)
 _STAGES = frozenset(STAGES)
 _FLAT = frozenset({str, int, float, bool, type(None)})
 _PLAIN_CHECKS: dict[str, tuple[str, float]] = {
-    **{key: ("int", 2**31 - 1) for key in METADATA_INTS},
+    **{key: ("int", MAX_INT32) for key in METADATA_INTS},
     **{key: ("number", hi) for key, hi in METADATA_MAX.items()},
-    **{key: ("text", 255) for key in METADATA_TEXTS},
+    **{key: ("text", MAX_CODE) for key in METADATA_TEXTS},
 }
 
 
@@ -178,7 +181,7 @@ def _plain_id(value: Any) -> bool:
 
 
 def _plain_uuid(value: Any) -> uuid.UUID | None:
-    if type(value) is str and _PLAIN_UUID.fullmatch(value):
+    if type(value) is str and UUID_PATTERN.fullmatch(value):
         return uuid.UUID(value)
     return None
 
@@ -198,7 +201,7 @@ def _plain_metadata(raw: dict[str, Any]) -> tuple[dict[str, Any], str] | None:
         if type(key) is not str or not key.isascii() or "\x00" in key or kind not in _FLAT:
             return None
         if (kind is str and ("\x00" in value or not value.isascii())) or (
-                kind is float and not math.isfinite(value)) or (kind is int and abs(value) > 2**63 - 1):
+                kind is float and not math.isfinite(value)) or (kind is int and abs(value) > MAX_JSON_INT):
             return None
         check = _PLAIN_CHECKS.get(key)
         if check is None or value is None:
@@ -261,7 +264,7 @@ def _parse_plain(raw: Any, now: datetime) -> Event | None:
         if (duration_ms := _plain_number(duration_ms, hi)) is None:
             return None
     error_code, error_message = get("error_code"), get("error_message")
-    if (error_code is not None and not _plain_text(error_code, 255)) or (
+    if (error_code is not None and not _plain_text(error_code, MAX_CODE)) or (
             error_message is not None and not _plain_text(error_message, MAX_TEXT)):
         return None
     raw_metadata = get("metadata")
