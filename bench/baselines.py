@@ -116,20 +116,14 @@ def forget_bare_hour(engine: Engine, hour: datetime) -> None:
                      {"at": hour - BARE_HOUR_SHIFT})
 
 
-_USAGE_FIELDS = (("cost", "numeric"), ("calls", "bigint"), ("input_tokens", "bigint"), ("cached_tokens", "bigint"),
-                 ("output_tokens", "bigint"))
 # An organization's daily usage rollups over a date range: the totals, and every key of the
-# three breakdowns summed from their jsonb (no ranking, nothing left out).
+# three breakdowns summed from their rows (no ranking, nothing left out).
 BARE_USAGE = (
     "WITH r AS (SELECT * FROM ai_usage_daily_aggregates WHERE organization_id = :org AND day BETWEEN :first AND :last)"
     " SELECT 'totals', NULL, sum(total_cost), sum(total_calls), sum(total_input_tokens), sum(total_cached_tokens),"
     " sum(total_output_tokens) FROM r"
-    + "".join(
-        f" UNION ALL SELECT '{column}', b.key, "
-        + ", ".join(f"sum((b.value->>'{name}')::{kind})" for name, kind in _USAGE_FIELDS)
-        + f" FROM r CROSS JOIN LATERAL jsonb_each(r.{column}) AS b GROUP BY b.key"
-        for column in ("by_operation", "by_coach", "by_player")
-    )
+    " UNION ALL SELECT b.kind, b.key, sum(b.cost), sum(b.calls), sum(b.input_tokens), sum(b.cached_tokens),"
+    " sum(b.output_tokens) FROM r JOIN ai_usage_daily_breakdowns AS b ON b.rollup_id = r.id GROUP BY b.kind, b.key"
 )
 
 

@@ -17,12 +17,13 @@ from models.directory import Organization, User
 from models.events import AdditiveParts, EventCounter, PipelineEvent, counter_revision_seq
 from models.metrics import AggregationWindow, LateWindow, MetricsSnapshot, SnapshotMetrics
 from models.security import DeploymentSecret, RetryRefusal, SignatureRefusal, StaffAudit, UsedNonce
-from models.usage import AiUsageDailyAggregate, AiUsageLog
+from models.usage import AiUsageDailyAggregate, AiUsageDailyBreakdown, AiUsageLog
 
 __all__ = [
     "AdditiveParts",
     "AggregationWindow",
     "AiUsageDailyAggregate",
+    "AiUsageDailyBreakdown",
     "AiUsageLog",
     "Alert",
     "Artifact",

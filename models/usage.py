@@ -7,7 +7,19 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, DateTime, Float, Identity, Index, String, UniqueConstraint, func
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Date,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    String,
+    UniqueConstraint,
+    func,
+)
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import Mapped, mapped_column
 
@@ -57,3 +69,25 @@ class AiUsageDailyAggregate(Base):
     by_coach: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     by_player: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default="{}")
     computed_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
+
+
+class AiUsageDailyBreakdown(Base):
+    """One key (an operation, coach or player) of a daily rollup's breakdown, with its sums
+    in columns: a range's top coaches and players are ranked from these rows instead of
+    expanding each day's jsonb. Triggers write them from the rollup's `by_operation`,
+    `by_coach` and `by_player` whoever writes the rollup, and they are deleted with it,
+    so the two always agree.
+    """
+
+    __tablename__ = "ai_usage_daily_breakdowns"
+    __table_args__ = (CheckConstraint("kind IN ('operation', 'coach', 'player')", name="kind"),)
+
+    rollup_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("ai_usage_daily_aggregates.id", ondelete="CASCADE"), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    cost: Mapped[Decimal] = mapped_column(COST)
+    calls: Mapped[int] = mapped_column(BigInteger)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)

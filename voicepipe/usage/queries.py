@@ -64,62 +64,35 @@ def _top(items: dict[str, UsageTotals], n: int) -> list[tuple[str, UsageTotals]]
     return ranked(items)[:n]
 
 
-_FIELDS = (("cost", "numeric"), ("calls", "bigint"), ("input_tokens", "bigint"), ("cached_tokens", "bigint"),
-           ("output_tokens", "bigint"))
-
-
-def _sums(value: str, fields: tuple[tuple[str, str], ...] = _FIELDS) -> str:
-    return ", ".join(f"sum(({value}->>'{name}')::{kind})" for name, kind in fields)
-
-
-_TOTALS = (
+_SUMS = "sum(b.cost), sum(b.calls), sum(b.input_tokens), sum(b.cached_tokens), sum(b.output_tokens)"
+# The range's rollups (materialized: read once by every part), joined to their breakdown rows.
+_RANGE = (
+    "WITH r AS MATERIALIZED (SELECT id, total_cost, total_calls, total_input_tokens, total_cached_tokens, "
+    "total_output_tokens FROM ai_usage_daily_aggregates "
+    "WHERE organization_id = :org AND day >= :first AND day <= :last) "
     "SELECT 'totals', NULL, coalesce(sum(total_cost), 0), coalesce(sum(total_calls), 0), "
     "coalesce(sum(total_input_tokens), 0), coalesce(sum(total_cached_tokens), 0), "
     "coalesce(sum(total_output_tokens), 0) FROM r"
-    f" UNION ALL SELECT 'by_operation', b.key, {_sums('b.value')} "
-    "FROM r CROSS JOIN LATERAL jsonb_each(r.by_operation) AS b GROUP BY b.key"
 )
-_WHERE = "WHERE organization_id = :org AND day >= :first AND day <= :last"
+_ROWS = "FROM r JOIN ai_usage_daily_breakdowns AS b ON b.rollup_id = r.id"
 
 # Every key of every breakdown, for a range whose last days are read raw too (the raw
-# days' calls are added in Python, so the ranking needs every coach and player). One
-# statement for the totals and the three breakdowns (a round trip each cost more than
-# the sums): each breakdown is summed by PostgreSQL straight from the jsonb, since
-# parsing 30 days x hundreds of players in Python cost tens of milliseconds per load.
-_ROLLUPS = text(
-    f"WITH r AS (SELECT * FROM ai_usage_daily_aggregates {_WHERE}) {_TOTALS}"
-    + "".join(
-        f" UNION ALL SELECT '{column}', b.key, {_sums('b.value')} "
-        f"FROM r CROSS JOIN LATERAL jsonb_each(r.{column}) AS b GROUP BY b.key"
-        for column in ("by_coach", "by_player")
-    )
-)
+# days' calls are added in Python, so the ranking needs every coach and player).
+_ROLLUPS = text(f"{_RANGE} UNION ALL SELECT b.kind, b.key, {_SUMS} {_ROWS} GROUP BY b.kind, b.key, {HASHED_GROUP}")
 
-# Only the top coaches and players, for a range read wholly from rollups (measurements
-# in docs/profiling.md). The time is the per-entry work on the jsonb, so the ranking
-# extracts only the cost of every entry; rank() keeps every key tied with the top-th on
-# cost (a key of the top n has fewer than n keys of higher cost), and only those
-# candidates are looked up for calls and tokens, then ordered as _top orders them (cost,
-# calls, key; "C" is code point order, as Python's). The breakdowns are detoasted once
-# into r (jsonb || '{}' returns its detoasted operand): each lookup in a toasted value
-# would decompress all of it again. The candidates' sums are grouped by hash
-# (HASHED_GROUP): PostgreSQL 18 sorted the candidate rows, breakdowns and all, to group them.
+# Only the top coaches and players, for a range read wholly from rollups, ordered as _top
+# orders them (cost, calls, key; "C" is code point order, as Python's). The breakdowns
+# are rows with their sums in columns (voicepipe/usage/rollup.py): ranking 30 days x 400
+# players took 7 ms expanding each day's jsonb, about 3 ms from rows (docs/profiling.md).
+# Grouped by hash (HASHED_GROUP) whatever the statistics: rows just written by the
+# day's rollup, not yet analyzed, were estimated at one a day and sorted (4 ms more).
 _ROLLUPS_TOP = text(
-    "WITH r AS MATERIALIZED (SELECT total_cost, total_calls, total_input_tokens, total_cached_tokens, "
-    "total_output_tokens, by_operation, by_coach || '{}'::jsonb AS by_coach, by_player || '{}'::jsonb AS by_player "
-    f"FROM ai_usage_daily_aggregates {_WHERE})"
+    f"{_RANGE} UNION ALL SELECT 'operation', b.key, {_SUMS} {_ROWS} WHERE b.kind = 'operation' "
+    f"GROUP BY b.key, {HASHED_GROUP}"
     + "".join(
-        f", top_{column} AS (SELECT key, cost FROM (SELECT b.key, sum((b.value->>'cost')::numeric) AS cost, "
-        "rank() OVER (ORDER BY sum((b.value->>'cost')::numeric) DESC) AS place "
-        f"FROM r CROSS JOIN LATERAL jsonb_each(r.{column}) AS b GROUP BY b.key) AS ranked WHERE place <= :top)"
-        for column in ("by_coach", "by_player")
-    )
-    + f" {_TOTALS}"
-    + "".join(
-        f" UNION ALL (SELECT '{column}', t.key, t.cost, {_sums(f'(r.{column} -> t.key)', _FIELDS[1:])} "
-        f"FROM top_{column} AS t CROSS JOIN r GROUP BY t.key, t.cost, {HASHED_GROUP} "
-        'ORDER BY 3 DESC, 4 DESC, t.key COLLATE "C" LIMIT :top)'
-        for column in ("by_coach", "by_player")
+        f" UNION ALL (SELECT '{kind}', b.key, {_SUMS} {_ROWS} WHERE b.kind = '{kind}' GROUP BY b.key, "
+        f'{HASHED_GROUP} ORDER BY 3 DESC, 4 DESC, b.key COLLATE "C" LIMIT :top)'
+        for kind in ("coach", "player")
     )
 )
 
@@ -128,7 +101,7 @@ def _rollups(
     session: Session, organization_id: str, first: date, last: date, into: UsageGroup, top: int | None = None
 ) -> None:
     """Add the rollups of [first, last] into into; with top, only the top coaches and players."""
-    targets = {"by_operation": into.by_operation, "by_coach": into.by_coach, "by_player": into.by_player}
+    targets = {"operation": into.by_operation, "coach": into.by_coach, "player": into.by_player}
     params: dict[str, Any] = {"org": organization_id, "first": first, "last": last}
     statement = _ROLLUPS
     if top is not None:

@@ -3,7 +3,9 @@
 A rollup keeps the totals and the by-operation, by-coach and by-player breakdowns
 (the reference dropped them, defect 9), so a long-range dashboard reads the same
 fields from rollups as a short one reads from the raw log. Rows are sparse: an
-organization without calls that day has no rollup.
+organization without calls that day has no rollup. Each breakdown key is also a row of
+ai_usage_daily_breakdowns, written by triggers from the jsonb (migration 0013): the range
+query ranks from those rows.
 """
 
 from __future__ import annotations
