@@ -22,6 +22,10 @@ NOW = datetime(2026, 6, 15, 12, 0, tzinfo=UTC)
 MIDNIGHT = datetime(2026, 6, 15, tzinfo=UTC)
 
 
+USAGE = {"cost": "0", "calls": 1, "input_tokens": 0, "cached_tokens": 0, "output_tokens": 0}
+COACHES = {f"coach-{k}": USAGE for k in range(3)}  # with by_operation: 4 breakdown rows a rollup
+
+
 def seed(session: Session, days_ago: list[float]) -> None:
     for i, age in enumerate(days_ago):
         ts = MIDNIGHT - timedelta(days=age)
@@ -36,7 +40,7 @@ def seed(session: Session, days_ago: list[float]) -> None:
                                input_tokens=1, cached_tokens=0, output_tokens=1, cost=0))
         session.add(AiUsageDailyAggregate(day=ts.date(), organization_id=f"o{i}", total_cost=0, total_calls=1,
                                           total_input_tokens=0, total_cached_tokens=0, total_output_tokens=0,
-                                          cache_hit_rate=0))
+                                          cache_hit_rate=0, by_operation={"op": USAGE}, by_coach=COACHES))
     session.commit()
 
 
@@ -44,7 +48,7 @@ def test_cleanup_reaches_rows_of_any_age_in_small_batches_and_keeps_newer_ones(
     session: Session, engine: Engine
 ) -> None:
     # Ages in days before today's midnight: far older than the cutoffs, just past them, just inside.
-    ages = [3000, 800, 400, 100, 91, 89.9, 40, 35.01, 34.9, 31, 29.9, 1]
+    ages = [3000, 800, 730.5, 729.5, 400, 100, 91, 89.9, 40, 35.01, 34.9, 31, 29.9, 1]
     seed(session, ages)
     result = run_cleanup(engine, NOW, batch_size=2)
     assert result.complete
@@ -61,7 +65,11 @@ def test_cleanup_reaches_rows_of_any_age_in_small_batches_and_keeps_newer_ones(
     assert hourly == sum(1 for a in ages if a <= 90)
     assert daily == sum(1 for a in ages if a <= 730)
     assert remaining(AiUsageLog, None) == sum(1 for a in ages if a <= 90)
-    assert result.deleted["ai_usage_daily_aggregates"] == sum(1 for a in ages if a > 730 + 1)
+    assert result.deleted["ai_usage_daily_aggregates"] == sum(1 for a in ages if a > 730)
+    # Their breakdown rows went first, in batches of rows; the kept rollups keep theirs.
+    assert result.deleted["ai_usage_daily_breakdowns"] == 4 * sum(1 for a in ages if a > 730)
+    assert session.scalar(text("SELECT count(*) FROM ai_usage_daily_breakdowns")) == 4 * sum(
+        1 for a in ages if a <= 730)
     windows = session.execute(text("SELECT period_type, count(*) FROM aggregation_windows GROUP BY 1")).all()
     assert dict(windows) == {"hourly": sum(1 for a in ages if a <= 90), "daily": sum(1 for a in ages if a <= 730)}
     assert result.deleted["pipeline_events"] == sum(1 for a in ages if a > 30)

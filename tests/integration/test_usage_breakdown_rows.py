@@ -66,14 +66,21 @@ def test_the_rows_equal_the_calls_after_rollups_reruns_and_writes_from_outside(s
     assert stored_rows(session.connection()) == expected_rows(calls)
 
     # A late call with a new coach and player: the re-run replaces that day's rows (an upsert's update).
-    late = {**random_calls(random.Random(22), first + timedelta(days=1), 1, 1)[0],
-            "organization_id": "org-1", "coach_id": "coach-late", "player_id": "player-late"}
-    record_usage(session, [late])
+    # Costs of 16 significant digits: their day's sums are exact only as decimals.
+    late = [{**call, "organization_id": "org-1", "coach_id": "coach-late", "player_id": "player-late",
+             "cost": cost} for call, cost in zip(random_calls(random.Random(22), first + timedelta(days=1), 1, 2),
+                                                (999999.9999999999, 999999.0000000002), strict=True)]
+    record_usage(session, late)
     session.commit()
     aggregate_usage_day(session, first + timedelta(days=1))
     session.commit()
-    calls.append(late)
+    calls += late
     assert stored_rows(session.connection()) == expected_rows(calls)
+    day_total = session.execute(text(
+        "SELECT total_cost FROM ai_usage_daily_aggregates WHERE day = :d AND organization_id = 'org-1'"),
+        {"d": first + timedelta(days=1)}).scalar_one()
+    assert day_total == totals([c for c in calls if c["organization_id"] == "org-1"
+                                and day_of(c) == first + timedelta(days=1)])["cost"]
 
     # A rollup written by plain SQL (a previous release's worker, an operator) gets its rows;
     # the next run finds no calls of that organization and deletes the rollup, rows and all.

@@ -189,6 +189,18 @@ def run_cleanup(
                 )
             )
     _older_than(engine, AiUsageLog, AiUsageLog.occurred_at, c.ai_usage, result, deadline, batch_size)
+    # A rollup's breakdown rows (hundreds each) go first, in batches of rows, so that the
+    # rollups' own batches cascade to none.
+    _batches(
+        engine, "ai_usage_daily_breakdowns",
+        lambda n: text(
+            "SELECT b.ctid FROM ai_usage_daily_breakdowns AS b JOIN ai_usage_daily_aggregates AS a "
+            "ON a.id = b.rollup_id WHERE a.day < :cutoff ORDER BY a.day LIMIT :n"
+        ).bindparams(cutoff=c.ai_usage_daily, n=n),
+        lambda ids: text("DELETE FROM ai_usage_daily_breakdowns WHERE ctid = ANY (CAST(:ids AS tid[]))")
+        .bindparams(ids=ids),
+        result, deadline, batch_size,
+    )
     _older_than(engine, AiUsageDailyAggregate, AiUsageDailyAggregate.day, c.ai_usage_daily,
                 result, deadline, batch_size)
     _records(engine, c.records, result)

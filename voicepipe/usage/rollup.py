@@ -18,8 +18,8 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, Date, cast, delete, func, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+from psycopg.types.json import Jsonb
+from sqlalchemy import BigInteger, Date, cast, delete, func, select, text
 from sqlalchemy.orm import Session
 
 from models.usage import AiUsageDailyAggregate, AiUsageLog
@@ -33,6 +33,18 @@ log = logging.getLogger(__name__)
 
 ROLLUP_KEY = "uq_ai_usage_daily_aggregates_day_organization_id"
 _LOCK_NAMESPACE = 0x76700003
+_ROLLUP_COLUMNS = ("day", "organization_id", "total_cost", "total_calls", "total_input_tokens",
+                   "total_cached_tokens", "total_output_tokens", "cache_hit_rate", "by_operation", "by_coach",
+                   "by_player")
+# Every organization's rollup of a day in one statement, from one jsonb array (numbers as
+# exact decimal text); ordered as concurrent writers lock rows.
+_UPSERT = text(
+    f"INSERT INTO ai_usage_daily_aggregates ({', '.join(_ROLLUP_COLUMNS)}) "
+    f"SELECT {', '.join(_ROLLUP_COLUMNS)} FROM jsonb_populate_recordset(NULL::ai_usage_daily_aggregates, :rows) "
+    f"ORDER BY organization_id ON CONFLICT ON CONSTRAINT {ROLLUP_KEY} DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _ROLLUP_COLUMNS[2:])
+    + ", computed_at = now()"
+)
 
 
 @dataclass
@@ -151,9 +163,9 @@ def aggregate_usage_day(session: Session, day: date) -> int:
     for org, g in sorted(groups.items()):
         rows.append(
             {
-                "day": day,
+                "day": day.isoformat(),
                 "organization_id": org,
-                "total_cost": g.totals.cost,
+                "total_cost": str(g.totals.cost),
                 "total_calls": g.totals.calls,
                 "total_input_tokens": g.totals.input_tokens,
                 "total_cached_tokens": g.totals.cached_tokens,
@@ -165,12 +177,9 @@ def aggregate_usage_day(session: Session, day: date) -> int:
             }
         )
     if rows:
-        stmt = pg_insert(AiUsageDailyAggregate)
-        updates: dict[str, Any] = {name: stmt.excluded[name] for name in rows[0] if name not in ("day",
-                                                                                                 "organization_id")}
-        updates["computed_at"] = func.now()
-        # executemany: compiled once, batched by SQLAlchemy's insertmanyvalues.
-        session.connection().execute(stmt.on_conflict_do_update(constraint=ROLLUP_KEY, set_=updates), rows)
+        # One statement for the day: the breakdown rows' triggers fire once per statement
+        # (an executemany of this upsert was one statement per organization).
+        session.execute(_UPSERT, {"rows": Jsonb(rows)})
     # The log of a day within retention is complete, so a rollup without log rows is wrong.
     session.execute(
         delete(AiUsageDailyAggregate).where(
