@@ -76,7 +76,8 @@ class AiUsageDailyBreakdown(Base):
     in columns: a range's top coaches and players are ranked from these rows instead of
     expanding each day's jsonb. Triggers write them from the rollup's `by_operation`,
     `by_coach` and `by_player` whenever a rollup is inserted or updated, whoever writes
-    it, and they are deleted with it; nothing else should write this table.
+    it, and they are deleted with it (retention cleanup deletes them first); nothing else
+    should write this table.
     """
 
     __tablename__ = "ai_usage_daily_breakdowns"

@@ -79,6 +79,8 @@ def upgrade() -> None:
                                 ondelete='CASCADE'),
         sa.PrimaryKeyConstraint('rollup_id', 'kind', 'key', name=op.f('pk_ai_usage_daily_breakdowns')),
     )
+    # No rollup is written or deleted between the expansion and the triggers (readers go on).
+    op.execute("LOCK TABLE ai_usage_daily_aggregates IN SHARE ROW EXCLUSIVE MODE")
     op.execute(EXPAND.format(source="ai_usage_daily_aggregates"))
     op.execute(FUNCTION)
     for trigger in TRIGGERS:

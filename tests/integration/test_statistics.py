@@ -121,6 +121,8 @@ def bulk_paths(session: Session, day: date) -> None:
     aggregate_day(session, day)
     aggregate_usage_day(session, day)
     session.commit()
+    aggregate_usage_day(session, day)  # a re-run replaces each rollup's breakdown rows
+    session.commit()
     start = datetime.combine(BEFORE, datetime.min.time(), RECENT.tzinfo)
     organization_breakdown(session, "daily", start, start + timedelta(days=2))
     organization_breakdown(session, "hourly", first_hour, first_hour + timedelta(hours=HOURS))
@@ -153,15 +155,23 @@ def test_no_bulk_statement_rescans_per_organization(db_url: str, analyzed: bool)
             session.commit()
             with plans(session) as found:
                 bulk_paths(session, DAY)
+            day_rows = session.scalar(text(
+                "SELECT count(*) FROM ai_usage_daily_breakdowns b JOIN ai_usage_daily_aggregates a "
+                "ON a.id = b.rollup_id WHERE a.day = :day"), {"day": DAY})
         assert len(found) > 20, "auto_explain reported no plans"
         limit = max(ROWS_FACTOR * held, ROWS_FLOOR)
         worst = sorted(((busiest_node(p), p.get("Query Text", "")[:160]) for p in found), reverse=True)[:3]
         assert worst[0][0][0] <= limit, f"{held} rows held; the busiest plans: {worst}"
         # The day's usage rollups are one statement, so their breakdown rows' triggers ran once
-        # (not once per organization), and found the rows to replace through the primary key.
+        # a run (not once per organization), and the re-run found the rows it replaced through
+        # the primary key.
         deletes = [p for p in found if p.get("Query Text", "").startswith("DELETE FROM ai_usage_daily_breakdowns")]
-        assert len(deletes) == 1, len(deletes)
-        read = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in nodes(deletes[0])]
+        assert len(deletes) == 2, len(deletes)
+        rerun = nodes(deletes[1])
+        replaced = [n["Actual Rows"] for n in rerun if n.get("Relation Name") == "ai_usage_daily_breakdowns"
+                    and n["Node Type"] != "ModifyTable"]
+        assert replaced == [day_rows] and day_rows > 0, (replaced, day_rows)
+        read = [(n["Node Type"], n.get("Relation Name"), n.get("Index Name")) for n in rerun]
         assert ("Seq Scan", "ai_usage_daily_breakdowns", None) not in read, read
         assert any(index == "pk_ai_usage_daily_breakdowns" for _, _, index in read), read
     finally:

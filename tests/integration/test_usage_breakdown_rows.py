@@ -14,6 +14,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
 from alembic import command
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
@@ -22,6 +23,7 @@ from sqlalchemy.orm import Session
 from tests.integration.test_usage_rollup import as_numbers, by, day_of, random_calls, ranked, totals
 from tests.support.metrics import recent_day
 from voicepipe.migrate import alembic_config, upgrade
+from voicepipe.usage import rollup
 from voicepipe.usage.queries import usage_for_organization
 from voicepipe.usage.recording import record_usage
 from voicepipe.usage.rollup import aggregate_usage_day
@@ -54,7 +56,10 @@ def expected_rows(calls: list[dict[str, Any]]) -> Sums:
     return out
 
 
-def test_the_rows_equal_the_calls_after_rollups_reruns_and_writes_from_outside(session: Session) -> None:
+def test_the_rows_equal_the_calls_after_rollups_reruns_and_writes_from_outside(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rollup, "_ROLLUP_CHUNK", 2)  # a day's three organizations in two statements
     rng = random.Random(21)
     first = recent_day(5)
     calls = random_calls(rng, first, 3, 500)

@@ -96,8 +96,8 @@ def _older_than(
     """Delete a table's rows whose time column is before cutoff, oldest first, by its index."""
     _batches(
         engine, model.__tablename__,
-        lambda n: select(model.id).where(column < cutoff).order_by(column).limit(n),
-        lambda ids: delete(model).where(model.id.in_(ids)),
+        _by_ids(lambda n: select(model.id).where(column < cutoff).order_by(column).limit(n),
+                lambda ids: delete(model).where(model.id.in_(ids))),
         result, deadline, batch_size,
     )
 
@@ -119,26 +119,46 @@ def _records(engine: Engine, cutoff: datetime, result: CleanupResult) -> None:
         result.deleted[table] = int(deleted.rowcount or 0)  # type: ignore[attr-defined]
 
 
+# At most :n breakdown rows of rollups older than :cutoff, by primary key, in one statement.
+_OLD_BREAKDOWN_ROWS = text(
+    "DELETE FROM ai_usage_daily_breakdowns AS b USING (SELECT o.rollup_id, o.kind, o.key "
+    "FROM ai_usage_daily_breakdowns AS o JOIN ai_usage_daily_aggregates AS a ON a.id = o.rollup_id "
+    "WHERE a.day < :cutoff ORDER BY a.day LIMIT :n) AS old "
+    "WHERE b.rollup_id = old.rollup_id AND b.kind = old.kind AND b.key = old.key"
+)
+
+
+def _by_ids(
+    select_ids: Callable[[int], object], delete_ids: Callable[[list[object]], object]
+) -> Callable[[Session, int], int]:
+    """A batch: the ids of at most n rows, then those rows deleted; returns how many."""
+    def delete_batch(session: Session, n: int) -> int:
+        ids = list(session.execute(select_ids(n)).scalars())  # type: ignore[call-overload]
+        if ids:
+            session.execute(delete_ids(ids))  # type: ignore[call-overload]
+        return len(ids)
+
+    return delete_batch
+
+
 def _batches(
     engine: Engine,
     name: str,
-    select_ids: Callable[[int], object],
-    delete_ids: Callable[[list[object]], object],
+    delete_batch: Callable[[Session, int], int],
     result: CleanupResult,
     deadline: float | None,
     batch_size: int,
 ) -> None:
+    """Delete batches of at most batch_size rows, a transaction each, until one comes short."""
     total = 0
     while True:
         if deadline is not None and time.monotonic() > deadline:
             result.complete = False
             break
         with Session(engine) as session, session.begin():
-            ids = list(session.execute(select_ids(batch_size)).scalars())  # type: ignore[call-overload]
-            if ids:
-                session.execute(delete_ids(ids))  # type: ignore[call-overload]
-        total += len(ids)
-        if len(ids) < batch_size:
+            deleted = delete_batch(session, batch_size)
+        total += deleted
+        if deleted < batch_size:
             break
     result.deleted[name] = total
     if total:
@@ -177,8 +197,8 @@ def run_cleanup(
     for period_type, cutoff in (("hourly", c.hourly), ("daily", c.daily)):
         _batches(
             engine, f"metrics_snapshots_{period_type}",
-            _snapshot_ids(period_type, cutoff),
-            lambda ids: delete(MetricsSnapshot).where(MetricsSnapshot.id.in_(ids)),
+            _by_ids(_snapshot_ids(period_type, cutoff),
+                    lambda ids: delete(MetricsSnapshot).where(MetricsSnapshot.id.in_(ids))),
             result, deadline, batch_size,
         )
         # The bookkeeping of a window goes with its snapshots (few rows: one per window).
@@ -190,15 +210,12 @@ def run_cleanup(
             )
     _older_than(engine, AiUsageLog, AiUsageLog.occurred_at, c.ai_usage, result, deadline, batch_size)
     # A rollup's breakdown rows (hundreds each) go first, in batches of rows, so that the
-    # rollups' own batches cascade to none.
+    # rollups' own batches cascade to none. (Stopped by the deadline in between, rollups
+    # past retention are left without rows until the next run deletes them.)
     _batches(
         engine, "ai_usage_daily_breakdowns",
-        lambda n: text(
-            "SELECT b.ctid FROM ai_usage_daily_breakdowns AS b JOIN ai_usage_daily_aggregates AS a "
-            "ON a.id = b.rollup_id WHERE a.day < :cutoff ORDER BY a.day LIMIT :n"
-        ).bindparams(cutoff=c.ai_usage_daily, n=n),
-        lambda ids: text("DELETE FROM ai_usage_daily_breakdowns WHERE ctid = ANY (CAST(:ids AS tid[]))")
-        .bindparams(ids=ids),
+        lambda session, n: int(session.execute(_OLD_BREAKDOWN_ROWS, {"cutoff": c.ai_usage_daily, "n": n})
+                               .rowcount),  # type: ignore[attr-defined]
         result, deadline, batch_size,
     )
     _older_than(engine, AiUsageDailyAggregate, AiUsageDailyAggregate.day, c.ai_usage_daily,
@@ -211,8 +228,9 @@ def run_cleanup(
     nonces_until = now - 2 * timedelta(seconds=get_settings().signature_max_age_seconds)
     _batches(
         engine, UsedNonce.__tablename__,
-        lambda n: select(UsedNonce.nonce).where(UsedNonce.used_at < nonces_until).order_by(UsedNonce.used_at).limit(n),
-        lambda ids: delete(UsedNonce).where(UsedNonce.nonce.in_(ids)),
+        _by_ids(lambda n: select(UsedNonce.nonce).where(UsedNonce.used_at < nonces_until)
+                .order_by(UsedNonce.used_at).limit(n),
+                lambda ids: delete(UsedNonce).where(UsedNonce.nonce.in_(ids))),
         result, deadline, batch_size,
     )
     return result

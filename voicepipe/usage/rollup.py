@@ -36,8 +36,9 @@ _LOCK_NAMESPACE = 0x76700003
 _ROLLUP_COLUMNS = ("day", "organization_id", "total_cost", "total_calls", "total_input_tokens",
                    "total_cached_tokens", "total_output_tokens", "cache_hit_rate", "by_operation", "by_coach",
                    "by_player")
-# Every organization's rollup of a day in one statement, from one jsonb array (numbers as
+# Rollups of a day's organizations in one statement, from one jsonb array (numbers as
 # exact decimal text); ordered as concurrent writers lock rows.
+_ROLLUP_CHUNK = 1000
 _UPSERT = text(
     f"INSERT INTO ai_usage_daily_aggregates ({', '.join(_ROLLUP_COLUMNS)}) "
     f"SELECT {', '.join(_ROLLUP_COLUMNS)} FROM jsonb_populate_recordset(NULL::ai_usage_daily_aggregates, :rows) "
@@ -176,10 +177,11 @@ def aggregate_usage_day(session: Session, day: date) -> int:
                 "by_player": {k: v.to_json() for k, v in sorted(g.by_player.items())},
             }
         )
-    if rows:
-        # One statement for the day: the breakdown rows' triggers fire once per statement
-        # (an executemany of this upsert was one statement per organization).
-        session.execute(_UPSERT, {"rows": Jsonb(rows)})
+    # A statement per chunk of organizations: the breakdown rows' triggers fire once per
+    # statement (an executemany of this upsert was one statement per organization), and a
+    # jsonb array holds at most 256 MB (a chunk of 400-key organizations is about 60 MB).
+    for at in range(0, len(rows), _ROLLUP_CHUNK):
+        session.execute(_UPSERT, {"rows": Jsonb(rows[at:at + _ROLLUP_CHUNK])})
     # The log of a day within retention is complete, so a rollup without log rows is wrong.
     session.execute(
         delete(AiUsageDailyAggregate).where(
