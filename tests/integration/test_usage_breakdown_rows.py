@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
@@ -21,6 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from tests.integration.test_usage_rollup import as_numbers, by, day_of, random_calls, ranked, totals
+from tests.support.helpers import wait_for
 from tests.support.metrics import recent_day
 from voicepipe.migrate import alembic_config, upgrade
 from voicepipe.usage import rollup
@@ -113,7 +115,7 @@ def test_the_rows_equal_the_calls_after_rollups_reruns_and_writes_from_outside(
     assert stored_rows(session.connection()) == want_rows
 
 
-def write_previous_release_rollups(engine: Engine, calls: list[dict[str, Any]]) -> None:
+def write_previous_release_rollups(conn: Any, calls: list[dict[str, Any]]) -> None:
     """Rollups as the previous release stored them: totals and jsonb breakdowns, nothing else."""
     groups: dict[tuple[date, str], list[dict[str, Any]]] = defaultdict(list)
     for c in calls:
@@ -122,17 +124,16 @@ def write_previous_release_rollups(engine: Engine, calls: list[dict[str, Any]]) 
     def doc(sums: dict[str, dict[str, Any]]) -> str:
         return json.dumps({k: {**v, "cost": str(v["cost"])} for k, v in sums.items()})
 
-    with engine.begin() as conn:
-        for (day, org), mine in groups.items():
-            t = totals(mine)
-            conn.execute(text(
-                "INSERT INTO ai_usage_daily_aggregates (day, organization_id, total_cost, total_calls, "
-                "total_input_tokens, total_cached_tokens, total_output_tokens, cache_hit_rate, by_operation, "
-                "by_coach, by_player) VALUES (:day, :org, :cost, :calls, :inp, :cached, :out, 0, :op, :coach, "
-                ":player)"),
-                {"day": day, "org": org, "cost": t["cost"], "calls": t["calls"], "inp": t["input_tokens"],
-                 "cached": t["cached_tokens"], "out": t["output_tokens"], "op": doc(by(mine, "operation")),
-                 "coach": doc(by(mine, "coach_id")), "player": doc(by(mine, "player_id"))})
+    for (day, org), mine in groups.items():
+        t = totals(mine)
+        conn.execute(text(
+            "INSERT INTO ai_usage_daily_aggregates (day, organization_id, total_cost, total_calls, "
+            "total_input_tokens, total_cached_tokens, total_output_tokens, cache_hit_rate, by_operation, "
+            "by_coach, by_player) VALUES (:day, :org, :cost, :calls, :inp, :cached, :out, 0, :op, :coach, "
+            ":player)"),
+            {"day": day, "org": org, "cost": t["cost"], "calls": t["calls"], "inp": t["input_tokens"],
+             "cached": t["cached_tokens"], "out": t["output_tokens"], "op": doc(by(mine, "operation")),
+             "coach": doc(by(mine, "coach_id")), "player": doc(by(mine, "player_id"))})
 
 
 def test_the_previous_release_rollups_upgrade_to_rows_and_read_the_same(
@@ -141,7 +142,8 @@ def test_the_previous_release_rollups_upgrade_to_rows_and_read_the_same(
     command.downgrade(alembic_config(db_url), "0012")
     first = recent_day(14)
     calls = random_calls(random.Random(23), first, 10, 1200)
-    write_previous_release_rollups(engine, calls)
+    with engine.begin() as conn:
+        write_previous_release_rollups(conn, calls)
 
     upgrade(db_url)
     with engine.connect() as conn:
@@ -160,5 +162,44 @@ def test_the_previous_release_rollups_upgrade_to_rows_and_read_the_same(
     session.rollback()  # the reads' locks would hold the downgrade's DROP
     command.downgrade(alembic_config(db_url), "0012")
     upgrade(db_url)
+    with engine.connect() as conn:
+        assert stored_rows(conn) == expected_rows(calls)
+
+
+def test_a_rollup_written_while_the_migration_starts_gets_its_rows(db_url: str, engine: Engine) -> None:
+    """A previous-release worker's rollup, uncommitted when the migration starts: the migration
+    waits for it, and its rows are there after."""
+    command.downgrade(alembic_config(db_url), "0012")
+    first = recent_day(6)
+    calls = random_calls(random.Random(24), first, 2, 300)
+    with engine.begin() as conn:
+        write_previous_release_rollups(conn, [c for c in calls if c["organization_id"] != "org-3"])
+    writer = engine.connect()
+    written = writer.begin()
+    write_previous_release_rollups(writer, [c for c in calls if c["organization_id"] == "org-3"])
+    failed: list[BaseException] = []
+
+    def migrate() -> None:
+        try:
+            upgrade(db_url)
+        except BaseException as e:
+            failed.append(e)
+
+    migrating = threading.Thread(target=migrate)
+    migrating.start()
+
+    def blocked() -> int:
+        with engine.connect() as conn:
+            return int(conn.scalar(text(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND wait_event_type = 'Lock'")) or 0)
+
+    try:
+        wait_for(blocked, timeout=60, what="the migration waiting for the open rollup write")
+    finally:
+        written.commit()
+        writer.close()
+    migrating.join(timeout=120)
+    assert not migrating.is_alive() and not failed, failed
     with engine.connect() as conn:
         assert stored_rows(conn) == expected_rows(calls)
