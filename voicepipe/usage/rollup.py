@@ -36,9 +36,10 @@ _LOCK_NAMESPACE = 0x76700003
 _ROLLUP_COLUMNS = ("day", "organization_id", "total_cost", "total_calls", "total_input_tokens",
                    "total_cached_tokens", "total_output_tokens", "cache_hit_rate", "by_operation", "by_coach",
                    "by_player")
+# Organizations per upsert statement (why chunks: aggregate_usage_day).
+_ROLLUP_CHUNK = 1000
 # Rollups of a day's organizations in one statement, from one jsonb array (numbers as
 # exact decimal text); ordered as concurrent writers lock rows.
-_ROLLUP_CHUNK = 1000
 _UPSERT = text(
     f"INSERT INTO ai_usage_daily_aggregates ({', '.join(_ROLLUP_COLUMNS)}) "
     f"SELECT {', '.join(_ROLLUP_COLUMNS)} FROM jsonb_populate_recordset(NULL::ai_usage_daily_aggregates, :rows) "
