@@ -7,7 +7,7 @@ import logging
 import time
 import warnings
 
-from bench.harness import Result, bench_env, machine, machine_state, table, write_json
+from bench.harness import Result, bench_env, goal_summary, machine, machine_state, table, write_json
 
 # Recording first: it and its baseline then both write into empty tables.
 BENCHES = ("recording", "aggregation", "daily", "retries", "dashboard", "exporter", "pages", "scale", "artifacts")
@@ -40,8 +40,7 @@ def main() -> int:
     seconds = time.perf_counter() - t0
     print()
     print(table(results))
-    goals = [r for r in results if r.met is not None]
-    print(f"\ngoals met: {sum(bool(r.met) for r in goals)} of {len(goals)}")
+    print("\n" + goal_summary(results))
     print(f"total {seconds:.0f} s ({'quick' if args.quick else 'full'})")
     if args.json:
         write_json(args.json, info, results, seconds, states)

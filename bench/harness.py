@@ -37,6 +37,12 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
     # (min, median, max) of the ratio over repetitions, each a fresh pair of measurements.
     spread: tuple[float, float, float] | None = None
+    # A limit measured in the same run that no implementation passes on this machine (the
+    # broker's delivery alone, a retry's round trips alone, every core busy, the bare
+    # statement's own growth), as "what: figure", and whether that limit meets the goal:
+    # a miss whose limit misses too is the machine's, not the code's.
+    limit: str = ""
+    limit_meets_goal: bool | None = None
 
     def __post_init__(self) -> None:
         # The goal is judged on the median of the pairwise ratios: show that one, not the
@@ -223,9 +229,22 @@ def table(results: list[Result]) -> str:
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else "-"
         spread = " / ".join(f"{x:.2f}" for x in r.spread) if r.spread else "-"
         met = "-" if r.met is None else ("yes" if r.met else "**no**")
+        if r.limit:
+            met += f" (limit: {r.limit}{'' if r.limit_meets_goal else ', short of the goal too'})"
         lines.append(f"| {r.bench} | {r.case} | {fmt(r.value, r.unit)} | {base} | {ratio} | {spread} | {r.goal} "
                      f"| {met} |")
     return "\n".join(lines)
+
+
+def goal_summary(results: list[Result]) -> str:
+    """How many goals were met; of the misses, how many lie past a limit measured in the same run."""
+    goals = [r for r in results if r.met is not None]
+    missed = [r for r in goals if not r.met]
+    past = sum(r.limit_meets_goal is False for r in missed)
+    line = f"goals met: {len(goals) - len(missed)} of {len(goals)}"
+    if missed and any(r.limit for r in results):  # runs kept before limits were measured have none
+        line += f"; misses past a limit measured in the same run: {past} of {len(missed)}"
+    return line
 
 
 def write_json(path: str, info: dict[str, Any], results: list[Result], seconds: float,

@@ -238,8 +238,11 @@ def run(env: Env) -> list[Result]:
         busy = figures.pop("cores_busy")
         for key, (value, baseline, spread) in figures.items():
             goals, met = [], []
+            # (what, figure, whether it meets its goal) of each goal missed that has a same-run limit
+            limits: list[tuple[str, bool]] = []
             extra: dict[str, Any] = {}
             case = f"{NAMES[key]}, {orgs:,} orgs"
+            ceiling = None
             if busy.get(key) is not None:
                 # One process already keeps more than a core busy (its statements overlap its
                 # Python): for the same CPU work, two gain about cores / cores one kept busy.
@@ -259,19 +262,29 @@ def run(env: Env) -> list[Result]:
                 extra["speedup_vs_one_process"] = round(speedup, 2)
                 goals.append(f">= {MIN_SPEEDUP}x one process")
                 met.append(speedup >= MIN_SPEEDUP)
+                if ceiling is not None and speedup < MIN_SPEEDUP:
+                    limits.append((f"every core busy, {ceiling:.2f}x", ceiling >= MIN_SPEEDUP))
             if orgs != SCALES[0]:
                 growth = value / small[key][0]
                 extra["growth_vs_1000_orgs"] = round(growth, 2)
                 case += f", growth {growth:.1f}x"
                 if baseline and small[key][1]:
                     # The bare statement's own growth: what the machine does with ten times the rows.
-                    extra["baseline_growth_vs_1000_orgs"] = round(baseline / small[key][1], 2)
-                    case += f" (bare SQL {baseline / small[key][1]:.1f}x)"
+                    bare_growth = baseline / small[key][1]
+                    extra["baseline_growth_vs_1000_orgs"] = round(bare_growth, 2)
+                    case += f" (bare SQL {bare_growth:.1f}x)"
+                    if growth > MAX_GROWTH:
+                        limits.append((f"the bare statement's growth, {bare_growth:.1f}x", bare_growth <= MAX_GROWTH))
                 goals.append(f"growth <= {MAX_GROWTH:.0f}x")
                 met.append(growth <= MAX_GROWTH)
+            # A miss is the machine's only if every goal it misses has a limit that misses too.
+            missed = met.count(False)
             results.append(Result(
                 "scale", case, value, "s", baseline=baseline,
                 baseline_name=BASELINES.get(key, ""), ratio=ratio, spread=spread,
                 goal=" and ".join(goals), met=all(met) if met else None, extra=extra,
+                limit="; ".join(what for what, _ in limits),
+                limit_meets_goal=(None if not limits else
+                                  any(meets for _, meets in limits) or len(limits) < missed),
             ))
     return results

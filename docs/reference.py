@@ -149,14 +149,13 @@ def bench_latest() -> str:
 
 
 def _bench_run(title: str, run: dict[str, Any]) -> str:
-    from bench.harness import Result, table
+    from bench.harness import Result, goal_summary, table
 
     machine = run["machine"]
     results = [Result(**r) for r in run["results"]]
-    goals = [r for r in results if r.met is not None]
     return (f"\n## {title}\n\n"
             + f"`python -m bench{' --quick' if machine.get('mode') == 'quick' else ''}` on {run['date']}, "
-              f"{run['total_seconds']:.0f} s in all; goals met: {sum(bool(r.met) for r in goals)} of {len(goals)}.\n\n"
+              f"{run['total_seconds']:.0f} s in all; {goal_summary(results)}.\n\n"
             + "| machine | |\n|---|---|\n" + "".join(f"| {k} | {_cell(str(v))} |\n" for k, v in machine.items())
             + _states(run.get("machine_state") or {})
             + "\n" + table(results) + "\n")
