@@ -39,8 +39,9 @@ class Result:
     spread: tuple[float, float, float] | None = None
     # A limit measured in the same run that no implementation passes on this machine (the
     # broker's delivery alone, a retry's round trips alone, every core busy, the bare
-    # statement's own growth), as "what: figure", and whether that limit meets the goal:
-    # a miss whose limit misses too is the machine's, not the code's.
+    # statement's own growth), as "what, figure" (three digits: a limit just short of its
+    # goal must not read as the goal), and whether that limit meets the goal: a miss whose
+    # limit misses too is the machine's, not the code's.
     limit: str = ""
     limit_meets_goal: bool | None = None
 

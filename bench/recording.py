@@ -120,7 +120,7 @@ def run(env: Env) -> list[Result]:
         "recording", f"batch API, {n:,} events in batches of {BATCH} (median of {REPEAT} fresh pairs)",
         n / t_ours, "events/s", baseline=n / t_raw, baseline_name="raw pipelined upserts of the same rows",
         goal=f">= {BATCH_API_SHARE:g}x raw upserts", met=spread[1] >= BATCH_API_SHARE, spread=spread,
-        limit=f"the same writes with validation free, {alone[1]:.2f}x", limit_meets_goal=alone[1] >= BATCH_API_SHARE,
+        limit=f"the same writes with validation free, {alone[1]:.3g}x", limit_meets_goal=alone[1] >= BATCH_API_SHARE,
     ), Result(
         "recording", f"batch API with validation free: the same batches checked beforehand, their writes alone "
         f"(median of {REPEAT} fresh pairs)",
@@ -221,7 +221,7 @@ def _through_worker(env: Env, start: datetime) -> list[Result]:
             baseline_name=f"smallest Celery task: a no-op taking the same messages, same worker ({n_noop:,} tasks)",
             goal=f">= {OVER_SMALLEST_TASK:g}x smallest task",
             met=over_smallest[1] >= OVER_SMALLEST_TASK, spread=over_smallest,
-            limit=f"the broker's delivery alone, {delivery_limit:.2f}x",
+            limit=f"the broker's delivery alone, {delivery_limit:.3g}x",
             limit_meets_goal=delivery_limit >= OVER_SMALLEST_TASK,
             extra={f"1 event per task, one transaction each ({n_alone:,} tasks, events/s)": round(alone_rate),
                    "1000-event batch tasks (events/s)": round(batch_task_rate),

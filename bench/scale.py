@@ -263,7 +263,7 @@ def run(env: Env) -> list[Result]:
                 goals.append(f">= {MIN_SPEEDUP}x one process")
                 met.append(speedup >= MIN_SPEEDUP)
                 if ceiling is not None and speedup < MIN_SPEEDUP:
-                    limits.append((f"every core busy, {ceiling:.2f}x", ceiling >= MIN_SPEEDUP))
+                    limits.append((f"every core busy, {ceiling:.3g}x", ceiling >= MIN_SPEEDUP))
             if orgs != SCALES[0]:
                 growth = value / small[key][0]
                 extra["growth_vs_1000_orgs"] = round(growth, 2)
@@ -274,7 +274,7 @@ def run(env: Env) -> list[Result]:
                     extra["baseline_growth_vs_1000_orgs"] = round(bare_growth, 2)
                     case += f" (bare SQL {bare_growth:.1f}x)"
                     if growth > MAX_GROWTH:
-                        limits.append((f"the bare statement's growth, {bare_growth:.1f}x", bare_growth <= MAX_GROWTH))
+                        limits.append((f"the bare statement's growth, {bare_growth:.3g}x", bare_growth <= MAX_GROWTH))
                 goals.append(f"growth <= {MAX_GROWTH:.0f}x")
                 met.append(growth <= MAX_GROWTH)
             # A miss is the machine's only if every goal it misses has a limit that misses too.
