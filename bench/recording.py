@@ -67,8 +67,8 @@ def run(env: Env) -> list[Result]:
     # pair writes the same rows both ways, and no slice's ids were seen before.
     evs = data.events(n * (REPEAT + 1), start, timedelta(hours=24), orgs=1000, seed=11)
     slices = [evs[i : i + n] for i in range(0, len(evs), n)]
-    # The same rows again under other ids, validated beforehand: the batch API's limit
-    # whatever its validation costs (the writes alone, against the same baseline).
+    # The same rows again under other ids, validated beforehand: the batch API's writes
+    # alone against the same baseline, what is left if validation cost nothing.
     checked = [parse_events([{**e, "event_id": str(uuid.uuid5(uuid.NAMESPACE_URL, e["event_id"]))} for e in part])
                for part in slices]
 
@@ -120,8 +120,8 @@ def run(env: Env) -> list[Result]:
         "recording", f"batch API, {n:,} events in batches of {BATCH} (median of {REPEAT} fresh pairs)",
         n / t_ours, "events/s", baseline=n / t_raw, baseline_name="raw pipelined upserts of the same rows",
         goal=f">= {BATCH_API_SHARE:g}x raw upserts", met=spread[1] >= BATCH_API_SHARE, spread=spread,
-        limit=f"the same writes with validation free, {alone[1]:.3g}x", limit_meets_goal=alone[1] >= BATCH_API_SHARE,
     ), Result(
+        # What validation costs, not a limit: these are our own writes, which other code could beat.
         "recording", f"batch API with validation free: the same batches checked beforehand, their writes alone "
         f"(median of {REPEAT} fresh pairs)",
         n / t_alone, "events/s", baseline=n / t_raw2, baseline_name="raw pipelined upserts of the same rows",
