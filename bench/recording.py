@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import func, select, text
 
 from bench import data
-from bench.harness import Env, Result, ratio_spread, spread_of
+from bench.harness import Env, Result, beside_goal, ratio_spread, spread_of
 from models import PipelineEvent
 from tests.support.helpers import (
     celery_cmd,
@@ -37,6 +37,7 @@ from tests.support.helpers import (
     with_vhost,
 )
 from voicepipe.events.recording import foreign_artifact_events, parse_events, record_events, record_parsed
+from voicepipe.infra.gcpause import cyclic_gc_paused
 from voicepipe.windows import hour_label
 from worker.routes import EVENTS_QUEUE, TASK_QUEUES
 
@@ -105,7 +106,8 @@ def run(env: Env) -> list[Result]:
     def writes_alone() -> None:
         part = next(checked_next)
         for i in range(0, n, BATCH):
-            with env.session() as s:
+            # As record_events runs them: the cyclic collector paused.
+            with env.session() as s, cyclic_gc_paused():
                 batch = part[i : i + BATCH]
                 assert not foreign_artifact_events(s, batch)
                 record_parsed(s, batch)
@@ -222,7 +224,7 @@ def _through_worker(env: Env, start: datetime) -> list[Result]:
             baseline_name=f"smallest Celery task: a no-op taking the same messages, same worker ({n_noop:,} tasks)",
             goal=f">= {OVER_SMALLEST_TASK:g}x smallest task",
             met=over_smallest[1] >= OVER_SMALLEST_TASK, spread=over_smallest,
-            limit=f"the broker's delivery alone, {delivery_limit:.3g}x",
+            limit=f"the broker's delivery alone, {beside_goal(delivery_limit, OVER_SMALLEST_TASK)}x",
             limit_meets_goal=delivery_limit >= OVER_SMALLEST_TASK,
             extra={f"1 event per task, one transaction each ({n_alone:,} tasks, events/s)": round(alone_rate),
                    "1000-event batch tasks (events/s)": round(batch_task_rate),

@@ -38,7 +38,7 @@ from typing import Any
 
 from sqlalchemy import func, select
 
-from bench.harness import Env, Result, percentile, spread_of
+from bench.harness import Env, Result, beside_goal, percentile, spread_of
 from models import Artifact, Organization, PipelineEvent, RetryRequest, User
 from tests.support.helpers import celery_cmd, producer, redis_client, service_env, spawn, wait_for
 
@@ -228,9 +228,15 @@ def run(env: Env) -> list[Result]:
         # Latency on idle workers: REPEAT triples of (N hops of the smallest task, N retries
         # one at a time, N of a retry's round trips alone one at a time).
         for rep in range(REPEAT):
-            hops = [_hop(env, app, f"u-{rep}-{k}") for k in range(n_latency)]
-            retries = _retry_latencies(env, app, n_latency)
-            trips = _trips_latencies(env, app, n_latency)
+            # In turn forwards and backwards, as the bursts below: the machine's drift alike.
+            if rep % 2 == 0:
+                hops = [_hop(env, app, f"u-{rep}-{k}") for k in range(n_latency)]
+                retries = _retry_latencies(env, app, n_latency)
+                trips = _trips_latencies(env, app, n_latency)
+            else:
+                trips = _trips_latencies(env, app, n_latency)
+                retries = _retry_latencies(env, app, n_latency)
+                hops = [_hop(env, app, f"u-{rep}-{k}") for k in range(n_latency)]
             base += hops
             lat += retries
             trips_lat += trips
@@ -266,7 +272,7 @@ def run(env: Env) -> list[Result]:
                baseline=b50, baseline_name="1 hop of the smallest task, p50",
                goal=f"<= {LATENCY_HOPS:g}x 1 hop (ratio >= {1 / LATENCY_HOPS:.2f})",
                met=lat_spread[1] >= 1 / LATENCY_HOPS, spread=lat_spread,
-               limit=f"a retry's round trips alone, {trips_lat_spread[1]:.3g}x",
+               limit=f"a retry's round trips alone, {beside_goal(trips_lat_spread[1], 1 / LATENCY_HOPS)}x",
                limit_meets_goal=trips_lat_spread[1] >= 1 / LATENCY_HOPS),
         Result("retries", "send -> stage start, p95", p95, "ms", goal="",
                extra={"p95_baseline": percentile(base, 0.95)}),
@@ -279,7 +285,8 @@ def run(env: Env) -> list[Result]:
                statistics.median(rates), "retries/s", baseline=statistics.median(base_rates),
                baseline_name="smallest task, same worker",
                goal=f">= {OVER_SMALLEST_TASK:g}x smallest task", met=rate_spread[1] >= OVER_SMALLEST_TASK,
-               spread=rate_spread, limit=f"a retry's round trips alone, {trips_spread[1]:.3g}x",
+               spread=rate_spread,
+               limit=f"a retry's round trips alone, {beside_goal(trips_spread[1], OVER_SMALLEST_TASK)}x",
                limit_meets_goal=trips_spread[1] >= OVER_SMALLEST_TASK,
                extra={"retries/s": [round(r, 1) for r in rates],
                       "smallest task (tasks/s)": [round(b, 1) for b in base_rates]}),

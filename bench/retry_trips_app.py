@@ -46,7 +46,8 @@ def retry_trips(*, artifact_id: str, requested_by: str, stage_queue: str = SINK_
     return {"artifact_id": artifact_id, "accepted": True}
 
 
-@app.task(name=STAGE_TASK)
+# No STARTED state stored before it runs, no result after: nothing between its message and its mark.
+@app.task(name=STAGE_TASK, track_started=False, ignore_result=True)
 def trips_stage(*, artifact_id: str) -> None:
     """The stage's start with none of its work: the clock read in its transaction's first statement."""
     with session_scope() as session:

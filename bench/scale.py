@@ -26,7 +26,7 @@ from sqlalchemy import func, select, text
 from bench.baselines import bare_hour, bare_sums, forget_bare_hour
 from bench.daily import SEED_COUNTERS
 from bench.data import USUAL_SKETCH, WIDE_SKETCH, DailyLatencies, seed_daily_snapshots
-from bench.harness import Env, Result, ratio_spread, spread_of
+from bench.harness import Env, Result, beside_goal, ratio_spread, spread_of
 from models import AggregationWindow
 from tests.support.helpers import celery_cmd, producer, redis_client, service_env, spawn, wait_for
 from voicepipe.metrics.daily import aggregate_day
@@ -238,7 +238,7 @@ def run(env: Env) -> list[Result]:
         busy = figures.pop("cores_busy")
         for key, (value, baseline, spread) in figures.items():
             goals, met = [], []
-            # (what, figure, whether it meets its goal) of each goal missed that has a same-run limit
+            # (what and figure, whether it meets its goal) of each goal missed that has a same-run limit
             limits: list[tuple[str, bool]] = []
             extra: dict[str, Any] = {}
             case = f"{NAMES[key]}, {orgs:,} orgs"
@@ -262,8 +262,10 @@ def run(env: Env) -> list[Result]:
                 extra["speedup_vs_one_process"] = round(speedup, 2)
                 goals.append(f">= {MIN_SPEEDUP}x one process")
                 met.append(speedup >= MIN_SPEEDUP)
-                if ceiling is not None and speedup < MIN_SPEEDUP:
-                    limits.append((f"every core busy, {ceiling:.3g}x", ceiling >= MIN_SPEEDUP))
+                if ceiling is not None and busy.get(key) and speedup < MIN_SPEEDUP:
+                    # The higher of two bounds: one process's work, or this run's own, on every core.
+                    bound = max(ceiling, speedup * CORES / busy[key])
+                    limits.append((f"every core busy, {beside_goal(bound, MIN_SPEEDUP)}x", bound >= MIN_SPEEDUP))
             if orgs != SCALES[0]:
                 growth = value / small[key][0]
                 extra["growth_vs_1000_orgs"] = round(growth, 2)
@@ -274,17 +276,25 @@ def run(env: Env) -> list[Result]:
                     extra["baseline_growth_vs_1000_orgs"] = round(bare_growth, 2)
                     case += f" (bare SQL {bare_growth:.1f}x)"
                     if growth > MAX_GROWTH:
-                        limits.append((f"the bare statement's growth, {bare_growth:.3g}x", bare_growth <= MAX_GROWTH))
+                        # Ours is the bare statement's work and our own on top: its growth lies
+                        # between the two. The machine's only if our own part grew no more than
+                        # the goal allows (fixed costs lower a growth, so bare growth alone is no bound).
+                        own_small, own_large = small[key][0] - small[key][1], value - baseline
+                        own = own_large / own_small if own_small > 0 and own_large > 0 else None
+                        extra["own_growth_vs_1000_orgs"] = None if own is None else round(own, 2)
+                        own_text = ("our own part unmeasured: ours no slower than it at one scale" if own is None
+                                    else f"our own part {beside_goal(own, MAX_GROWTH)}x")
+                        bare_text = f"the bare statement's growth, {beside_goal(bare_growth, MAX_GROWTH)}x"
+                        limits.append((f"{bare_text}, {own_text}",
+                                       bare_growth <= MAX_GROWTH or own is None or own > MAX_GROWTH))
                 goals.append(f"growth <= {MAX_GROWTH:.0f}x")
                 met.append(growth <= MAX_GROWTH)
-            # A miss is the machine's only if every goal it misses has a limit that misses too.
-            missed = met.count(False)
             results.append(Result(
                 "scale", case, value, "s", baseline=baseline,
                 baseline_name=BASELINES.get(key, ""), ratio=ratio, spread=spread,
                 goal=" and ".join(goals), met=all(met) if met else None, extra=extra,
                 limit="; ".join(what for what, _ in limits),
-                limit_meets_goal=(None if not limits else
-                                  any(meets for _, meets in limits) or len(limits) < missed),
+                limit_meets_goal=None if not limits else any(meets for _, meets in limits),
+                misses_without_limit=met.count(False) - len(limits),
             ))
     return results
