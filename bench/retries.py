@@ -81,10 +81,6 @@ def _status(env: Env, art: uuid.UUID) -> str | None:
         return s.scalar(select(Artifact.status).where(Artifact.id == art))
 
 
-def _completed(env: Env, art: uuid.UUID) -> bool:
-    return _status(env, art) == "completed"
-
-
 def _orgs(env: Env) -> int:
     with env.session() as s:
         return int(s.scalar(select(func.count()).select_from(Organization)) or 0)
@@ -121,32 +117,35 @@ def _hop(env: Env, app: Any, user: str) -> float:
     return (wait_for(stored, timeout=30, interval=0.001) - t0).total_seconds() * 1000
 
 
-def _retry_latencies(env: Env, app: Any, n: int) -> list[float]:
-    """N retries of fresh failed artifacts, one at a time: send -> the stage task's start, in ms."""
+def _one_at_a_time(env: Env, app: Any, n: int, task: str, kwargs: dict[str, Any], end_status: str,
+                   started_at: Callable[[Env, list[uuid.UUID]], dict[uuid.UUID, datetime]]) -> list[float]:
+    """N TASKs on fresh failed artifacts, each awaited until its artifact reaches END_STATUS:
+    send -> the time STARTED_AT reads for it, in ms."""
     ids = _failed_artifacts(env, n)
     sent: dict[uuid.UUID, datetime] = {}
     for art in ids:
         sent[art] = datetime.now(UTC)
-        app.send_task("voicepipe.retry.transcription", queue="retry",
-                      kwargs={"artifact_id": str(art), "requested_by": STAFF, "reason": "bench"})
-        wait_for(functools.partial(_completed, env, art), timeout=30, interval=0.002)
-    started = _started_at(env, ids)
+        app.send_task(task, queue="retry", kwargs={"artifact_id": str(art), "requested_by": STAFF, **kwargs})
+        wait_for(lambda art=art: _status(env, art) == end_status, timeout=30, interval=0.002)
+    started = started_at(env, ids)
     return [(started[a] - sent[a]).total_seconds() * 1000 for a in ids]
+
+
+def _retry_latencies(env: Env, app: Any, n: int) -> list[float]:
+    """N retries, one at a time: send -> the stage task's start (its transcription_started), in ms."""
+    return _one_at_a_time(env, app, n, "voicepipe.retry.transcription", {"reason": "bench"}, "completed",
+                          _started_at)
+
+
+def _marked_at(env: Env, ids: list[uuid.UUID]) -> dict[uuid.UUID, datetime]:
+    with env.session() as s:
+        return dict(s.execute(select(Artifact.id, Artifact.updated_at).where(Artifact.id.in_(ids))).all())
 
 
 def _trips_latencies(env: Env, app: Any, n: int) -> list[float]:
     """N of a retry's round trips alone, one at a time, their stage's message to the pipeline
-    worker: send -> that task's start, in ms (the latency limit for retries)."""
-    ids = _failed_artifacts(env, n)
-    sent: dict[uuid.UUID, datetime] = {}
-    for art in ids:
-        sent[art] = datetime.now(UTC)
-        app.send_task(TRIPS_TASK, queue="retry",
-                      kwargs={"artifact_id": str(art), "requested_by": STAFF, "stage_queue": "pipeline"})
-        wait_for(lambda art=art: _status(env, art) == STARTED_STATUS, timeout=30, interval=0.002)
-    with env.session() as s:
-        started = dict(s.execute(select(Artifact.id, Artifact.updated_at).where(Artifact.id.in_(ids))).all())
-    return [(started[a] - sent[a]).total_seconds() * 1000 for a in ids]
+    worker: send -> that task's mark, in ms (the latency limit for retries)."""
+    return _one_at_a_time(env, app, n, TRIPS_TASK, {"stage_queue": "pipeline"}, STARTED_STATUS, _marked_at)
 
 
 def _timed_burst(app: Any, task: str, kwargs: list[dict[str, Any]], count: Callable[[], int]) -> float:
@@ -228,20 +227,18 @@ def run(env: Env) -> list[Result]:
         # Latency on idle workers: REPEAT triples of (N hops of the smallest task, N retries
         # one at a time, N of a retry's round trips alone one at a time).
         for rep in range(REPEAT):
+            measures: list[tuple[str, Callable[[], list[float]]]] = [
+                ("hops", lambda rep=rep: [_hop(env, app, f"u-{rep}-{k}") for k in range(n_latency)]),
+                ("retries", functools.partial(_retry_latencies, env, app, n_latency)),
+                ("trips", functools.partial(_trips_latencies, env, app, n_latency)),
+            ]
             # In turn forwards and backwards, as the bursts below: the machine's drift alike.
-            if rep % 2 == 0:
-                hops = [_hop(env, app, f"u-{rep}-{k}") for k in range(n_latency)]
-                retries = _retry_latencies(env, app, n_latency)
-                trips = _trips_latencies(env, app, n_latency)
-            else:
-                trips = _trips_latencies(env, app, n_latency)
-                retries = _retry_latencies(env, app, n_latency)
-                hops = [_hop(env, app, f"u-{rep}-{k}") for k in range(n_latency)]
-            base += hops
-            lat += retries
-            trips_lat += trips
-            lat_ratios.append(percentile(hops, 0.5) / percentile(retries, 0.5))
-            trips_lat_ratios.append(percentile(hops, 0.5) / percentile(trips, 0.5))
+            got = {name: measure() for name, measure in (measures if rep % 2 == 0 else measures[::-1])}
+            base += got["hops"]
+            lat += got["retries"]
+            trips_lat += got["trips"]
+            lat_ratios.append(percentile(got["hops"], 0.5) / percentile(got["retries"], 0.5))
+            trips_lat_ratios.append(percentile(got["hops"], 0.5) / percentile(got["trips"], 0.5))
         # Throughput: the retry worker (2 processes) alone, REPEAT triples of bursts (the
         # smallest task, a retry's round trips alone, retries), each of fresh rows.
         procs[1].stop()
